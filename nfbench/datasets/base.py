@@ -1,0 +1,128 @@
+"""The sample table every dataset yields, and the image sets the methods consume.
+
+A *sample table* is a pandas DataFrame with one row per image and the columns of
+:data:`SAMPLE_COLUMNS`. An :class:`ImageSet` is a slice of such a table (one category, one
+split) together with the square input size the methods see; it loads images as float tensors
+in [0, 1] (the backbone applies its own normalisation) and masks as boolean arrays, and it has
+a content fingerprint that keys the feature cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+SAMPLE_COLUMNS = ["path", "split", "label", "defect_type", "mask_path", "category"]
+"""Columns of a sample table: ``label`` is 0 (normal) or 1 (anomalous); ``mask_path`` is
+``None`` for normal images (an all-zero mask)."""
+
+
+def make_table(rows: Sequence[dict]) -> pd.DataFrame:
+    """Build a sample table from row dicts, in a stable (category, split, path) order."""
+    table = pd.DataFrame(list(rows), columns=SAMPLE_COLUMNS)
+    if table.empty:
+        return table
+    table["label"] = table["label"].astype(int)
+    table = table.sort_values(["category", "split", "path"], kind="stable")
+    return table.reset_index(drop=True)
+
+
+def load_image(path: str | Path, size: int) -> torch.Tensor:
+    """Read an image as RGB (grayscale replicated to 3 channels), resized to ``size``² bilinearly
+    with antialiasing; returns a float tensor ``[3, size, size]`` in [0, 1]."""
+    with Image.open(path) as img:
+        array = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
+    tensor = torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0)
+    if tensor.shape[-2:] != (size, size):
+        tensor = F.interpolate(tensor, size=(size, size), mode="bilinear", align_corners=False,
+                               antialias=True)
+    return tensor[0].clamp_(0.0, 1.0)
+
+
+def load_mask(path: str | Path | None, size: int) -> np.ndarray:
+    """Read a ground-truth mask binarised with ``> 0`` and resized by nearest neighbour;
+    ``None`` gives an all-false mask. Returns ``bool [size, size]``."""
+    if path is None or (isinstance(path, float) and np.isnan(path)):
+        return np.zeros((size, size), dtype=bool)
+    with Image.open(path) as img:
+        binary = np.asarray(img.convert("L")) > 0
+    pil = Image.fromarray(binary.astype(np.uint8) * 255)
+    if pil.size != (size, size):
+        pil = pil.resize((size, size), Image.NEAREST)
+    return np.asarray(pil) > 0
+
+
+def _file_digest(path: str | Path) -> str:
+    digest = hashlib.sha1()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class ImageSet:
+    """The images of one split of one category, as a method sees them.
+
+    ``paths`` are image files, ``labels`` 0/1 per image, ``mask_paths`` a mask file or ``None``
+    per image, ``size`` the square side every image is resized to. Use :meth:`from_table`.
+    """
+
+    paths: tuple[str, ...]
+    labels: tuple[int, ...]
+    mask_paths: tuple[str | None, ...]
+    size: int
+    defect_types: tuple[str, ...] = ()
+    name: str = ""
+    _fingerprint: list = field(default_factory=list, compare=False, repr=False)
+
+    @classmethod
+    def from_table(cls, table: pd.DataFrame, size: int, name: str = "") -> "ImageSet":
+        masks = tuple(None if (m is None or (isinstance(m, float) and np.isnan(m))) else str(m)
+                      for m in table["mask_path"])
+        return cls(paths=tuple(str(p) for p in table["path"]),
+                   labels=tuple(int(v) for v in table["label"]),
+                   mask_paths=masks, size=int(size),
+                   defect_types=tuple(str(d) for d in table["defect_type"]), name=name)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def subset(self, indices: Sequence[int]) -> "ImageSet":
+        """The images at ``indices`` (e.g. 16 shots), in that order."""
+        pick = lambda seq: tuple(seq[i] for i in indices) if seq else ()
+        return ImageSet(pick(self.paths), pick(self.labels), pick(self.mask_paths), self.size,
+                        pick(self.defect_types), self.name)
+
+    def with_size(self, size: int) -> "ImageSet":
+        """The same images at another input size."""
+        return ImageSet(self.paths, self.labels, self.mask_paths, int(size), self.defect_types,
+                        self.name)
+
+    def load_images(self, indices: Sequence[int] | None = None) -> torch.Tensor:
+        """Images as ``float [N, 3, size, size]`` in [0, 1]."""
+        indices = range(len(self)) if indices is None else indices
+        return torch.stack([load_image(self.paths[i], self.size) for i in indices])
+
+    def load_masks(self) -> np.ndarray:
+        """Ground-truth masks as ``bool [N, size, size]`` (all false for normal images)."""
+        return np.stack([load_mask(m, self.size) for m in self.mask_paths])
+
+    @property
+    def fingerprint(self) -> str:
+        """sha1 over the ordered image contents and the input size: any changed, added,
+        removed or reordered image gives a new fingerprint (it keys the feature cache)."""
+        if not self._fingerprint:
+            digest = hashlib.sha1(f"size={self.size};n={len(self)}".encode())
+            for path in self.paths:
+                digest.update(_file_digest(path).encode())
+            self._fingerprint.append(digest.hexdigest())
+        return self._fingerprint[0]

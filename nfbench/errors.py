@@ -1,0 +1,21 @@
+"""Errors a user can cause and fix: the CLI prints them as one line and exits non-zero."""
+
+
+class UserError(Exception):
+    """Bad input from the user (missing data, unknown name, malformed option).
+
+    The CLI catches it, prints ``error: <message>`` and exits with status 2, without a
+    traceback and without writing any partial result.
+    """
+
+
+class DatasetLayoutError(UserError):
+    """A dataset folder does not match the official layout; the message names what is wrong."""
+
+
+class DownloadError(UserError):
+    """A download failed (HTTP error, checksum mismatch, no space); the message says which."""
+
+
+class TrainingDivergedError(RuntimeError):
+    """A loss became NaN or infinite; the message names the epoch and step."""

@@ -1,0 +1,174 @@
+"""One run: a method, a dataset category, a seed and settings in; a result record out.
+
+The record (JSON) says what was measured and how it was made: method, dataset, category,
+variant, seed, profile, the resolved config, metrics, timing, environment and the data
+fingerprints. Tables and reports are built from records only; they never train.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import json
+import os
+import platform
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import nfbench
+from nfbench import metrics
+from nfbench.datasets import ImageSet, image_sets, load_table
+from nfbench.errors import UserError
+from nfbench.methods import create_method, method_class
+from nfbench.methods.base import config_to_dict, resolve_device, seed_everything
+from nfbench.profiles import profile_overrides
+
+RECORD_VERSION = 1
+
+
+def environment() -> dict[str, Any]:
+    """Software and hardware that produced a record."""
+    import timm
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return {
+        "nfbench": nfbench.__version__, "python": platform.python_version(),
+        "torch": torch.__version__, "timm": timm.__version__, "numpy": np.__version__,
+        "platform": platform.platform(), "cpu": platform.processor() or platform.machine(),
+        "cpu_threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name(0) if device == "cuda" else None,
+        "git_commit": git_commit(),
+    }
+
+
+def git_commit() -> str | None:
+    """The repository's HEAD commit (with ``-dirty`` if there are uncommitted changes)."""
+    try:
+        here = Path(__file__).resolve().parent
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
+                                text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return (commit + ("-dirty" if dirty else "")) or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def resolve_config(method: str, profile: str, overrides: dict[str, Any]):
+    """The method's paper-default config, then the profile's shared settings, then ``overrides``."""
+    cls = method_class(method)
+    fields = {f.name for f in dataclasses.fields(cls.Config)}
+    settings = {**profile_overrides(profile, fields), **overrides}
+    return create_method(method, **settings)
+
+
+def _select_train(train, shots: int | None, seed: int):
+    """All training images, or ``shots`` of them drawn with ``seed`` (CS-Flow's 16 shots)."""
+    if shots is None:
+        return train
+    if not 0 < shots <= len(train):
+        raise UserError(f"--shots must be in 1..{len(train)}, got {shots}")
+    chosen = np.random.default_rng(seed).choice(len(train), size=shots, replace=False)
+    return train.subset(sorted(chosen.tolist()))
+
+
+def _evaluate(detector, test) -> tuple[dict[str, float], float]:
+    """Score ``test`` and compute every metric; returns (metrics, seconds spent scoring)."""
+    labels = np.asarray(test.labels)
+    if labels.sum() == 0 or labels.sum() == len(labels):
+        raise UserError(f"{test.name}: the test split needs normal and anomalous images")
+    start = time.perf_counter()
+    scores = detector.score(test)
+    seconds = time.perf_counter() - start
+    if not (np.isfinite(scores.image).all() and np.isfinite(scores.pixel).all()):
+        raise RuntimeError(f"{detector.name} produced non-finite scores on {test.name}")
+    return metrics.compute_all(labels, scores.image, test.load_masks(), scores.pixel), seconds
+
+
+def run_experiment(method: str, dataset: str, category: str, *, root: Path | None = None,
+                   profile: str = "demo", seed: int = 0, overrides: dict[str, Any] | None = None,
+                   shots: int | None = None, variant: str = "default",
+                   joint: bool = False) -> dict[str, Any]:
+    """Fit ``method`` on the normal train images of ``category`` and score its test images.
+
+    ``shots`` keeps a random subset of that many training images (drawn with ``seed``).
+    ``joint`` trains one model on the train images of every category as one normal class and
+    scores each category's test set (CS-Flow §4.5); ``category`` is then ``"all"`` and the
+    record's metrics are the means over categories, with ``per_category`` beside them.
+    """
+    categories = None if dataset in ("demo", "folder") or joint else [category]
+    table = load_table(dataset, root, categories)
+    seed_everything(seed)
+    detector = resolve_config(method, profile, dict(overrides or {}))
+    size = detector.config.input_size
+    if joint:
+        category = "all"
+        names = sorted(table["category"].unique())
+        splits = {name: image_sets(table, name, size) for name in names}
+        train = ImageSet.from_table(table[table["split"] == "train"], size, name="all/train")
+        tests = {name: test for name, (_, test) in splits.items()}
+    else:
+        train, test = image_sets(table, category, size)
+        tests = {category: test}
+    train = _select_train(train, shots, seed)
+
+    seed_everything(seed)
+    start = time.perf_counter()
+    detector.fit(train)
+    fit_seconds = time.perf_counter() - start
+    per_category, score_seconds = {}, 0.0
+    for name, test in tests.items():
+        per_category[name], seconds = _evaluate(detector, test)
+        score_seconds += seconds
+    n_test = sum(len(t) for t in tests.values())
+    summary = {key: float(np.mean([m[key] for m in per_category.values()]))
+               for key in next(iter(per_category.values()))}
+    record = {
+        "record_version": RECORD_VERSION,
+        "method": method, "dataset": dataset, "category": category, "variant": variant,
+        "seed": seed, "profile": profile, "shots": shots, "joint": joint,
+        "config": config_to_dict(detector.config),
+        "metrics": summary,
+        "timing": {"fit_seconds": fit_seconds, "score_seconds": score_seconds,
+                   "images_per_second": n_test / max(score_seconds, 1e-9),
+                   "device": str(resolve_device(getattr(detector.config, "device", "auto")))},
+        "data": {"root": str(root) if root is not None else None, "n_train": len(train),
+                 "n_test": n_test,
+                 "n_test_anomalous": int(sum(sum(t.labels) for t in tests.values())),
+                 "train_fingerprint": train.fingerprint,
+                 "test_fingerprint": {name: t.fingerprint for name, t in tests.items()}},
+        "environment": environment(),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    if joint:
+        record["per_category"] = per_category
+    return record
+
+
+def write_record(record: dict[str, Any], path: Path) -> None:
+    """Write a record as JSON atomically (temporary file, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w") as out:
+            json.dump(record, out, indent=2, default=_json_default, allow_nan=True)
+            out.write("\n")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot serialise {type(value).__name__}")

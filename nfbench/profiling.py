@@ -1,0 +1,90 @@
+"""Model complexity and speed: FLOPs, parameters, size and inference timing.
+
+FLOPs are counted twice, by two independent counters with different conventions, so a reader
+can trust the number and compare it with a paper's:
+
+* fvcore's ``FlopCountAnalysis`` counts one fused multiply-add as ONE flop, so its total is
+  really GMACs (labelled as such);
+* ``torch.utils.flop_counter.FlopCounterMode`` counts a multiply-add as TWO flops.
+
+For convolutions and matmuls the second is twice the first; each counter also reports the
+operators it skipped (fvcore: element-wise ops such as exp/atan/add; FlopCounterMode counts
+only matmul/conv/attention-like ops), which :func:`count_flops` lists.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+
+def parameter_stats(module: nn.Module) -> dict[str, float]:
+    """Parameter count and size in MB of float parameters (4 bytes each for float32)."""
+    params = list(module.parameters())
+    count = sum(p.numel() for p in params)
+    size = sum(p.numel() * p.element_size() for p in params)
+    return {"parameters": count, "size_mb": size / 2**20}
+
+
+@torch.no_grad()
+def count_flops(module: nn.Module, example: Any) -> dict[str, Any]:
+    """FLOPs of one forward pass on ``example`` (a tensor or a tuple of inputs), per batch.
+
+    Returns ``gmacs_fvcore`` (fvcore: 1 per multiply-add), ``gflops_torch`` (FlopCounterMode:
+    2 per multiply-add), and the operators each counter skipped.
+    """
+    from fvcore.nn import FlopCountAnalysis
+    from torch.utils.flop_counter import FlopCounterMode
+
+    inputs = example if isinstance(example, tuple) else (example,)
+    module = module.eval()
+    analysis = FlopCountAnalysis(module, inputs)
+    analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+    fvcore_total = analysis.total()
+    skipped_fvcore = sorted(analysis.unsupported_ops())
+    with FlopCounterMode(display=False) as counter:
+        module(*inputs)
+    torch_total = counter.get_total_flops()
+    counted_torch = sorted(str(op) for op in counter.get_flop_counts().get("Global", {}))
+    return {"gmacs_fvcore": fvcore_total / 1e9, "gflops_torch": torch_total / 1e9,
+            "fvcore_skipped_ops": skipped_fvcore, "torch_counted_ops": counted_torch}
+
+
+def time_inference(function: Callable[[], Any], device: torch.device | str = "cpu",
+                   warmup: int = 3, repeats: int = 20) -> dict[str, float]:
+    """Median and spread of ``function()``'s wall time in seconds.
+
+    On CUDA each repetition is timed with CUDA events after a synchronisation; on CPU with
+    :class:`torch.utils.benchmark.Timer` (which handles thread settings and repeats).
+    """
+    device = torch.device(device)
+    with torch.no_grad():
+        for _ in range(warmup):
+            function()
+        if device.type == "cuda":
+            times = []
+            for _ in range(repeats):
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                torch.cuda.synchronize()
+                start.record()
+                function()
+                end.record()
+                torch.cuda.synchronize()
+                times.append(start.elapsed_time(end) / 1000.0)
+        else:
+            from torch.utils.benchmark import Timer
+
+            timer = Timer(stmt="function()", globals={"function": function},
+                          num_threads=torch.get_num_threads())
+            start = time.perf_counter()
+            function()
+            number = max(1, int(0.05 / max(time.perf_counter() - start, 1e-6)))
+            times = [timer.timeit(number).mean for _ in range(repeats)]
+    times.sort()
+    q1, q3 = times[len(times) // 4], times[(3 * len(times)) // 4]
+    return {"median_s": statistics.median(times), "iqr_s": q3 - q1, "min_s": times[0],
+            "repeats": len(times), "device": str(device)}

@@ -1,0 +1,29 @@
+"""Shared fixtures: a tiny demo dataset built once per test session, an isolated cache."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("NFBENCH_QUIET", "1")
+
+
+@pytest.fixture(scope="session")
+def tiny_demo(tmp_path_factory) -> Path:
+    """A small demo set (3+ categories, 128 px) in MVTec layout."""
+    from nfbench.datasets.demo import generate_demo
+
+    root = tmp_path_factory.mktemp("demo") / "demo"
+    generate_demo(root, seed=0, image_size=128, n_train=12, n_test_good=6,
+                  n_test_defect_per_type=3, progress=False)
+    return root
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path_factory, monkeypatch):
+    """Every test session writes features to its own cache folder, never the repository's."""
+    cache = tmp_path_factory.getbasetemp() / "feature-cache"
+    monkeypatch.setenv("NFBENCH_CACHE", str(cache))
+    return cache
