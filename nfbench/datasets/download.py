@@ -24,19 +24,18 @@ import json
 import lzma
 import os
 import posixpath
+import secrets
 import shutil
-import socket
 import stat
 import sys
 import tarfile
-import tempfile
 import urllib.error
 import urllib.request
 import zipfile
 import zlib
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path, PurePosixPath, PureWindowsPath
+from pathlib import Path, PureWindowsPath
 from tqdm import tqdm
 
 from nfbench.errors import DownloadError
@@ -128,11 +127,6 @@ def _content_range(value: str | None) -> tuple[int | None, int | None]:
         return None, None
 
 
-def _no_space(part: Path) -> DownloadError:
-    return DownloadError(f"no space left on device while writing {part}; free some space and run "
-                         "again: the download resumes from the partial file")
-
-
 def _transfer_once(url: str, part: Path, *, expected_size: int | None, progress: bool,
                    timeout: float) -> None:
     """One HTTP request appending to (or restarting) ``part``; returns when the body is complete."""
@@ -156,11 +150,12 @@ def _transfer_once(url: str, part: Path, *, expected_size: int | None, progress:
         raise DownloadError(f"HTTP {exc.code} {exc.reason} for {url}") from exc
     except urllib.error.URLError as exc:
         raise DownloadError(f"cannot download {url}: {exc.reason}") from exc
-    except (TimeoutError, socket.timeout) as exc:
-        raise DownloadError(f"timed out after {timeout:g} s connecting to {url}") from exc
+    except TimeoutError as exc:
+        raise DownloadError(f"timed out after {timeout:g} s waiting for {url}") from exc
     except (http.client.HTTPException, OSError) as exc:
         raise DownloadError(f"cannot download {url}: {exc}") from exc
 
+    kept = offset  # bytes already on disk, reused or overwritten
     with response:
         length = response.headers.get("Content-Length")
         length = int(length) if length and length.isdigit() else None
@@ -177,7 +172,7 @@ def _transfer_once(url: str, part: Path, *, expected_size: int | None, progress:
             end = length
         total_size = end if end is not None else expected_size
         if total_size is not None:
-            _check_free_space(part.parent, total_size - offset)
+            _check_free_space(part.parent, total_size - kept)
 
         received = 0
         try:
@@ -186,7 +181,7 @@ def _transfer_once(url: str, part: Path, *, expected_size: int | None, progress:
                 while True:
                     try:
                         chunk = response.read(CHUNK_SIZE)
-                    except (TimeoutError, socket.timeout):
+                    except TimeoutError:
                         raise _Interrupted(received, f"timed out after {timeout:g} s") from None
                     except (http.client.HTTPException, OSError) as exc:
                         raise _Interrupted(received, f"connection lost ({exc!r})") from None
@@ -197,8 +192,9 @@ def _transfer_once(url: str, part: Path, *, expected_size: int | None, progress:
                     bar.update(len(chunk))
         except OSError as exc:
             if exc.errno == errno.ENOSPC:
-                raise _no_space(part) from exc
-            raise
+                raise DownloadError(f"no space left on device while writing {part}; free some "
+                                    "space and run again: the download resumes from there") from exc
+            raise DownloadError(f"cannot write {part}: {exc}") from exc
         if end is not None and offset + received < end:
             raise _Interrupted(received, f"connection closed after {offset + received} of "
                                          f"{end} bytes")
@@ -268,8 +264,7 @@ def _member_path(name: str, archive_path: Path) -> str | None:
     separators and drives are treated as such too, so the check holds on every platform).
     """
     unified = name.replace("\\", "/")
-    if unified.startswith("/") or PurePosixPath(unified).is_absolute() \
-            or PureWindowsPath(name).drive or PureWindowsPath(name).root:
+    if unified.startswith("/") or PureWindowsPath(name).drive:
         raise DownloadError(f"refusing to extract {archive_path.name}: member {name!r} has an "
                             "absolute path")
     normal = posixpath.normpath(unified)
@@ -364,7 +359,7 @@ def _extract_members(opener, members: list[_Member], into: Path, progress: bool,
     base = into.resolve()
     for member in tqdm(members, desc=desc, unit="file", leave=False,
                        disable=None if progress else True):
-        dest = (into / member.path)
+        dest = into / member.path
         # Defence in depth: the path was validated, and the tree holds no links.
         if not dest.resolve().is_relative_to(base):
             raise DownloadError(f"refusing to extract {member.path!r}: outside {into}")
@@ -382,8 +377,15 @@ def _check_target(target: Path) -> None:
 
 
 def _partial_dir(target: Path) -> Path:
+    """A new hidden sibling of ``target`` (same file system, so the final rename is atomic)."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    while True:
+        staging = target.parent / f".{target.name}.partial-{secrets.token_hex(4)}"
+        try:
+            staging.mkdir()  # not mkdtemp: its 0700 mode would become the dataset folder's
+            return staging
+        except FileExistsError:
+            continue
 
 
 def _move_into_place(source: Path, target: Path) -> None:
@@ -407,7 +409,8 @@ def safe_extract(archive_path: Path, target: Path, inner_root: str | None = None
     _check_target(target)
     kind = _archive_kind(archive_path)
     try:
-        handle = tarfile.open(archive_path, "r:*") if kind == "tar" else zipfile.ZipFile(archive_path)
+        handle = (tarfile.open(archive_path, "r:*") if kind == "tar"
+                  else zipfile.ZipFile(archive_path))
     except (*_CORRUPT, OSError) as exc:
         raise DownloadError(f"cannot read archive {archive_path}: {exc}") from exc
 

@@ -1,0 +1,289 @@
+"""nfbench.metrics against known answers, sklearn and slow, obviously-correct references."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy import ndimage
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+from nfbench import metrics
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def random_masks(rng, n=4, h=24, w=24, blobs=3, normal=1):
+    """``n`` images, the first ``normal`` defect-free, the others with a few random rectangles
+    (several regions per image, some touching each other)."""
+    masks = np.zeros((n, h, w), dtype=bool)
+    for i in range(normal, n):
+        for _ in range(blobs):
+            y, x = rng.integers(0, h - 2), rng.integers(0, w - 2)
+            dy, dx = rng.integers(1, max(2, h // 4)), rng.integers(1, max(2, w // 4))
+            masks[i, y:y + dy, x:x + dx] = True
+    return masks
+
+
+def slow_aupro(masks, maps, fpr_limit):
+    """Straight from the definition: loop over distinct thresholds, descending."""
+    regions = []
+    for i, mask in enumerate(masks):
+        lab, n = ndimage.label(mask, structure=np.ones((3, 3)))
+        regions += [(i, lab == k) for k in range(1, n + 1)]
+    normal = ~masks
+    fprs, pros = [0.0], [0.0]
+    for t in np.unique(maps)[::-1]:
+        hit = maps >= t
+        fprs.append(np.count_nonzero(hit & normal) / np.count_nonzero(normal))
+        pros.append(np.mean([np.count_nonzero(hit[i] & r) / np.count_nonzero(r)
+                             for i, r in regions]))
+    area = 0.0
+    for k in range(1, len(fprs)):
+        x0, x1, y0, y1 = fprs[k - 1], fprs[k], pros[k - 1], pros[k]
+        if x0 >= fpr_limit:
+            break
+        if x1 > fpr_limit:
+            y_end = y0 + (y1 - y0) * (fpr_limit - x0) / (x1 - x0)
+            area += (fpr_limit - x0) * (y0 + y_end) / 2
+            break
+        area += (x1 - x0) * (y0 + y1) / 2
+    return area / fpr_limit
+
+
+def slow_f1_max(masks, maps):
+    best, best_t = -1.0, None
+    for t in np.unique(maps)[::-1]:
+        pred = maps >= t
+        tp = np.count_nonzero(pred & masks)
+        fp = np.count_nonzero(pred & ~masks)
+        fn = np.count_nonzero(~pred & masks)
+        f1 = 2 * tp / (2 * tp + fp + fn)
+        if f1 > best:
+            best, best_t = f1, t
+    return best, best_t
+
+
+# --------------------------------------------------------------------------- known answers
+
+
+def test_perfect_and_inverted_maps():
+    rng = np.random.default_rng(0)
+    masks = random_masks(rng, n=5)
+    noise = rng.random(masks.shape).astype(np.float32) * 0.5
+    perfect = masks + noise          # every defect pixel above every normal pixel
+    inverted = (~masks) + noise
+    assert metrics.pixel_auroc(masks, perfect) == pytest.approx(1.0, abs=1e-12)
+    assert metrics.pixel_aupr(masks, perfect) == pytest.approx(1.0, abs=1e-12)
+    assert metrics.aupro(masks, perfect) == pytest.approx(1.0, abs=1e-12)
+    assert metrics.f1_max(masks, perfect) == pytest.approx(1.0, abs=1e-12)
+    assert metrics.pixel_auroc(masks, inverted) == pytest.approx(0.0, abs=1e-12)
+    assert metrics.aupro(masks, inverted) == pytest.approx(0.0, abs=1e-12)
+
+    labels = np.array([0, 0, 1, 1, 1])
+    assert metrics.image_auroc(labels, [0.1, 0.2, 0.3, 0.5, 0.4]) == 1.0
+    assert metrics.image_auroc(labels, [0.9, 0.8, 0.3, 0.5, 0.4]) == 0.0
+    # all scores tied: the ROC is the diagonal
+    assert metrics.image_auroc(labels, np.ones(5)) == pytest.approx(0.5)
+
+
+def test_regions_are_8_connected_and_weighted_equally():
+    # Region A: two diagonal neighbours (ONE region under 8-connectivity), region B: one pixel.
+    masks = np.zeros((1, 5, 5), dtype=bool)
+    masks[0, 0, 0] = masks[0, 1, 1] = True
+    masks[0, 4, 4] = True
+    maps = np.full((1, 5, 5), 0.5)
+    maps[0, 0, 0] = maps[0, 1, 1] = 1.0
+    maps[0, 4, 4] = 0.0
+    # t=1: FPR 0, PRO (1 + 0)/2; t=0.5: FPR 1, same PRO; t=0: (1, 1). Area to FPR 1 = 1/2.
+    # (Three 4-connected regions would give 2/3; pixel-weighting would give 2/3 as well.)
+    assert metrics.aupro(masks, maps, fpr_limit=1.0) == pytest.approx(0.5, abs=1e-12)
+    # Cut at 0.3 on the flat part: (0.3 * 0.5) / 0.3.
+    assert metrics.aupro(masks, maps, fpr_limit=0.3) == pytest.approx(0.5, abs=1e-12)
+
+
+def test_ties_give_one_curve_point():
+    # One image, all scores equal: the only curve point is (1, 1), so the cut at 0.3 lies on the
+    # straight segment from (0, 0): area 0.3**2 / 2, normalized 0.15. Splitting the tie into
+    # per-pixel points would depend on the sort order instead.
+    masks = np.zeros((2, 6, 6), dtype=bool)
+    masks[1, 1:3, 1:4] = True
+    maps = np.zeros(masks.shape, dtype=np.float32)
+    assert metrics.aupro(masks, maps) == pytest.approx(0.15, abs=1e-12)
+    assert metrics.pixel_auroc(masks, maps) == pytest.approx(0.5, abs=1e-12)
+    assert metrics.pixel_aupr(masks, maps) == pytest.approx(masks.mean(), abs=1e-12)
+
+
+# anomalib's AUPRO test: one image of 400 rows x 7 columns, scores arange(2800)/2800 in row-major
+# order (so score rises with the row), positives in whole columns. Going down the thresholds, each
+# row adds its normal pixels to the FPR and its defect pixels to the PRO in equal proportion, so
+# the curve hugs the diagonal PRO = FPR; with fpr_limit = 1/3 the area is (1/3)^2 / 2 and the
+# normalized AUPRO is 1/6 up to the staircase inside the last, partial row. The exact value:
+# every full row k (k = 0..132 counted from the top) contributes the area of the diagonal over
+# that row, (2k+1) / (2 * 400^2), summing to 133^2 / 320000; the partial row 133 adds a flat
+# step at height 133/400 (one column: 2 normal pixels of 2400; three columns: 1 normal pixel of
+# 1600 at height 133/400 and the remaining 1/3 pixel at 133/400 + 1/1200).
+ANOMALIB_ONE = 3 * (133**2 / 320000 + (2 / 2400) * (133 / 400))
+ANOMALIB_THREE = 3 * (133**2 / 320000 + (1 / 1600) * (133 / 400)
+                      + (1 / 3) * (1 / 1600) * (133 / 400 + 1 / 1200))
+
+
+def _anomalib_case(columns):
+    masks = np.zeros((1, 400, 7), dtype=bool)
+    masks[0, :, columns] = True
+    maps = (np.arange(2800, dtype=np.float32) / np.float32(2800)).reshape(1, 400, 7)
+    return masks, maps
+
+
+@pytest.mark.parametrize("columns, expected", [([3], ANOMALIB_ONE), ([1, 3, 5], ANOMALIB_THREE)])
+def test_anomalib_aupro_case(columns, expected):
+    masks, maps = _anomalib_case(columns)
+    got = metrics.aupro(masks, maps, fpr_limit=1 / 3)
+    assert got == pytest.approx(expected, abs=1e-12)
+    assert got == pytest.approx(1 / 6, abs=2e-6)      # anomalib's expected answer
+    assert got == pytest.approx(slow_aupro(masks, maps, 1 / 3), abs=1e-12)
+
+
+def test_anomalib_aupro_case_both_images():
+    # anomalib's third case: both images together (4 regions, averaged), still about 1/6.
+    m1, p1 = _anomalib_case([3])
+    m3, p3 = _anomalib_case([1, 3, 5])
+    masks, maps = np.concatenate([m1, m3]), np.concatenate([p1, p3])
+    got = metrics.aupro(masks, maps, fpr_limit=1 / 3)
+    assert got == pytest.approx(1 / 6, abs=1e-5)
+    assert got == pytest.approx(slow_aupro(masks, maps, 1 / 3), abs=1e-12)
+
+
+def test_uniform_random_maps_give_aupro_near_limit_over_two():
+    # Random scores: PRO(t) ~ FPR(t), so area ~ 0.3^2 / 2 and AUPRO ~ 0.15.
+    rng = np.random.default_rng(1)
+    values = []
+    for _ in range(4):
+        masks = random_masks(rng, n=8, h=64, w=64, blobs=4, normal=2)
+        maps = rng.random(masks.shape, dtype=np.float32)
+        values.append(metrics.aupro(masks, maps))
+    assert abs(np.mean(values) - 0.15) < 0.02
+    assert all(0.1 < v < 0.2 for v in values)
+
+
+# --------------------------------------------------------------------------- references
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_roc_and_ap_equal_sklearn_with_ties(seed):
+    rng = np.random.default_rng(seed)
+    masks = random_masks(rng, n=5, h=20, w=20)
+    maps = np.round(rng.random(masks.shape) + 0.3 * masks, 1)      # heavy ties
+    assert np.unique(maps).size < 20
+    y, s = masks.ravel(), maps.ravel()
+    assert metrics.pixel_auroc(masks, maps) == pytest.approx(roc_auc_score(y, s), abs=1e-9)
+    assert metrics.pixel_aupr(masks, maps) == pytest.approx(average_precision_score(y, s), abs=1e-9)
+
+    labels = rng.integers(0, 2, 40)
+    labels[:2] = [0, 1]
+    scores = np.round(rng.normal(size=40) + labels, 1).astype(np.float32)
+    expected = roc_auc_score(labels, scores)
+    assert metrics.image_auroc(labels, scores) == pytest.approx(expected, abs=1e-9)
+
+
+def test_continuous_float32_maps_equal_sklearn():
+    rng = np.random.default_rng(7)
+    masks = random_masks(rng, n=6, h=32, w=32)
+    maps = (rng.random(masks.shape) + 0.2 * masks).astype(np.float32)
+    y, s = masks.ravel(), maps.ravel()
+    assert metrics.pixel_auroc(masks, maps) == pytest.approx(roc_auc_score(y, s), abs=1e-9)
+    assert metrics.pixel_aupr(masks, maps) == pytest.approx(average_precision_score(y, s), abs=1e-9)
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("fpr_limit", [0.3, 0.05, 1.0])
+def test_aupro_equals_slow_reference(seed, fpr_limit):
+    rng = np.random.default_rng(100 + seed)
+    masks = random_masks(rng, n=4, h=16, w=16, blobs=4)
+    # rounded scores: many ties, including ties between defect and defect-free pixels
+    maps = np.round(rng.random(masks.shape) + 0.4 * masks, 2 if seed % 2 else 1)
+    expected = slow_aupro(masks, maps, fpr_limit)
+    assert metrics.aupro(masks, maps, fpr_limit=fpr_limit) == pytest.approx(expected, abs=1e-9)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_f1_max_equals_brute_force(seed):
+    rng = np.random.default_rng(200 + seed)
+    masks = random_masks(rng, n=3, h=16, w=16)
+    maps = np.round(rng.random(masks.shape) + 0.3 * masks, 1 + seed % 2)
+    f1, threshold = metrics.f1_max_threshold(masks, maps)
+    best, best_t = slow_f1_max(masks, maps)
+    assert f1 == pytest.approx(best, abs=1e-12)
+    assert threshold == best_t
+    assert metrics.f1_max(masks, maps) == f1
+
+
+def test_f1_max_threshold_prefers_highest_threshold_on_ties():
+    # t=0.9: TP 1, FP 0 -> F1 2/3; t=0.6: TP 2, FP 2 -> F1 4/6 = 2/3 as well.
+    masks = np.array([[[True, False, False, True]]])
+    maps = np.array([[[0.9, 0.8, 0.7, 0.6]]])
+    assert metrics.f1_max_threshold(masks, maps) == (pytest.approx(2 / 3), 0.9)
+
+
+def test_compute_all_matches_individual_functions():
+    rng = np.random.default_rng(3)
+    masks = random_masks(rng, n=6, h=20, w=20, normal=2)
+    maps = np.round(rng.random(masks.shape) + 0.3 * masks, 2).astype(np.float32)
+    labels = masks.any(axis=(1, 2)).astype(int)
+    image_scores = maps.max(axis=(1, 2))
+    out = metrics.compute_all(labels, image_scores, masks, maps)
+    assert set(out) == set(metrics.METRIC_KEYS)
+    assert out["image_auroc"] == metrics.image_auroc(labels, image_scores)
+    assert out["pixel_auroc"] == pytest.approx(metrics.pixel_auroc(masks, maps), abs=1e-12)
+    assert out["pixel_aupr"] == pytest.approx(metrics.pixel_aupr(masks, maps), abs=1e-12)
+    assert out["aupro"] == pytest.approx(metrics.aupro(masks, maps), abs=1e-12)
+    assert out["f1_max"] == pytest.approx(metrics.f1_max(masks, maps), abs=1e-12)
+    assert all(isinstance(v, float) for v in out.values())
+
+
+def test_undefined_metrics_are_nan():
+    masks = np.zeros((3, 8, 8), dtype=bool)
+    maps = np.random.default_rng(0).random(masks.shape)
+    out = metrics.compute_all([0, 0, 0], [0.1, 0.2, 0.3], masks, maps)
+    assert all(math.isnan(v) for v in out.values())
+    assert math.isnan(metrics.aupro(masks, maps))
+    assert math.isnan(metrics.pixel_auroc(masks, maps))
+    assert all(math.isnan(v) for v in metrics.f1_max_threshold(masks, maps))
+    assert math.isnan(metrics.image_auroc([1, 1], [0.2, 0.3]))
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def test_input_validation():
+    masks = np.zeros((2, 4, 4), dtype=bool)
+    masks[1, 1, 1] = True
+    maps = np.zeros((2, 4, 4), dtype=np.float32)
+    with pytest.raises(ValueError, match="same shape"):
+        metrics.pixel_auroc(masks, maps[:, :3])
+    with pytest.raises(ValueError, match="same shape"):
+        metrics.aupro(masks, maps[:1])
+    with pytest.raises(ValueError, match="same shape"):
+        metrics.image_auroc([0, 1, 1], [0.1, 0.2])
+    bad = maps.copy()
+    bad[0, 0, 0] = np.nan
+    for fn in (metrics.pixel_auroc, metrics.pixel_aupr, metrics.aupro, metrics.f1_max):
+        with pytest.raises(ValueError, match="non-finite"):
+            fn(masks, bad)
+    bad[0, 0, 0] = np.inf
+    with pytest.raises(ValueError, match="non-finite"):
+        metrics.aupro(masks, bad)
+    with pytest.raises(ValueError, match="non-finite"):
+        metrics.image_auroc([0, 1], [np.nan, 0.3])
+    with pytest.raises(ValueError, match="binary"):
+        metrics.pixel_auroc(masks * 255, maps)
+    with pytest.raises(ValueError, match="binary"):
+        metrics.image_auroc([0, 2], [0.1, 0.3])
+    with pytest.raises(ValueError, match="fpr_limit"):
+        metrics.aupro(masks, maps, fpr_limit=0.0)
+    with pytest.raises(ValueError, match="images"):
+        metrics.compute_all([0, 1, 1], [0.1, 0.2, 0.3], masks, maps)
+    # 0/1 integer masks are accepted and mean the same as bool masks
+    assert metrics.pixel_auroc(masks.astype(np.uint8), maps) == metrics.pixel_auroc(masks, maps)
