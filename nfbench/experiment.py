@@ -78,8 +78,26 @@ def _select_train(train, shots: int | None, seed: int):
     return train.subset(sorted(chosen.tolist()))
 
 
-def _evaluate(detector, test) -> tuple[dict[str, float], float]:
-    """Score ``test`` and compute every metric; returns (metrics, seconds spent scoring)."""
+def _examples(test, scores, labels: np.ndarray, masks: np.ndarray, count: int = 6,
+              side: int = 128) -> dict[str, np.ndarray]:
+    """What the report draws: every image score with its label, and a few anomaly maps
+    (defective images first) with their images and masks, downsampled to ``side`` px."""
+    import torch.nn.functional as F
+
+    order = [i for i in range(len(labels)) if labels[i]][: count - 2]
+    order += [i for i in range(len(labels)) if not labels[i]][: count - len(order)]
+    shrink = lambda a, mode: F.interpolate(torch.as_tensor(a, dtype=torch.float32)[:, None],
+                                           size=(side, side), mode=mode)[:, 0].numpy()
+    images = test.with_size(side).load_images(order).numpy()
+    return {"labels": labels.astype(np.int8), "image_scores": scores.image.astype(np.float32),
+            "example_index": np.asarray(order), "example_images": images.astype(np.float16),
+            "example_maps": shrink(scores.pixel[order], "bilinear").astype(np.float32),
+            "example_masks": shrink(masks[order], "nearest") > 0.5}
+
+
+def _evaluate(detector, test, examples: dict | None = None) -> tuple[dict[str, float], float]:
+    """Score ``test`` and compute every metric; returns (metrics, seconds spent scoring).
+    If ``examples`` is a dict, it receives what :func:`_examples` keeps for figures."""
     labels = np.asarray(test.labels)
     if labels.sum() == 0 or labels.sum() == len(labels):
         raise UserError(f"{test.name}: the test split needs normal and anomalous images")
@@ -88,21 +106,30 @@ def _evaluate(detector, test) -> tuple[dict[str, float], float]:
     seconds = time.perf_counter() - start
     if not (np.isfinite(scores.image).all() and np.isfinite(scores.pixel).all()):
         raise RuntimeError(f"{detector.name} produced non-finite scores on {test.name}")
-    return metrics.compute_all(labels, scores.image, test.load_masks(), scores.pixel), seconds
+    masks = test.load_masks()
+    if examples is not None:
+        examples.update(_examples(test, scores, labels, masks))
+    return metrics.compute_all(labels, scores.image, masks, scores.pixel), seconds
 
 
 def run_experiment(method: str, dataset: str, category: str, *, root: Path | None = None,
                    profile: str = "demo", seed: int = 0, overrides: dict[str, Any] | None = None,
                    shots: int | None = None, variant: str = "default",
-                   joint: bool = False) -> dict[str, Any]:
+                   joint: bool = False, joint_categories: list[str] | None = None,
+                   examples: dict | None = None) -> dict[str, Any]:
     """Fit ``method`` on the normal train images of ``category`` and score its test images.
 
     ``shots`` keeps a random subset of that many training images (drawn with ``seed``).
     ``joint`` trains one model on the train images of every category as one normal class and
     scores each category's test set (CS-Flow §4.5); ``category`` is then ``"all"`` and the
-    record's metrics are the means over categories, with ``per_category`` beside them.
+    record's metrics are the means over categories, with ``per_category`` beside them;
+    ``joint_categories`` limits joint training to those categories (default: all).
+    ``examples``, if a dict, receives scores and a few maps of the first category for figures.
     """
-    categories = None if dataset in ("demo", "folder") or joint else [category]
+    if joint:
+        categories = joint_categories
+    else:
+        categories = None if dataset in ("demo", "folder") else [category]
     table = load_table(dataset, root, categories)
     seed_everything(seed)
     detector = resolve_config(method, profile, dict(overrides or {}))
@@ -124,7 +151,8 @@ def run_experiment(method: str, dataset: str, category: str, *, root: Path | Non
     fit_seconds = time.perf_counter() - start
     per_category, score_seconds = {}, 0.0
     for name, test in tests.items():
-        per_category[name], seconds = _evaluate(detector, test)
+        per_category[name], seconds = _evaluate(detector, test, examples)
+        examples = None  # figures show the first category only
         score_seconds += seconds
     n_test = sum(len(t) for t in tests.values())
     summary = {key: float(np.mean([m[key] for m in per_category.values()]))
@@ -164,6 +192,15 @@ def write_record(record: dict[str, Any], path: Path) -> None:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def write_examples(examples: dict[str, np.ndarray], path: Path) -> None:
+    """Save the figure material of a run (``.npz``, plain arrays: loads without pickle)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez_compressed(tmp, **examples)
+    os.replace(tmp, path)
 
 
 def _json_default(value: Any) -> Any:

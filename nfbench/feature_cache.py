@@ -39,11 +39,12 @@ def scaled_inputs(images: torch.Tensor, n_scales: int) -> list[torch.Tensor]:
             for s in range(n_scales)]
 
 
-def get_extractor(backbone: str, layers: Sequence[str], device: torch.device) -> FeatureExtractor:
+def get_extractor(backbone: str, layers: Sequence[str], device: torch.device | str,
+                  pretrained: bool = True) -> FeatureExtractor:
     """A frozen extractor, built once per process and reused (weights load only once)."""
-    key = (backbone, tuple(layers), str(device))
+    key = (backbone, tuple(layers), str(device), pretrained)
     if key not in _EXTRACTORS:
-        _EXTRACTORS[key] = FeatureExtractor(backbone, layers).to(device)
+        _EXTRACTORS[key] = FeatureExtractor(backbone, layers, pretrained=pretrained).to(device)
     return _EXTRACTORS[key]
 
 

@@ -12,6 +12,8 @@ from nfbench.errors import UserError
 PROFILES: dict[str, dict[str, object]] = {
     # offline: no hub download is possible, so every backbone becomes the bundled Lite0
     "demo": {"backbone": "efficientnet_lite0"},
+    # CI's tiny budget: the same offline sources as demo
+    "smoke": {"backbone": "efficientnet_lite0"},
     # the papers' own backbones and budgets: each method's config defaults
     "paper": {},
 }

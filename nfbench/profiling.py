@@ -88,3 +88,30 @@ def time_inference(function: Callable[[], Any], device: torch.device | str = "cp
     q1, q3 = times[len(times) // 4], times[(3 * len(times)) // 4]
     return {"median_s": statistics.median(times), "iqr_s": q3 - q1, "min_s": times[0],
             "repeats": len(times), "device": str(device)}
+
+
+def profile_method(method: str, settings: dict, batch_size: int = 1, repeats: int = 5,
+                   time_it: bool = True) -> dict[str, Any]:
+    """FLOPs per image, parameters and inference time of ``method`` with ``settings``.
+
+    The method's ``inference_module(pretrained=False)`` is measured untrained: FLOPs, size
+    and speed do not depend on the weights, and no weight download is needed.
+    """
+    from nfbench.methods import create_method
+    from nfbench.methods.base import resolve_device
+
+    detector = create_method(method, **settings)
+    device = resolve_device(getattr(detector.config, "device", "auto"))
+    module = detector.inference_module(pretrained=False)
+    size = detector.config.input_size
+    flops = count_flops(module, torch.rand(1, 3, size, size, device=device))
+    result: dict[str, Any] = {"method": method, "settings": settings, "input_size": size,
+                              **flops, **parameter_stats(module), "batch_size": batch_size}
+    if time_it:
+        batch = torch.rand(batch_size, 3, size, size, device=device)
+        timing = time_inference(lambda: module(batch), device=device, warmup=1, repeats=repeats)
+        result.update({"timing": timing,
+                       "images_per_second": batch_size / timing["median_s"],
+                       "device_name": (torch.cuda.get_device_name(device) if device.type == "cuda"
+                                       else f"CPU ({torch.get_num_threads()} threads)")})
+    return result

@@ -16,7 +16,8 @@ from nfbench.methods.base import Detector, Scores, build_config
 _REGISTRY: dict[str, type] = {}
 
 #: Subpackages imported on first use of the registry; each registers its methods.
-_BUILTIN_MODULES = ("nfbench.methods.gaussian", "nfbench.methods.csflow")
+_BUILTIN_MODULES = ("nfbench.methods.gaussian", "nfbench.methods.csflow", "nfbench.methods.patchflow",
+                    "nfbench.methods.cflow", "nfbench.methods.clscnf")
 
 
 def register_method(name: str) -> Callable[[type], type]:

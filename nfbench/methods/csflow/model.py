@@ -193,20 +193,28 @@ class CSFlowDetector:
         self.flow.eval()
 
     # -- profiling --------------------------------------------------------------------
-    def inference_module(self) -> nn.Module:
+    def inference_module(self, pretrained: bool = True) -> nn.Module:
         """Images in [0, 1] → image scores: backbone at every scale, then the flow. Used to
-        count FLOPs and time inference of the whole method."""
-        if self.flow is None:
-            raise RuntimeError("CSFlowDetector used before fit")
-        return _CSFlowInference(self)
+        count FLOPs and time inference of the whole method. Before ``fit`` the flow is built
+        untrained from a dry run (FLOPs and speed do not depend on trained weights), and
+        ``pretrained=False`` skips loading backbone weights for the same reason."""
+        extractor = get_extractor(self.config.backbone, [self.config.layer], self.device,
+                                  pretrained=pretrained)
+        flow = self.flow
+        if flow is None:
+            with torch.no_grad():
+                probe = torch.zeros(1, 3, self.config.input_size, self.config.input_size,
+                                    device=self.device)
+                maps = [extractor(x)[0] for x in scaled_inputs(probe, self.config.n_scales)]
+            flow = self._build_flow([tuple(x.shape[1:]) for x in self._flow_inputs(maps)])
+        return _CSFlowInference(self, extractor, flow.to(self.device).eval())
 
 
 class _CSFlowInference(nn.Module):
-    def __init__(self, detector: CSFlowDetector):
+    def __init__(self, detector: CSFlowDetector, extractor: nn.Module, flow: nn.Module):
         super().__init__()
-        cfg = detector.config
-        self.extractor = get_extractor(cfg.backbone, [cfg.layer], detector.device)
-        self.flow = detector.flow
+        self.extractor = extractor
+        self.flow = flow
         self.detector = detector
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

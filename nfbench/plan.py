@@ -1,0 +1,120 @@
+"""From benchmark specs (``benchmarks/<paper>.yaml``) and parameters (``params.yaml``) to runs.
+
+A spec declares a paper's *variants* (one run definition each: settings, shots, joint
+training, a dataset role) and its *tables* (which variants, which metric, the published
+numbers). ``params.yaml`` maps each dataset role onto a real dataset and categories for the
+chosen profile and adds the profile's budget. Expanding both gives the list of :class:`Run`
+s, one per variant × category × seed; each writes one result record, whose path is fixed by
+the run so that tables can find it without training anything.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from nfbench.errors import UserError
+from nfbench.paths import project_root
+
+PAPERS = ("csflow", "patchflow", "clscnf")
+
+
+def benchmarks_dir() -> Path:
+    return project_root() / "benchmarks"
+
+
+def load_spec(paper: str) -> dict[str, Any]:
+    """The benchmark spec of ``paper``."""
+    path = benchmarks_dir() / f"{paper}.yaml"
+    if not path.is_file():
+        available = sorted(p.stem for p in benchmarks_dir().glob("*.yaml"))
+        raise UserError(f"no benchmark spec {path}; available: {', '.join(available)}")
+    return yaml.safe_load(path.read_text())
+
+
+def load_params(path: Path | None = None) -> dict[str, Any]:
+    """``params.yaml`` at the project top (or ``path``)."""
+    path = Path(path) if path is not None else project_root() / "params.yaml"
+    if not path.is_file():
+        raise UserError(f"no parameters file {path}")
+    return yaml.safe_load(path.read_text())
+
+
+def profile_params(params: dict[str, Any], paper: str, profile: str) -> dict[str, Any]:
+    """The block ``params[paper][profile]``, with a clear error when it is missing."""
+    try:
+        return params[paper][profile]
+    except (KeyError, TypeError):
+        raise UserError(f"params.yaml has no '{paper}: {profile}:' block") from None
+
+
+@dataclass(frozen=True)
+class Run:
+    """One fit + score: everything :func:`nfbench.experiment.run_experiment` needs."""
+
+    paper: str
+    method: str
+    variant: str
+    dataset: str
+    category: str
+    seed: int
+    profile: str
+    settings: dict = field(default_factory=dict, hash=False, compare=False)
+    shots: int | None = None
+    joint: bool = False
+    root: str | None = None
+    joint_categories: tuple[str, ...] = ()
+
+    @property
+    def record_path(self) -> Path:
+        """Where this run's record lives, relative to the results folder."""
+        return Path(self.paper) / "runs" / self.variant / self.category / f"seed{self.seed}.json"
+
+    @property
+    def run_id(self) -> str:
+        return f"{self.paper}/{self.variant}/{self.category}/seed{self.seed}"
+
+
+def role_categories(role: dict[str, Any]) -> list[str]:
+    """The categories a dataset role names (``all`` = every category of the dataset)."""
+    from nfbench.datasets import categories_of
+
+    categories = role.get("categories", "all")
+    if categories == "all":
+        return list(categories_of(role["dataset"], role.get("root")))
+    return [str(c) for c in categories]
+
+
+def expand_runs(paper: str, profile: str, params: dict[str, Any] | None = None,
+                variants: list[str] | None = None) -> list[Run]:
+    """Every run of ``paper`` under ``profile`` (optionally only some ``variants``)."""
+    spec = load_spec(paper)
+    block = profile_params(params if params is not None else load_params(), paper, profile)
+    declared = spec["variants"]
+    chosen = variants or list(declared)
+    unknown = [v for v in chosen if v not in declared]
+    if unknown:
+        raise UserError(f"{paper} has no variant(s) {unknown}; declared: {', '.join(declared)}")
+    runs = []
+    for name in chosen:
+        variant = declared[name]
+        role_name = variant.get("dataset", "mvtec_ad")
+        role = block["datasets"].get(role_name)
+        if role is None:
+            raise UserError(f"params.yaml {paper}.{profile}.datasets has no role {role_name!r}")
+        settings = {**block.get("settings", {}), **role.get("settings", {}),
+                    **variant.get("settings", {})}
+        method = variant.get("method", spec["method"])
+        role_cats = role_categories(role)
+        categories = ["all"] if variant.get("joint") else role_cats
+        for category in categories:
+            for seed in block.get("seeds", [0]):
+                runs.append(Run(paper=paper, method=method, variant=name, dataset=role["dataset"],
+                                category=category, seed=int(seed), profile=profile,
+                                settings=settings, shots=variant.get("shots"),
+                                joint=bool(variant.get("joint", False)), root=role.get("root"),
+                                joint_categories=tuple(role_cats) if variant.get("joint") else ()))
+    return runs

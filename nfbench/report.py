@@ -1,0 +1,271 @@
+"""Markdown reports (``reports/<paper>.md``) from result records, tables and the spec only.
+
+Nothing here trains or scores: a report reads the tidy tables written by
+:mod:`nfbench.tables`, the records under ``results/<paper>/runs`` (for provenance, timing and
+figure material), the profiling output and ``benchmarks/<paper>.yaml`` (published numbers,
+deviations). Figures are PNGs next to the Markdown.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from nfbench.backbones import BACKBONES  # noqa: E402
+from nfbench.datasets import DATASETS  # noqa: E402
+from nfbench.plan import expand_runs, load_spec  # noqa: E402
+
+DEMO_WARNING = ("> **Demo profile.** These numbers come from the offline demo set (scikit-image "
+                "photographs with generated defects) and the bundled EfficientNet-Lite0, with "
+                "CPU budgets. They check that the code runs end to end; they are **not "
+                "comparable** to the published numbers, so Δ is shown for orientation only and "
+                "no tolerance is judged.")
+
+
+def _fmt(value: Any, digits: int = 1) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    return f"{value:.{digits}f}"
+
+
+def _cell(row: pd.Series) -> str:
+    if row["n"] == 0 or math.isnan(row["mean"]):
+        return "—"
+    return f"{row['mean']:.1f} ± {row['std']:.1f} (n={int(row['n'])})"
+
+
+def _within(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)) or value == "":
+        return "n/a"
+    return "yes" if str(value) in ("True", "true", "1", "1.0") else "**no**"
+
+
+def table_markdown(frame: pd.DataFrame) -> str:
+    """A paper table: published | reproduced | Δ | within tolerance."""
+    lines = ["| row | metric | published | reproduced (mean ± std) | Δ | within tolerance |",
+             "|---|---|---|---|---|---|"]
+    for _, row in frame.iterrows():
+        published = row["published"] if not pd.isna(row["published"]) else None
+        lines.append(f"| {row['label']} | {row['metric']} | {_fmt(published)} | {_cell(row)} | "
+                     f"{_fmt(row['delta']) if published is not None else '—'} | "
+                     f"{_within(row['within_tolerance'])} |")
+    return "\n".join(lines)
+
+
+def comparison_markdown(comparison: dict[str, Any]) -> str:
+    """Other methods' published numbers, as transcribed (not re-run)."""
+    keys = sorted({k for v in comparison.values() if isinstance(v, dict) for k in v})
+    if not keys:
+        lines = ["| method | published |", "|---|---|"]
+        lines += [f"| {name} | {_fmt(value)} |" for name, value in comparison.items()]
+        return "\n".join(lines)
+    lines = ["| method | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
+    for name, values in comparison.items():
+        lines.append(f"| {name} | " + " | ".join(_fmt(values.get(k)) for k in keys) + " |")
+    return "\n".join(lines)
+
+
+def _bar_figure(frame: pd.DataFrame, title: str, path: Path) -> None:
+    """Published vs reproduced, one pair of bars per row."""
+    rows = frame[frame["n"] > 0]
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.6 * len(rows) + 2), 3.2))
+    x = np.arange(len(rows))
+    ax.bar(x - 0.2, rows["published"].astype(float), 0.4, label="published")
+    ax.bar(x + 0.2, rows["mean"], 0.4, yerr=rows["std"], label="reproduced")
+    ax.set_xticks(x, [str(r) for r in rows["label"]], rotation=45, ha="right", fontsize=7)
+    ax.set_ylabel(rows["metric"].iloc[0] + " [%]")
+    ax.set_ylim(max(0.0, np.nanmin(np.r_[rows["mean"].values, rows["published"].astype(float).values]) - 10), 101)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _maps_figure(examples: dict[str, np.lib.npyio.NpzFile], path: Path) -> None:
+    """Image with ground-truth contour, and the anomaly map, for a few test images per category."""
+    count = max(len(e["example_index"]) for e in examples.values())
+    fig, axes = plt.subplots(2 * len(examples), count, figsize=(1.6 * count, 3.2 * len(examples)),
+                             squeeze=False)
+    for r, (category, e) in enumerate(examples.items()):
+        for c in range(count):
+            top, bottom = axes[2 * r, c], axes[2 * r + 1, c]
+            top.axis("off"), bottom.axis("off")
+            if c >= len(e["example_index"]):
+                continue
+            top.imshow(np.transpose(e["example_images"][c].astype(np.float32), (1, 2, 0)))
+            if e["example_masks"][c].any():
+                top.contour(e["example_masks"][c], levels=[0.5], colors="red", linewidths=0.6)
+            bottom.imshow(e["example_maps"][c], cmap="jet")
+            if c == 0:
+                top.set_title(category, fontsize=8, loc="left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _roc_figure(examples: dict[str, Any], path: Path) -> None:
+    from sklearn.metrics import roc_curve
+
+    fig, ax = plt.subplots(figsize=(3.6, 3.4))
+    for category, e in examples.items():
+        fpr, tpr, _ = roc_curve(e["labels"], e["image_scores"])
+        ax.plot(fpr, tpr, label=category)
+    ax.plot([0, 1], [0, 1], "k:", linewidth=0.8)
+    ax.set_xlabel("false positive rate"), ax.set_ylabel("true positive rate")
+    ax.set_title("image-level ROC", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _provenance(records: list[dict]) -> list[str]:
+    env = records[0]["environment"]
+    backbones = sorted({r["config"].get("backbone", "") for r in records} - {""})
+    datasets = sorted({r["dataset"] for r in records})
+    commits = sorted({str(r["environment"].get("git_commit")) for r in records})
+    created = sorted(r["created"] for r in records)
+    lines = [f"- **profile**: `{records[0]['profile']}`"]
+    for name in datasets:
+        spec = DATASETS.get(name)
+        sources = ", ".join(f"{a.url} (sha256 `{a.sha256 or 'not published; file list checked'}`)"
+                            for a in spec.archives) if spec and spec.archives else \
+            "built locally by `nfbench data download demo` (seeded generator)"
+        lines.append(f"- **dataset** `{name}`: {sources}")
+    for name in backbones:
+        spec = BACKBONES.get(name)
+        lines.append(f"- **backbone** `{name}`: {spec.weights_tag if spec else '?'}; "
+                     f"{spec.note if spec else ''}")
+    lines += [f"- **hardware**: {env.get('gpu') or env.get('cpu')} ({env.get('cpu_threads')} CPU threads), "
+              f"device `{records[0]['timing']['device']}`",
+              f"- **software**: python {env['python']}, torch {env['torch']}, timm {env['timm']}, "
+              f"numpy {env['numpy']}, nfbench {env['nfbench']}",
+              f"- **git commit(s) of the runs**: {', '.join(commits)}",
+              f"- **records created**: {created[0]} … {created[-1]} (UTC). DVC reruns a run "
+              "only when its code, data or parameters change; a record older than this "
+              "report's date was restored from DVC's cache, not recomputed.",
+              f"- **report generated**: {_dt.datetime.now(_dt.timezone.utc).isoformat(timespec='seconds')}"]
+    return lines
+
+
+def write_report(paper: str, profile: str, params: dict, results_dir: Path,
+                 reports_dir: Path) -> Path:
+    """Write ``reports/<paper>.md`` and its figures; returns the Markdown path."""
+    spec = load_spec(paper)
+    results_dir, reports_dir = Path(results_dir), Path(reports_dir)
+    figures = reports_dir / "figures"
+    figures.mkdir(parents=True, exist_ok=True)
+    runs = expand_runs(paper, profile, params)
+    records = [json.loads((results_dir / r.record_path).read_text()) for r in runs]
+    out = [f"# {spec['title']}", "",
+           f"Reproduction report for `{paper}` ({spec.get('source', '')}). Generated by "
+           "`nfbench report` from result records and `benchmarks/" + paper + ".yaml`; "
+           "do not edit by hand.", ""]
+    if profile != "paper":
+        out += [DEMO_WARNING, ""]
+    out += ["## Provenance", ""] + _provenance(records) + [""]
+
+    tables_dir = results_dir / paper / "tables"
+    for table_id, table in spec["tables"].items():
+        out += [f"## {table['title']}", ""]
+        if table.get("reproducible", True) is False:
+            out += [f"**Not reproducible here**: {table.get('reason', '')}", ""]
+            continue
+        frame = pd.read_csv(tables_dir / f"{table_id}.csv")
+        out += [table_markdown(frame), ""]
+        if table.get("note"):
+            out += [table["note"], ""]
+        if table.get("comparison"):
+            out += ["Published numbers of the methods the paper compares with (transcribed, "
+                    "not re-run):", "", comparison_markdown(table["comparison"]), ""]
+        plotted = frame[frame["published"].notna() | (frame["n"] > 0)]
+        if len(plotted) >= 2:
+            png = figures / f"{paper}_{table_id}.png"
+            _bar_figure(plotted, table["title"], png)
+            out += [f"![{table['title']}](figures/{png.name})", ""]
+
+    main_variant = next(iter(spec["variants"]))
+    examples = {r.category: np.load(results_dir / r.record_path.with_suffix(".npz"))
+                for r in runs if r.variant == main_variant and r.seed == runs[0].seed}
+    if examples:
+        maps_png, roc_png = figures / f"{paper}_maps.png", figures / f"{paper}_roc.png"
+        _maps_figure(examples, maps_png)
+        _roc_figure(examples, roc_png)
+        out += ["## Anomaly maps and ROC curves", "",
+                f"Variant `{main_variant}`: each pair of rows shows test images (ground truth "
+                "outlined in red) and the method's anomaly map.", "",
+                f"![anomaly maps](figures/{maps_png.name})", "", f"![ROC](figures/{roc_png.name})", ""]
+
+    out += _complexity_section(spec, results_dir / paper / "profile.json",
+                               [r for r in records if r["variant"] == main_variant])
+    out += ["## Deviations from the paper", ""]
+    out += [f"- **{d['what']}**: {d['why']}" for d in spec.get("deviations", [])] + [""]
+    out += ["## Runs", "", "| run | image AUROC | fit [s] | created | commit |", "|---|---|---|---|---|"]
+    out += [f"| {r['run_id']} | {r['metrics']['image_auroc']:.4f} | {r['timing']['fit_seconds']:.1f} | "
+            f"{r['created']} | {str(r['environment'].get('git_commit'))[:12]} |" for r in records]
+    path = reports_dir / f"{paper}.md"
+    path.write_text("\n".join(out) + "\n")
+    return path
+
+
+def _complexity_section(spec: dict, profile_path: Path, main_records: list[dict]) -> list[str]:
+    out = ["## Complexity and speed", ""]
+    published = spec.get("complexity", {}).get("published", {})
+    if published:
+        out += ["Published: " + ", ".join(f"{k} = {v}" for k, v in published.items()), ""]
+    if profile_path.is_file():
+        entries = json.loads(profile_path.read_text())
+        out += ["FLOPs per image: fvcore counts one multiply-add as one flop (so its column is "
+                "GMACs); torch's FlopCounterMode counts two. Operators neither counts "
+                "(element-wise: exp, atan, add, ...) are listed below the table.", "",
+                "| configuration | input | GMACs (fvcore) | GFLOPs (torch) | parameters [M] | size [MB] | images/s | batch | device |",
+                "|---|---|---|---|---|---|---|---|---|"]
+        skipped = set()
+        for e in entries:
+            skipped.update(e.get("fvcore_skipped_ops", []))
+            out.append(f"| {e['label']} | {e['input_size']} | {e['gmacs_fvcore']:.2f} | "
+                       f"{e['gflops_torch']:.2f} | {e['parameters'] / 1e6:.1f} | {e['size_mb']:.1f} | "
+                       f"{_fmt(e.get('images_per_second'), 2)} | {e['batch_size']} | "
+                       f"{e.get('device_name', '—')} |")
+        out += ["", f"Not counted by fvcore: {', '.join(sorted(skipped)) or 'none'}.", ""]
+    if main_records:
+        fits = [r["timing"]["fit_seconds"] for r in main_records]
+        out += [f"Training time per category (this run, {main_records[0]['timing']['device']}): "
+                f"median {np.median(fits):.1f} s over {len(fits)} runs.", ""]
+    return out
+
+
+def write_index(reports_dir: Path, results_dir: Path, papers: list[str]) -> Path:
+    """``reports/README.md``: the headline numbers of every paper in one table."""
+    lines = ["# nfbench reports", "",
+             "Generated by `nfbench report`; one report per paper. Headline rows: the "
+             "average rows of each paper's first table.", "",
+             "| paper | table | row | metric | published | reproduced | Δ | profile |",
+             "|---|---|---|---|---|---|---|---|"]
+    for paper in papers:
+        spec = load_spec(paper)
+        first = next((t for t, v in spec["tables"].items() if v.get("reproducible", True)), None)
+        table = Path(results_dir) / paper / "tables" / f"{first}.csv"
+        if first is None or not table.is_file():
+            continue
+        if True:
+            frame = pd.read_csv(table)
+            heads = frame[frame["row"].isin(["average"])] if (frame["row"] == "average").any() else frame
+            for _, row in heads.iterrows():
+                lines.append(f"| [{paper}]({paper}.md) | {row['table']} | {row['label']} | "
+                             f"{row['metric']} | {_fmt(row['published'])} | {_cell(row)} | "
+                             f"{_fmt(row['delta'])} | {row['profile']} |")
+    path = Path(reports_dir) / "README.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path

@@ -1,0 +1,140 @@
+"""The pipeline's wiring: specs → runs → tables → reports → regression check, without training."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from nfbench.check import run_check
+from nfbench.experiment import write_examples, write_record
+from nfbench.plan import expand_runs, load_params, load_spec
+
+ROOT = Path(__file__).resolve().parents[1]
+PAPERS_IN_PIPELINE = [p for p in ("csflow", "patchflow", "clscnf")
+                      if p in yaml.safe_load((ROOT / "params.yaml").read_text())]
+
+
+@pytest.fixture(autouse=True)
+def at_repo_top(monkeypatch):
+    monkeypatch.chdir(ROOT)
+
+
+@pytest.mark.parametrize("paper", PAPERS_IN_PIPELINE)
+def test_every_table_is_declared_and_wired_into_dvc(paper):
+    spec = load_spec(paper)
+    dvc = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    for table_id, table in spec["tables"].items():
+        for variant in table.get("columns") or table.get("rows") or {}:
+            assert variant in spec["variants"], f"{table_id} uses undeclared variant {variant}"
+    assert sorted(dvc[f"{paper}_runs"]["foreach"]) == sorted(spec["variants"])
+    table_deps = {d for d in dvc[f"{paper}_tables"]["deps"] if d.startswith("results/")}
+    assert table_deps == {f"results/{paper}/runs/{v}" for v in spec["variants"]}
+    assert spec.get("deviations"), "every paper lists its deviations"
+
+
+def test_paper_profile_plan_covers_every_csflow_table():
+    runs = expand_runs("csflow", "paper", load_params())
+    by_variant = {}
+    for run in runs:
+        by_variant.setdefault(run.variant, set()).add((run.dataset, run.category, run.seed))
+    assert len(by_variant["full"]) == 15 * 3 and len(by_variant["blocks6"]) == 15 * 3
+    assert {d for d, _, _ in by_variant["mtd"]} == {"mtd"}
+    assert by_variant["joint"] == {("mvtec_ad", "all", s) for s in (0, 1, 2)}
+    mtd_run = next(r for r in runs if r.variant == "mtd")
+    assert mtd_run.settings["input_size"] == 384 and mtd_run.settings["epochs"] == 60
+    shots = next(r for r in runs if r.variant == "shots16")
+    assert shots.shots == 16 and shots.settings == {}
+    assert len(runs) == 15 * 3 * 12 + 3 + 3  # 12 per-category variants, MTD, joint
+
+
+def _fake_results(results: Path, runs, value) -> None:
+    """Records as the runner writes them, with image AUROC = value(run)."""
+    for run in runs:
+        metrics = {k: value(run) for k in ("image_auroc", "pixel_auroc", "pixel_aupr", "aupro", "f1_max")}
+        record = {"paper": run.paper, "run_id": run.run_id, "method": run.method,
+                  "dataset": run.dataset, "category": run.category, "variant": run.variant,
+                  "seed": run.seed, "profile": run.profile, "config": {"backbone": "efficientnet_lite0"},
+                  "metrics": metrics, "timing": {"fit_seconds": 1.0, "device": "cpu"},
+                  "environment": {"python": "3", "torch": "2", "timm": "1", "numpy": "2",
+                                  "nfbench": "0", "cpu": "x", "cpu_threads": 2, "git_commit": "abc"},
+                  "created": "2026-01-01T00:00:00+00:00"}
+        if run.category == "all":
+            record["per_category"] = {c: metrics for c in run.joint_categories}
+        path = results / run.record_path
+        write_record(record, path)
+        rng = np.random.default_rng(0)
+        write_examples({"labels": np.array([0, 1, 0, 1]), "image_scores": rng.random(4),
+                        "example_index": np.arange(2), "example_images": rng.random((2, 3, 8, 8)),
+                        "example_maps": rng.random((2, 8, 8)),
+                        "example_masks": rng.random((2, 8, 8)) > 0.5}, path.with_suffix(".npz"))
+
+
+def test_tables_and_report_from_records_only(tmp_path):
+    from nfbench.report import write_index, write_report
+    from nfbench.tables import build_tables, write_tables
+
+    params = load_params()
+    runs = expand_runs("csflow", "smoke", params)
+    _fake_results(tmp_path, runs, lambda run: 0.5 + 0.01 * len(run.variant))
+    tables = build_tables("csflow", "smoke", params, tmp_path)
+    write_tables(tables, tmp_path / "csflow")
+    table3 = tables["table3"].set_index("row")
+    assert table3.loc["separate", "mean"] == pytest.approx(100 * (0.5 + 0.08))
+    assert table3.loc["separate", "published"] == 98.2
+    assert table3.loc["separate", "delta"] == pytest.approx(58.0 - 98.2)
+    assert table3["within_tolerance"].isna().all(), "no tolerance is judged outside the paper profile"
+    joint = tables["joint"].iloc[0]
+    assert joint["n"] == 1 and joint["mean"] == pytest.approx(55.0)
+    metrics = json.loads((tmp_path / "csflow" / "metrics.json").read_text())
+    assert "table4" in metrics
+    (tmp_path / "csflow" / "profile.json").write_text(json.dumps([{
+        "label": "paper configuration", "input_size": 768, "gmacs_fvcore": 96.2,
+        "gflops_torch": 190.8, "parameters": 2.9e8, "size_mb": 1100.0, "batch_size": 1}]))
+    report = write_report("csflow", "smoke", params, tmp_path, tmp_path / "reports").read_text()
+    for needle in ("Table 1", "Table 4", "| published |", "Deviations from the paper",
+                   "Adam betas", "96.20", "Demo profile", "figures/csflow_maps.png"):
+        assert needle in report
+    assert (tmp_path / "reports/figures/csflow_roc.png").stat().st_size > 1000
+    index = write_index(tmp_path / "reports", tmp_path, ["csflow"]).read_text()
+    assert "[csflow](csflow.md)" in index
+
+
+def test_missing_record_is_a_clear_error(tmp_path):
+    from nfbench.errors import UserError
+    from nfbench.tables import build_tables
+
+    with pytest.raises(UserError, match="missing result record"):
+        build_tables("csflow", "smoke", load_params(), tmp_path)
+
+
+def test_check_fails_on_regression_and_names_the_run(tmp_path):
+    runs = expand_runs("csflow", "smoke", load_params())[:3]
+    _fake_results(tmp_path / "good", runs, lambda run: 0.8)
+    baseline = tmp_path / "baseline.json"
+    assert run_check(baseline, tmp_path / "good", update=True) == []
+    assert run_check(baseline, tmp_path / "good") == []
+    _fake_results(tmp_path / "slightly", runs, lambda run: 0.79)  # within the 0.02 tolerance
+    assert run_check(baseline, tmp_path / "slightly") == []
+    worse = runs[1].run_id
+    _fake_results(tmp_path / "bad", runs, lambda run: 0.7 if run.run_id == worse else 0.8)
+    problems = run_check(baseline, tmp_path / "bad")
+    assert len(problems) == 3 and all(p.startswith(worse) for p in problems)  # 3 checked metrics
+    (tmp_path / "bad" / runs[0].record_path).unlink()
+    assert any("no fresh result" in p for p in run_check(baseline, tmp_path / "bad"))
+
+
+def test_check_cli_exit_code(tmp_path, capsys):
+    from nfbench.cli import main
+
+    runs = expand_runs("csflow", "smoke", load_params())[:2]
+    _fake_results(tmp_path / "r", runs, lambda run: 0.9)
+    baseline = tmp_path / "b.json"
+    assert main(["check", "--baseline", str(baseline), "--results", str(tmp_path / "r"),
+                 "--update"]) == 0
+    _fake_results(tmp_path / "r", runs, lambda run: 0.5)
+    assert main(["check", "--baseline", str(baseline), "--results", str(tmp_path / "r")]) == 2
+    assert "REGRESSION csflow/" in capsys.readouterr().err
