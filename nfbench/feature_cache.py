@@ -48,53 +48,82 @@ def get_extractor(backbone: str, layers: Sequence[str], device: torch.device | s
     return _EXTRACTORS[key]
 
 
-def cache_key(backbone: str, layers: Sequence[str], n_scales: int, images: ImageSet) -> str:
-    """The hash that names a cache entry."""
+SHARED_ROLES = ("stride8", "stride16", "stride32")
+"""Layers computed together whenever one of them is missing: the three papers tap these
+roles, and the deepest one costs the whole forward pass anyway, so CS-Flow, PatchFlow and
+CFlow share one extraction per image set."""
+
+
+def cache_key(backbone: str, layer: str, scale: int, images: ImageSet) -> str:
+    """The hash that names the cache entry of one (layer, scale) of an image set."""
     spec = get_backbone_spec(backbone)
     description = {
         "format": CACHE_FORMAT, "backbone": backbone, "weights": spec.weights_tag,
-        "layers": resolve_layers(spec, layers), "n_scales": n_scales,
+        "layer": resolve_layers(spec, [layer])[0], "scale": scale,
         "scale_interpolation": "nearest", "images": images.fingerprint,
     }
     return hashlib.sha1(json.dumps(description, sort_keys=True).encode()).hexdigest()[:20]
 
 
 @torch.no_grad()
-def compute_features(backbone: str, layers: Sequence[str], images: ImageSet, n_scales: int = 1,
-                     batch_size: int = 16, device: torch.device | str = "cpu",
-                     progress: bool = True) -> list[list[torch.Tensor]]:
-    """Features without the cache: ``result[scale][layer]`` is ``float [N, C, h, w]`` (CPU)."""
+def compute_features(backbone: str, layers: Sequence[str], images: ImageSet,
+                     scales: Sequence[int] = (0,), batch_size: int = 16,
+                     device: torch.device | str = "cpu", progress: bool = True
+                     ) -> dict[tuple[int, str], torch.Tensor]:
+    """Features without the cache: ``{(scale, layer): float [N, C, h, w]}`` on the CPU, where
+    scale s is the input downsampled by 2**s (nearest, as in the original codes)."""
     device = torch.device(device)
     extractor = get_extractor(backbone, layers, device)
-    collected: list[list[list[torch.Tensor]]] = [[[] for _ in layers] for _ in range(n_scales)]
+    n_scales = max(scales) + 1
+    collected: dict[tuple[int, str], list[torch.Tensor]] = {
+        (s, layer): [] for s in scales for layer in layers}
     starts = range(0, len(images), batch_size)
     for start in tqdm(starts, desc=f"features {backbone} {images.name}".strip(),
                       disable=not progress, leave=False):
         batch = images.load_images(range(start, min(start + batch_size, len(images))))
         for s, scaled in enumerate(scaled_inputs(batch.to(device), n_scales)):
-            for l, fmap in enumerate(extractor(scaled)):
-                collected[s][l].append(fmap.float().cpu().contiguous())
-    return [[torch.cat(chunks) for chunks in per_layer] for per_layer in collected]
+            if s not in scales:
+                continue
+            for layer, fmap in zip(layers, extractor(scaled)):
+                collected[(s, layer)].append(fmap.float().cpu().contiguous())
+    return {key: torch.cat(chunks) for key, chunks in collected.items()}
+
+
+def _save(tensor: torch.Tensor, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp_name = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    os.close(handle)
+    try:
+        torch.save(tensor, tmp_name)
+        os.replace(tmp_name, path)
+    finally:
+        if os.path.exists(tmp_name):
+            os.remove(tmp_name)
 
 
 def cached_features(backbone: str, layers: Sequence[str], images: ImageSet, n_scales: int = 1,
                     batch_size: int = 16, device: torch.device | str = "cpu",
                     progress: bool = True, root: Path | None = None) -> list[list[torch.Tensor]]:
-    """Like :func:`compute_features`, read from / written to the on-disk cache."""
+    """Features of ``layers`` at ``n_scales`` input scales, ``result[scale][layer]``, read from
+    (or computed once into) the on-disk cache, one entry per (layer, scale).
+
+    On a miss, every shared role layer (:data:`SHARED_ROLES`) is computed in the same pass
+    and stored, so a later request by another method for another role hits the cache.
+    """
+    spec = get_backbone_spec(backbone)
+    resolved = resolve_layers(spec, layers)
     root = Path(root) if root is not None else cache_root() / "features"
-    path = root / backbone.replace("/", "_") / f"{cache_key(backbone, layers, n_scales, images)}.pt"
-    if path.exists():
-        stored = torch.load(path, map_location="cpu", weights_only=True)
-        return stored["features"]
-    features = compute_features(backbone, layers, images, n_scales, batch_size, device, progress)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(handle)
-    try:
-        torch.save({"features": features, "paths": list(images.paths), "size": images.size},
-                   tmp_name)
-        os.replace(tmp_name, path)
-    finally:
-        if os.path.exists(tmp_name):
-            os.remove(tmp_name)
-    return features
+    folder = root / backbone.replace("/", "_")
+    path = lambda s, layer: folder / f"{cache_key(backbone, layer, s, images)}.pt"
+    wanted = [(s, layer) for s in range(n_scales) for layer in resolved]
+    missing_scales = sorted({s for s, layer in wanted if not path(s, layer).exists()})
+    if missing_scales:
+        shared = resolve_layers(spec, [r for r in SHARED_ROLES if r in spec.roles])
+        to_compute = list(dict.fromkeys(resolved + (shared if set(resolved) <= set(shared) else [])))
+        computed = compute_features(backbone, to_compute, images, missing_scales, batch_size,
+                                    device, progress)
+        for (s, layer), tensor in computed.items():
+            if not path(s, layer).exists():
+                _save(tensor, path(s, layer))
+    return [[torch.load(path(s, layer), map_location="cpu", weights_only=True)
+             for layer in resolved] for s in range(n_scales)]

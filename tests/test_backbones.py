@@ -47,7 +47,7 @@ def test_bad_layer_is_a_user_error():
         get_backbone_spec("resnet9000")
 
 
-def test_feature_cache_reuses_and_invalidates(tiny_demo, tmp_path, monkeypatch):
+def test_feature_cache_reuses_shares_and_invalidates(tiny_demo, tmp_path, monkeypatch):
     from nfbench import feature_cache
     from nfbench.datasets import image_sets, load_table
 
@@ -57,14 +57,21 @@ def test_feature_cache_reuses_and_invalidates(tiny_demo, tmp_path, monkeypatch):
     first = feature_cache.cached_features("efficientnet_lite0", ["stride32"], subset, n_scales=2,
                                           root=tmp_path, progress=False)
     assert [f[0].shape for f in first] == [(3, 192, 2, 2), (3, 192, 1, 1)]
+    # one entry per (layer, scale); the other shared roles were computed in the same pass
+    assert len(list(tmp_path.rglob("*.pt"))) == 3 * 2
     calls = []
+    real = feature_cache.compute_features
     monkeypatch.setattr(feature_cache, "compute_features",
-                        lambda *a, **k: calls.append(1) or first)
+                        lambda *a, **k: calls.append(a[1]) or real(*a, **k))
     again = feature_cache.cached_features("efficientnet_lite0", ["stride32"], subset, n_scales=2,
                                           root=tmp_path, progress=False)
-    assert not calls, "a cached entry must be read, not recomputed"
-    assert torch.equal(again[0][0], first[0][0])
+    assert torch.equal(again[1][0], first[1][0])
+    shared = feature_cache.cached_features("efficientnet_lite0", ["stride8", "stride16"], subset,
+                                           n_scales=1, root=tmp_path, progress=False)
+    assert not calls, "cached entries (also another method's layers) must be read, not recomputed"
+    assert shared[0][0].shape == (3, 40, 8, 8)
+    direct = real("efficientnet_lite0", ["stride8"], subset, (0,), progress=False)
+    assert torch.allclose(direct[(0, "stride8")], shared[0][0])
     feature_cache.cached_features("efficientnet_lite0", ["stride32"], subset.with_size(96),
-                                  n_scales=2, root=tmp_path, progress=False)
+                                  n_scales=1, root=tmp_path, progress=False)
     assert calls, "a changed input size must miss the cache"
-    assert len(list(tmp_path.rglob("*.pt"))) == 2  # one entry per input size
