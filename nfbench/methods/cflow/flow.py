@@ -13,7 +13,8 @@ block also sees a 2-D sinusoidal positional encoding of the fiber's position::
     loss = nf_loss(log_p, C)                                 # -log sigmoid(log p / C), Eq. 2
 
 Facts from the original code (original-code.md §1b, §1c): FrEIA ``AllInOneBlock`` with
-``affine_clamping=1.9``, ``global_affine_type='SOFTPLUS'``, ``permute_soft=True``; internal
+``affine_clamping=1.9``, ``global_affine_type='SOFTPLUS'``, ``permute_soft=True`` (a random
+rotation per block; drawn here by :func:`random_rotation`, same distribution, much faster); internal
 network ``Linear(d, 2d) -> ReLU -> Linear(2d, out)``; condition = 2-D sin/cos encoding of
 dimension 128; loss ``-logsigmoid(log_prob / C)`` with ``log_prob = C ln(1/sqrt(2 pi)) -
 0.5 sum z^2 + log_det``; fibers shuffled (randperm) into batches of 256; one Adam over all
@@ -89,20 +90,35 @@ def subnet_fc(dims_in: int, dims_out: int) -> nn.Module:
     return nn.Sequential(nn.Linear(dims_in, 2 * dims_in), nn.ReLU(), nn.Linear(2 * dims_in, dims_out))
 
 
+def random_rotation(dim: int, rng: np.random.RandomState) -> np.ndarray:
+    """A Haar-random rotation of SO(dim): QR of a Gaussian matrix with the signs of R's diagonal
+    moved into Q, and one column flipped if needed so that det = +1 (Mezzadri 2007). This is the
+    distribution of scipy's ``special_ortho_group``, which FrEIA's ``permute_soft`` calls, drawn
+    with one QR instead of dim-1 Householder steps in Python (minutes for 2048 channels)."""
+    q, r = np.linalg.qr(rng.standard_normal((dim, dim)))
+    q = q * np.sign(np.diag(r))[None, :]
+    if np.linalg.det(q) < 0:
+        q[:, 0] = -q[:, 0]
+    return q
+
+
 def build_conditional_flow(channels: int, n_blocks: int, cond_dim: int = 128, clamp: float = 1.9,
-                           permute_soft: bool = True, seed: int = 0) -> nn.Module:
+                           permute_soft: bool = True, seed: int = 0,
+                           draw_permutations: bool = True) -> nn.Module:
     """A FrEIA ``SequenceINN`` of ``n_blocks`` conditional ``AllInOneBlock`` s on ``channels``-dim
     vectors, each conditioned on a ``cond_dim`` vector (condition index 0).
 
-    ``AllInOneBlock`` draws its fixed permutation (a random rotation when ``permute_soft``)
-    from numpy's global generator; it is seeded with ``seed`` here and restored afterwards, so
-    building a flow neither depends on nor changes the caller's random state.
+    Every block's fixed channel mixing (``w_perm``, a random rotation when ``permute_soft``, else
+    a random permutation) and its initial weights are drawn from ``seed``: building a flow
+    neither depends on nor changes the caller's random state. ``draw_permutations=False``
+    skips drawing rotations, for a flow whose state is loaded next (``w_perm`` is part of the
+    state dict).
     """
     import FrEIA.framework as Ff
     import FrEIA.modules as Fm
 
     state = np.random.get_state()
-    np.random.seed(seed % 2**32)
+    np.random.seed(seed % 2**32)  # AllInOneBlock draws hard permutations from numpy's global RNG
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -110,9 +126,15 @@ def build_conditional_flow(channels: int, n_blocks: int, cond_dim: int = 128, cl
             for _ in range(n_blocks):
                 flow.append(Fm.AllInOneBlock, cond=0, cond_shape=(cond_dim,),
                             subnet_constructor=subnet_fc, affine_clamping=clamp,
-                            global_affine_type="SOFTPLUS", permute_soft=permute_soft)
+                            global_affine_type="SOFTPLUS", permute_soft=False)
     finally:
         np.random.set_state(state)
+    if permute_soft and draw_permutations:
+        rng = np.random.RandomState((seed + 7919) % 2**32)
+        for block in flow.module_list:
+            w = torch.from_numpy(random_rotation(channels, rng)).float()
+            block.w_perm.data.copy_(w)
+            block.w_perm_inv.data.copy_(w.T)
     return flow
 
 
@@ -166,10 +188,12 @@ def learning_rate(settings: CNFSettings, meta_epoch: int, progress: float) -> fl
     return cosine(meta_epoch)
 
 
-def build_flows(channels: Sequence[int], settings: CNFSettings, seed: int) -> nn.ModuleList:
+def build_flows(channels: Sequence[int], settings: CNFSettings, seed: int,
+                draw_permutations: bool = True) -> nn.ModuleList:
     """One conditional flow per feature map; flow ``i`` is built with seed ``seed + i``."""
     return nn.ModuleList(build_conditional_flow(c, settings.n_blocks, settings.cond_dim,
-                                                settings.clamp, settings.permute_soft, seed + i)
+                                                settings.clamp, settings.permute_soft, seed + i,
+                                                draw_permutations)
                          for i, c in enumerate(channels))
 
 

@@ -224,11 +224,11 @@ def fit_cnf_stage(features: list[torch.Tensor], source: dict, settings: CNFSetti
                   desc: str) -> nn.ModuleList:
     """Build and train (or reuse from the cache) the conditional flows on ``features``."""
     channels = [f.shape[1] for f in features]
-    flows = build_flows(channels, settings, seed=seed + 1000)
     key = StageCache.key({"stage": "cnf", "code": code_digest(*_FLOW_CODE), "source": source,
                           "settings": dataclasses.asdict(settings), "seed": seed,
                           "train": train.fingerprint})
     stored = cache.load("cnf", key)
+    flows = build_flows(channels, settings, seed=seed + 1000, draw_permutations=stored is None)
     if stored is not None:
         flows.load_state_dict(stored["flows"])
         return flows.to(device).eval()
@@ -361,7 +361,8 @@ class CFlowDetector:
 
     def load_state_dict(self, state: dict) -> None:
         self._channels = [int(c) for c in state["channels"].tolist()]
-        self.flows = build_flows(self._channels, cnf_settings(self.config), seed=0).to(self.device)
+        self.flows = build_flows(self._channels, cnf_settings(self.config), seed=0,
+                                 draw_permutations=False).to(self.device)
         self.flows.load_state_dict(state["flows"])
         self.flows.eval()
         self.scorer = NFScorer(self.flows, self.config.condition_dim, self.device)

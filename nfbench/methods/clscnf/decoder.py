@@ -80,7 +80,8 @@ class PixelDecoder(nn.Module):
     """
 
     def __init__(self, channels: Sequence[int], out_channels: int = 1, skips: bool = True,
-                 blocks: Sequence[int] = (3, 6, 4, 3), width_scale: float = 0.25):
+                 blocks: Sequence[int] = (3, 6, 4, 3), width_scale: float = 0.25,
+                 prior: float | None = None):
         super().__init__()
         c8, c16, c32 = channels
         self.skips = skips
@@ -102,6 +103,10 @@ class PixelDecoder(nn.Module):
             elif isinstance(module, nn.BatchNorm2d):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
+        if prior is not None:  # start at p = prior everywhere (RetinaNet's prior initialisation)
+            last = self.output[-1]
+            nn.init.zeros_(last.weight)
+            nn.init.constant_(last.bias, float(torch.logit(torch.tensor(prior))))
 
     def forward(self, maps: Sequence[Tensor]) -> Tensor:
         f8, f16, f32 = maps
