@@ -89,12 +89,13 @@ def compute_features(backbone: str, layers: Sequence[str], images: ImageSet,
     return {key: torch.cat(chunks) for key, chunks in collected.items()}
 
 
-def _save(tensor: torch.Tensor, path: Path) -> None:
+def save_atomic(obj, path: Path) -> None:
+    """``torch.save`` to a temporary file renamed into ``path``: never a truncated file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp_name = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
     os.close(handle)
     try:
-        torch.save(tensor, tmp_name)
+        torch.save(obj, tmp_name)
         os.replace(tmp_name, path)
     finally:
         if os.path.exists(tmp_name):
@@ -124,6 +125,6 @@ def cached_features(backbone: str, layers: Sequence[str], images: ImageSet, n_sc
                                     device, progress)
         for (s, layer), tensor in computed.items():
             if not path(s, layer).exists():
-                _save(tensor, path(s, layer))
+                save_atomic(tensor, path(s, layer))
     return [[torch.load(path(s, layer), map_location="cpu", weights_only=True)
              for layer in resolved] for s in range(n_scales)]

@@ -30,7 +30,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -43,7 +42,7 @@ from tqdm.auto import tqdm
 from nfbench.backbones import FeatureExtractor, get_backbone_spec
 from nfbench.datasets.base import ImageSet
 from nfbench.errors import UserError
-from nfbench.feature_cache import cached_features
+from nfbench.feature_cache import cached_features, save_atomic
 from nfbench.methods import register_method
 from nfbench.methods.base import Scores, resolve_device
 from nfbench.methods.cflow.flow import (CNFSettings, anomaly_from_normal, build_flows,
@@ -182,41 +181,34 @@ class StageCache:
     def save(self, kind: str, key: str, state: dict) -> None:
         if not self.enabled:
             return
-        path = self.path(kind, key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        os.close(handle)
-        try:
-            torch.save(state, tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        save_atomic(state, self.path(kind, key))
 
 
 _FLOW_CODE = (__file__, str(Path(__file__).with_name("flow.py")))
 
 
 def frozen_features(backbone: str, layers: Sequence[str], padding: str, images: ImageSet,
-                    device: torch.device, cache: StageCache) -> tuple[list[torch.Tensor], dict]:
+                    device: torch.device) -> tuple[list[torch.Tensor], dict]:
     """Features of the frozen ImageNet encoder and a description of their source.
 
     Zero padding: the suite's shared feature cache. Reflect padding (the original): computed
-    with a reflect-padded extractor and kept in the stage cache."""
+    with a reflect-padded extractor on every call (not stored: WideResNet maps of a large
+    category take gigabytes, and one forward pass is cheap next to training)."""
     spec = get_backbone_spec(backbone)
     source = {"encoder": "frozen", "backbone": backbone, "weights": spec.weights_tag,
               "layers": list(layers), "padding": padding}
     if padding == "zeros":
         return cached_features(backbone, list(layers), images, device=device,
                                progress=os.environ.get("NFBENCH_QUIET") != "1")[0], source
-    key = StageCache.key({**source, "images": images.fingerprint})
-    stored = cache.load("features", key)
-    if stored is not None:
-        return list(stored["features"]), source
-    encoder = build_encoder(backbone, layers, padding, trainable=False, device=device)
-    features = extract(encoder, images, device, desc=f"features {backbone} (reflect)")
-    cache.save("features", key, {"features": features})
-    return features, source
+    key = (backbone, tuple(layers), padding, str(device))
+    if key not in _REFLECT_ENCODERS:
+        _REFLECT_ENCODERS[key] = build_encoder(backbone, layers, padding, trainable=False,
+                                               device=device)
+    return extract(_REFLECT_ENCODERS[key], images, device,
+                   desc=f"features {backbone} (reflect)"), source
+
+
+_REFLECT_ENCODERS: dict[tuple, nn.Module] = {}
 
 
 def fit_cnf_stage(features: list[torch.Tensor], source: dict, settings: CNFSettings,
@@ -323,8 +315,7 @@ class CFlowDetector:
 
     def _features(self, images: ImageSet) -> list[torch.Tensor]:
         cfg = self.config
-        return frozen_features(cfg.backbone, cfg.layers, cfg.padding, images, self.device,
-                               StageCache(cfg.reuse_stages))[0]
+        return frozen_features(cfg.backbone, cfg.layers, cfg.padding, images, self.device)[0]
 
     def fit(self, train: ImageSet) -> "CFlowDetector":
         self.config = cfg = apply_category_settings(self.config, category_of(train))
@@ -332,7 +323,7 @@ class CFlowDetector:
         seed = int(torch.initial_seed())
         cache = StageCache(cfg.reuse_stages)
         features, source = frozen_features(cfg.backbone, cfg.layers, cfg.padding, train,
-                                           self.device, cache)
+                                           self.device)
         self._channels = [f.shape[1] for f in features]
         self.flows = fit_cnf_stage(features, source, cnf_settings(cfg), train, seed, self.device,
                                    cache, desc="cflow fit")
