@@ -47,7 +47,8 @@ def test_positional_encoding_properties():
     # sin/cos pairs lie on the unit circle
     assert torch.allclose(pe[0::2] ** 2 + pe[1::2] ** 2, torch.ones(half, h, w), atol=1e-6)
     # position (0, 0): sin = 0, cos = 1
-    assert torch.allclose(pe[0::2, 0, 0], torch.zeros(half)) and torch.allclose(pe[1::2, 0, 0], torch.ones(half))
+    assert torch.allclose(pe[0::2, 0, 0], torch.zeros(half))
+    assert torch.allclose(pe[1::2, 0, 0], torch.ones(half))
     # the lowest frequency is 1 rad per pixel: channel 0 at column x is sin(x)
     assert torch.allclose(pe[0, 0], torch.sin(torch.arange(w, dtype=torch.float32)), atol=1e-6)
     # every position has its own code
@@ -244,7 +245,8 @@ def test_category_settings_override_per_category(tiny_demo):
     detector.fit(train.subset(range(4)))
     assert detector.config.lr == 5e-5
     with pytest.raises(UserError, match="invalid key"):
-        create_method("cflow", **{**SMOKE, "category_settings": {"brick": {"nope": 1}}}).fit(train.subset(range(2)))
+        bad = {**SMOKE, "category_settings": {"brick": {"nope": 1}}}
+        create_method("cflow", **bad).fit(train.subset(range(2)))
 
 
 def test_inference_module_matches_inductive_scores_and_components(tiny_demo):

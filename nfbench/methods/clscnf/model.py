@@ -367,7 +367,7 @@ class CLSCNFDetector:
         if self._needs_nf:
             if self._nf_on_frozen:
                 features, source = frozen_features(cfg.backbone, LAYERS, cfg.padding, train,
-                                                   self.device, cache)
+                                                   self.device)
             else:
                 features = extract(self.encoder, images, self.device, desc="features (fine-tuned)")
                 source = {"encoder": "fine-tuned", "fe_stage": fe_key}
@@ -449,7 +449,7 @@ class CLSCNFDetector:
             if nf_features is None:
                 if isinstance(images, ImageSet):
                     nf_features = frozen_features(cfg.backbone, LAYERS, cfg.padding, images,
-                                                  self.device, StageCache(cfg.reuse_stages))[0]
+                                                  self.device)[0]
                 else:
                     nf_features = extract(self._frozen_encoder(), images, self.device)
             maps["nf"] = self.scorer.anomaly(nf_features, size, "train", final)
@@ -473,7 +473,8 @@ class CLSCNFDetector:
         return Scores(image=pixel.flatten(1).max(dim=1).values.numpy(), pixel=pixel.float().numpy())
 
     def state_dict(self) -> dict:
-        if (self._needs_nf and self.flows is None) or (self.config.finetune != "none" and self.encoder is None):
+        if ((self._needs_nf and self.flows is None)
+                or (self.config.finetune != "none" and self.encoder is None)):
             raise RuntimeError("CLSCNFDetector has no state before fit")
         state: dict[str, Any] = {"channels": torch.tensor(self.channels),
                                  "w_used": torch.tensor(self.w_used, dtype=torch.float64)}
