@@ -259,13 +259,12 @@ def write_index(reports_dir: Path, results_dir: Path, papers: list[str]) -> Path
         table = Path(results_dir) / paper / "tables" / f"{first}.csv"
         if first is None or not table.is_file():
             continue
-        if True:
-            frame = pd.read_csv(table)
-            heads = frame[frame["row"].isin(["average"])] if (frame["row"] == "average").any() else frame
-            for _, row in heads.iterrows():
-                lines.append(f"| [{paper}]({paper}.md) | {row['table']} | {row['label']} | "
-                             f"{row['metric']} | {_fmt(row['published'])} | {_cell(row)} | "
-                             f"{_fmt(row['delta'])} | {row['profile']} |")
+        frame = pd.read_csv(table)
+        heads = frame[frame["row"] == "average"] if (frame["row"] == "average").any() else frame
+        for _, row in heads.iterrows():
+            lines.append(f"| [{paper}]({paper}.md) | {row['table']} | {row['label']} | "
+                         f"{row['metric']} | {_fmt(row['published'])} | {_cell(row)} | "
+                         f"{_fmt(row['delta'])} | {row['profile']} |")
     path = Path(reports_dir) / "README.md"
     path.write_text("\n".join(lines) + "\n")
     return path
