@@ -286,3 +286,14 @@ def test_fit_learns_the_normal_class_and_localises_defects(tiny_demo):
     alien = detector.score(normals(_demo(tiny_demo, "brick", 128)[1])).image
     labels = np.r_[np.zeros(len(normal)), np.ones(len(alien))]
     assert metrics.image_auroc(labels, np.r_[normal, alien]) > 0.9
+
+
+def test_flops_count_the_paper_order_without_weights():
+    from nfbench.profiling import count_flops
+
+    detector = create_method("patchflow", **{**SMOKE, "crop_size": 112})
+    module = detector.inference_module(pretrained=False)
+    flops = count_flops(module, torch.rand(1, 3, 128, 128))
+    assert flops["gflops_torch"] == pytest.approx(2 * flops["gmacs_fvcore"], rel=0.05)
+    # the adapter alone (936 -> 128 on 14x14 positions) is part of the count
+    assert flops["gmacs_fvcore"] > 936 * 128 * 14 * 14 / 1e9
