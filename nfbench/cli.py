@@ -63,22 +63,26 @@ def cmd_methods(args: argparse.Namespace) -> None:
         print(f"{name:12s} {doc}")
 
 
-def cmd_run(args: argparse.Namespace) -> None:
+def _category(args: argparse.Namespace) -> str:
+    """``--category``, or the dataset's only category; a one-line error when it is ambiguous."""
     from nfbench.datasets import categories_of
+
+    if args.category is not None:
+        return args.category
+    categories = categories_of(args.dataset, args.root)
+    if len(categories) != 1:
+        raise UserError(f"--category is required for {args.dataset}; one of: "
+                        f"{', '.join(categories)}")
+    return categories[0]
+
+
+def cmd_run(args: argparse.Namespace) -> None:
     from nfbench.experiment import run_experiment, write_record
     from nfbench.methods import method_class
 
     method_class(args.method)  # fail fast on an unknown method, before any data work
     overrides = _parse_sets(args.set)
-    category = args.category
-    if args.joint:
-        category = "all"
-    elif category is None:
-        categories = categories_of(args.dataset, args.root)
-        if len(categories) != 1:
-            raise UserError(f"--category is required for {args.dataset}; one of: "
-                            f"{', '.join(categories)}")
-        category = categories[0]
+    category = "all" if args.joint else _category(args)
     record = run_experiment(args.method, args.dataset, category, root=args.root,
                             profile=args.profile, seed=args.seed, overrides=overrides,
                             shots=args.shots, variant=args.variant, joint=args.joint)
@@ -86,6 +90,30 @@ def cmd_run(args: argparse.Namespace) -> None:
     m = record["metrics"]
     print(f"{args.method} {args.dataset}/{record['category']}: image AUROC {m['image_auroc']:.4f}, "
           f"pixel AUROC {m['pixel_auroc']:.4f}, AUPRO {m['aupro']:.4f} -> {args.out}")
+
+
+def cmd_decide(args: argparse.Namespace) -> None:
+    import json
+
+    from nfbench.decision import decision_markdown, decision_table
+    from nfbench.experiment import write_record
+    from nfbench.methods import method_class
+
+    method_class(args.method)
+    if args.out.suffix != ".md":
+        raise UserError(f"--out must name a Markdown file (.md), got {args.out}")
+    category = _category(args)
+    result = decision_table(args.method, args.dataset, category, root=args.root,
+                            profile=args.profile, seed=args.seed,
+                            overrides=_parse_sets(args.set), holdout=args.holdout,
+                            quantile=args.quantile)
+    write_record(result, args.out.with_suffix(".json"))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_suffix(".md.tmp")
+    tmp.write_text(decision_markdown(result))
+    tmp.replace(args.out)
+    print(f"accuracy {100 * result['accuracy']:.2f} %, F1 (anomalous positive) "
+          f"{100 * result['f1_anomalous_positive']:.2f} % -> {args.out}")
 
 
 def _profile(args: argparse.Namespace, params: dict) -> str:
@@ -98,7 +126,7 @@ def cmd_data_prepare(args: argparse.Namespace) -> None:
     from nfbench.plan import load_params
 
     profile = _profile(args, load_params())
-    names = ["mvtec_ad", "btad", "mtd"] if profile == "paper" else ["demo"]
+    names = ["mvtec_ad", "btad", "mtd", "dtd"] if profile == "paper" else ["demo"]
     for name in names:
         print(f"{name} ready at {obtain(name, progress=not args.quiet)}")
 
@@ -150,8 +178,9 @@ def cmd_tables(args: argparse.Namespace) -> None:
 def cmd_profile(args: argparse.Namespace) -> None:
     import json
 
-    from nfbench.plan import load_params, load_spec, profile_params
-    from nfbench.profiling import profile_method
+    from nfbench.plan import (load_params, load_spec, main_variant, profile_params,
+                              variant_settings)
+    from nfbench.profiling import profile_components, profile_method
 
     params = load_params()
     profile = _profile(args, params)
@@ -159,10 +188,13 @@ def cmd_profile(args: argparse.Namespace) -> None:
     block = profile_params(params, args.paper, profile)
     configs = [dict(label="paper configuration", settings={}, batch_size=1,
                     time_it=profile == "paper" or args.time_paper)]
-    configs += [dict(label=f"{profile} configuration", settings=block.get("settings", {}),
+    configs += [dict(label=f"{profile} configuration",
+                     settings=variant_settings(spec, block, main_variant(spec)),
                      batch_size=spec.get("complexity", {}).get("batch_size", 8), time_it=True)]
     for extra in spec.get("complexity", {}).get("configs", []):
-        configs.append(dict(label=extra["label"], settings={**block.get("settings", {}), **extra.get("settings", {})},
+        configs.append(dict(label=extra["label"],
+                            settings={**variant_settings(spec, block, main_variant(spec)),
+                                      **extra.get("settings", {})},
                             batch_size=extra.get("batch_size", 1), time_it=True))
     entries = []
     for config in configs:
@@ -171,6 +203,18 @@ def cmd_profile(args: argparse.Namespace) -> None:
         entries.append({"label": config["label"], **result})
         print(f"{config['label']}: {result['gmacs_fvcore']:.2f} GMACs, "
               f"{result['parameters'] / 1e6:.1f} M parameters")
+    for table_id, table in spec["tables"].items():
+        if table.get("layout") != "complexity":
+            continue
+        paper_settings = spec["variants"][table["variant"]].get("settings", {})
+        for label, config_settings, time_it in (
+                ("paper configuration", paper_settings, profile == "paper" or args.time_paper),
+                (f"{profile} configuration", variant_settings(spec, block, table["variant"]),
+                 True)):
+            for entry in profile_components(spec["method"], config_settings, list(table["rows"]),
+                                            table.get("batch_size", 1), time_it=time_it):
+                entries.append({"label": label, "table": table_id, **entry})
+                print(f"{table_id} {label} {entry['component']}: {entry['size_mb']:.1f} MB")
     out = args.results / args.paper / "profile.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(entries, indent=2) + "\n")
@@ -271,6 +315,24 @@ def build_parser() -> argparse.ArgumentParser:
                      help="override a config setting (repeatable)")
     run.add_argument("--out", type=Path, required=True, help="result record (JSON)")
     run.set_defaults(func=cmd_run)
+
+    decide = sub.add_parser(
+        "decide", help="confusion matrix at a threshold set on held-out normal training images "
+                       "(PatchFlow Table 2 kind), e.g. on --dataset folder --root DIR")
+    for flag in ("--method", "--dataset"):
+        decide.add_argument(flag, required=True)
+    decide.add_argument("--root", type=Path, help="dataset folder (MVTec AD layout for folder)")
+    decide.add_argument("--category")
+    decide.add_argument("--profile", default="demo", choices=["demo", "paper"])
+    decide.add_argument("--seed", type=int, default=0)
+    decide.add_argument("--holdout", type=float, default=0.2,
+                        help="share of normal training images held out to set the threshold")
+    decide.add_argument("--quantile", type=float, default=1.0,
+                        help="threshold = this quantile of the held-out normal scores")
+    decide.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    decide.add_argument("--out", type=Path, required=True,
+                        help="Markdown table (a JSON record is written beside it)")
+    decide.set_defaults(func=cmd_decide)
     return parser
 
 

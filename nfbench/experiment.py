@@ -79,9 +79,10 @@ def _select_train(train, shots: int | None, seed: int):
 
 
 def _examples(test, scores, labels: np.ndarray, masks: np.ndarray, count: int = 6,
-              side: int = 128) -> dict[str, np.ndarray]:
-    """What the report draws: every image score with its label, and a few anomaly maps
-    (defective images first) with their images and masks, downsampled to ``side`` px."""
+              side: int = 128, bins: int = 60) -> dict[str, np.ndarray]:
+    """What the report draws: every image score with its label, histograms of normal and
+    defective pixel scores (``bins`` bins), and a few anomaly maps (defective images first)
+    with their images and masks, downsampled to ``side`` px."""
     import torch.nn.functional as F
 
     order = [i for i in range(len(labels)) if labels[i]][: count - 2]
@@ -89,7 +90,13 @@ def _examples(test, scores, labels: np.ndarray, masks: np.ndarray, count: int = 
     shrink = lambda a, mode: F.interpolate(torch.as_tensor(a, dtype=torch.float32)[:, None],
                                            size=(side, side), mode=mode)[:, 0].numpy()
     images = test.with_size(side).load_images(order).numpy()
+    pixels, defect = scores.pixel, masks > 0.5
+    edges = np.linspace(float(pixels.min()), float(pixels.max()), bins + 1)
     return {"labels": labels.astype(np.int8), "image_scores": scores.image.astype(np.float32),
+            # pixel-score histograms of normal and defective pixels over the whole test set
+            "pixel_hist_edges": edges,
+            "pixel_hist_normal": np.histogram(pixels[~defect], edges)[0],
+            "pixel_hist_defect": np.histogram(pixels[defect], edges)[0],
             "example_index": np.asarray(order), "example_images": images.astype(np.float16),
             "example_maps": shrink(scores.pixel[order], "bilinear").astype(np.float32),
             "example_masks": shrink(masks[order], "nearest") > 0.5}

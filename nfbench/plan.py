@@ -88,6 +88,21 @@ def role_categories(role: dict[str, Any]) -> list[str]:
     return [str(c) for c in categories]
 
 
+def main_variant(spec: dict[str, Any]) -> str:
+    """The variant that stands for the paper's method (figures, profiling): ``full`` if
+    declared, else the first."""
+    return "full" if "full" in spec["variants"] else next(iter(spec["variants"]))
+
+
+def variant_settings(spec: dict[str, Any], block: dict[str, Any], variant: str) -> dict[str, Any]:
+    """The method settings of ``variant`` under a profile ``block``: the profile's settings,
+    then its dataset role's, then the variant's own (later ones win)."""
+    declared = spec["variants"][variant]
+    role = block["datasets"].get(declared.get("dataset", "mvtec_ad"), {})
+    return {**block.get("settings", {}), **role.get("settings", {}),
+            **declared.get("settings", {})}
+
+
 def expand_runs(paper: str, profile: str, params: dict[str, Any] | None = None,
                 variants: list[str] | None = None) -> list[Run]:
     """Every run of ``paper`` under ``profile`` (optionally only some ``variants``)."""
@@ -105,8 +120,7 @@ def expand_runs(paper: str, profile: str, params: dict[str, Any] | None = None,
         role = block["datasets"].get(role_name)
         if role is None:
             raise UserError(f"params.yaml {paper}.{profile}.datasets has no role {role_name!r}")
-        settings = {**block.get("settings", {}), **role.get("settings", {}),
-                    **variant.get("settings", {})}
+        settings = variant_settings(spec, block, name)
         method = variant.get("method", spec["method"])
         role_cats = role_categories(role)
         categories = ["all"] if variant.get("joint") else role_cats

@@ -112,6 +112,48 @@ def profile_method(method: str, settings: dict, batch_size: int = 1, repeats: in
         timing = time_inference(lambda: module(batch), device=device, warmup=1, repeats=repeats)
         result.update({"timing": timing,
                        "images_per_second": batch_size / timing["median_s"],
-                       "device_name": (torch.cuda.get_device_name(device) if device.type == "cuda"
-                                       else f"CPU ({torch.get_num_threads()} threads)")})
+                       "device_name": _device_name(device)})
     return result
+
+
+def profile_components(method: str, settings: dict, rows: list[str], batch_size: int,
+                       time_it: bool = True, repeats: int = 5) -> list[dict[str, Any]]:
+    """Size, and when ``time_it`` also FLOPs per image and speed, of each named network of a
+    method (CLS-CNFs' Table 3, which gives sizes and fps only).
+
+    The detector must offer ``build_untrained(pretrained)``, ``components()`` (name → module
+    whose float parameters count) and ``inference_module(name)`` (images → image scores); a
+    component without an inference network (e.g. a bare feature extractor) gets size only.
+    """
+    from nfbench.errors import UserError
+    from nfbench.methods import create_method
+    from nfbench.methods.base import resolve_device
+
+    detector = create_method(method, **settings)
+    device = resolve_device(getattr(detector.config, "device", "auto"))
+    parts = detector.build_untrained(pretrained=False).components()
+    size = detector.config.input_size
+    entries = []
+    for name in rows:
+        entry: dict[str, Any] = {"component": name, "input_size": size, "batch_size": batch_size,
+                                 **parameter_stats(parts[name])}
+        if not time_it:
+            entries.append(entry)
+            continue
+        try:
+            module = detector.inference_module(name).eval()
+        except UserError:
+            entries.append(entry)  # no inference network of its own
+            continue
+        entry.update(count_flops(module, torch.rand(1, 3, size, size, device=device)))
+        batch = torch.rand(batch_size, 3, size, size, device=device)
+        timing = time_inference(lambda: module(batch), device=device, warmup=1, repeats=repeats)
+        entry.update({"timing": timing, "images_per_second": batch_size / timing["median_s"],
+                      "device_name": _device_name(device)})
+        entries.append(entry)
+    return entries
+
+
+def _device_name(device: torch.device) -> str:
+    return (torch.cuda.get_device_name(device) if device.type == "cuda"
+            else f"CPU ({torch.get_num_threads()} threads)")

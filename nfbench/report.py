@@ -23,7 +23,7 @@ import pandas as pd  # noqa: E402
 
 from nfbench.backbones import BACKBONES  # noqa: E402
 from nfbench.datasets import DATASETS  # noqa: E402
-from nfbench.plan import expand_runs, load_spec  # noqa: E402
+from nfbench.plan import expand_runs, load_spec, main_variant  # noqa: E402
 
 DEMO_WARNING = ("> **Demo profile.** These numbers come from the offline demo set (scikit-image "
                 "photographs with generated defects) and the bundled EfficientNet-Lite0, with "
@@ -76,17 +76,22 @@ def comparison_markdown(comparison: dict[str, Any]) -> str:
 
 
 def _bar_figure(frame: pd.DataFrame, title: str, path: Path) -> None:
-    """Published vs reproduced, one pair of bars per row."""
-    rows = frame[frame["n"] > 0]
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.6 * len(rows) + 2), 3.2))
-    x = np.arange(len(rows))
-    ax.bar(x - 0.2, rows["published"].astype(float), 0.4, label="published")
-    ax.bar(x + 0.2, rows["mean"], 0.4, yerr=rows["std"], label="reproduced")
-    ax.set_xticks(x, [str(r) for r in rows["label"]], rotation=45, ha="right", fontsize=7)
-    ax.set_ylabel(rows["metric"].iloc[0] + " [%]")
-    ax.set_ylim(max(0.0, np.nanmin(np.r_[rows["mean"].values, rows["published"].astype(float).values]) - 10), 101)
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7)
+    """Published vs reproduced, one pair of bars per row; one panel per metric."""
+    metrics = list(dict.fromkeys(frame["metric"]))
+    width = max(4.0, 0.45 * frame.groupby("metric").size().max() + 2)
+    fig, axes = plt.subplots(len(metrics), 1, figsize=(width, 4.0 * len(metrics)), squeeze=False)
+    for ax, metric in zip(axes[:, 0], metrics):
+        rows = frame[frame["metric"] == metric]
+        x = np.arange(len(rows))
+        published = rows["published"].astype(float).values
+        ax.bar(x - 0.2, published, 0.4, label="published")
+        ax.bar(x + 0.2, rows["mean"], 0.4, yerr=rows["std"], label="reproduced")
+        ax.set_xticks(x, [str(r) for r in rows["label"]], rotation=45, ha="right", fontsize=7)
+        ax.set_ylabel(f"{metric} [%]", fontsize=8)
+        low = np.nanmin(np.r_[rows["mean"].values, published, [100.0]])
+        ax.set_ylim(max(0.0, low - 10), 101)
+        ax.legend(fontsize=7)
+    axes[0, 0].set_title(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -111,6 +116,24 @@ def _maps_figure(examples: dict[str, np.lib.npyio.NpzFile], path: Path) -> None:
                 top.set_title(category, fontsize=8, loc="left")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _histogram_figure(examples: dict[str, Any], path: Path) -> None:
+    """Normal vs defective pixel scores over the whole test set (as CLS-CNFs' Fig. 7)."""
+    fig, axes = plt.subplots(1, len(examples), figsize=(3.0 * len(examples), 2.6), squeeze=False)
+    for ax, (category, e) in zip(axes[0], examples.items()):
+        edges = e["pixel_hist_edges"]
+        for key, label in (("pixel_hist_normal", "normal pixels"), ("pixel_hist_defect", "defect pixels")):
+            counts = e[key].astype(float)
+            ax.stairs(counts / max(counts.sum(), 1.0), edges, label=label, fill=True, alpha=0.5)
+        ax.set_title(category, fontsize=8)
+        ax.set_xlabel("pixel anomaly score", fontsize=7)
+        ax.tick_params(labelsize=6)
+    axes[0, 0].set_ylabel("share of pixels", fontsize=7)
+    axes[0, 0].legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
@@ -182,6 +205,9 @@ def write_report(paper: str, profile: str, params: dict, results_dir: Path,
         if table.get("reproducible", True) is False:
             out += [f"**Not reproducible here**: {table.get('reason', '')}", ""]
             continue
+        if table.get("layout") == "complexity":
+            out += complexity_table_markdown(table, table_id, results_dir / paper / "profile.json")
+            continue
         frame = pd.read_csv(tables_dir / f"{table_id}.csv")
         out += [table_markdown(frame), ""]
         if table.get("note"):
@@ -195,20 +221,27 @@ def write_report(paper: str, profile: str, params: dict, results_dir: Path,
             _bar_figure(plotted, table["title"], png)
             out += [f"![{table['title']}](figures/{png.name})", ""]
 
-    main_variant = next(iter(spec["variants"]))
+    main = main_variant(spec)
     examples = {r.category: np.load(results_dir / r.record_path.with_suffix(".npz"))
-                for r in runs if r.variant == main_variant and r.seed == runs[0].seed}
+                for r in runs if r.variant == main and r.seed == runs[0].seed}
     if examples:
         maps_png, roc_png = figures / f"{paper}_maps.png", figures / f"{paper}_roc.png"
         _maps_figure(examples, maps_png)
         _roc_figure(examples, roc_png)
-        out += ["## Anomaly maps and ROC curves", "",
-                f"Variant `{main_variant}`: each pair of rows shows test images (ground truth "
+        out += ["## Anomaly maps, ROC curves and pixel-score histograms", "",
+                f"Variant `{main}`: each pair of rows shows test images (ground truth "
                 "outlined in red) and the method's anomaly map.", "",
                 f"![anomaly maps](figures/{maps_png.name})", "", f"![ROC](figures/{roc_png.name})", ""]
+        if all("pixel_hist_edges" in e for e in examples.values()):
+            hist_png = figures / f"{paper}_pixel_histograms.png"
+            _histogram_figure(examples, hist_png)
+            out += ["Scores of normal and defective pixels over every test image, each "
+                    "histogram normalised to sum 1:", "",
+                    f"![pixel-score histograms](figures/{hist_png.name})", ""]
 
+    out += _questions_section(spec, tables_dir)
     out += _complexity_section(spec, results_dir / paper / "profile.json",
-                               [r for r in records if r["variant"] == main_variant])
+                               [r for r in records if r["variant"] == main])
     out += ["## Deviations from the paper", ""]
     out += [f"- **{d['what']}**: {d['why']}" for d in spec.get("deviations", [])] + [""]
     out += ["## Runs", "", "| run | image AUROC | fit [s] | created | commit |", "|---|---|---|---|---|"]
@@ -217,6 +250,68 @@ def write_report(paper: str, profile: str, params: dict, results_dir: Path,
     path = reports_dir / f"{paper}.md"
     path.write_text("\n".join(out) + "\n")
     return path
+
+
+def complexity_table_markdown(table: dict, table_id: str, profile_path: Path) -> list[str]:
+    """A size/speed table of named networks (``layout: complexity``) from the profiling stage:
+    published | measured, with ratios to the table's ``reference`` row."""
+    if not profile_path.is_file():
+        return ["*Not profiled yet: run `nfbench profile`.*", ""]
+    entries = [e for e in json.loads(profile_path.read_text()) if e.get("table") == table_id]
+    published = table.get("published", {})
+    reference = table.get("reference")
+    out = []
+    for label in dict.fromkeys(e["label"] for e in entries):
+        rows = {e["component"]: e for e in entries if e["label"] == label}
+        ref = rows.get(reference, {})
+        first = next(iter(rows.values()))
+        out += [f"**{label}** ({first['input_size']} px, batch {first['batch_size']}, "
+                f"{first.get('device_name', 'not timed')}; ratios relative to {reference}):", "",
+                "| network | size [MB] published | size [MB] | size ratio published | size ratio "
+                "| GMACs/image (fvcore) | fps published | fps | fps ratio published | fps ratio |",
+                "|---|---|---|---|---|---|---|---|---|---|"]
+        for component, name in table["rows"].items():
+            e, pub = rows.get(component, {}), published.get(component, {})
+            size, fps = e.get("size_mb"), e.get("images_per_second")
+            size_ratio = size / ref["size_mb"] if size and ref.get("size_mb") else None
+            fps_ratio = fps / ref["images_per_second"] if fps and ref.get("images_per_second") else None
+            out.append(f"| {name} | {_fmt(pub.get('size_mb'), 0)} | {_fmt(size)} | "
+                       f"{_fmt(pub.get('size_ratio'), 2)} | {_fmt(size_ratio, 2)} | "
+                       f"{_fmt(e.get('gmacs_fvcore'), 2)} | {_fmt(pub.get('fps'), 2)} | "
+                       f"{_fmt(fps, 2)} | {_fmt(pub.get('fps_ratio'), 2)} | {_fmt(fps_ratio, 2)} |")
+        out.append("")
+    if table.get("note"):
+        out += [table["note"], ""]
+    return out
+
+
+def _questions_section(spec: dict, tables_dir: Path) -> list[str]:
+    """Answers, measured on this run's tables, to the questions a spec asks (``questions``:
+    does variant ``better`` beat ``than`` in ``table`` (on its ``row``, for per-category
+    tables), metric by metric?)."""
+    questions = spec.get("questions", [])
+    if not questions:
+        return []
+    out = ["## Questions answered by this run", ""]
+    for q in questions:
+        frame = pd.read_csv(tables_dir / f"{q['table']}.csv")
+        if "row" in q:  # per-category tables: which row (e.g. average); else one row a variant
+            frame = frame[frame["row"] == q["row"]]
+        lines = []
+        for metric in dict.fromkeys(frame["metric"]):
+            by_variant = frame[frame["metric"] == metric].set_index("variant")["mean"]
+            a, b = by_variant.get(q["better"]), by_variant.get(q["than"])
+            if a is None or b is None or math.isnan(a) or math.isnan(b):
+                continue
+            verdict = "yes" if a > b else "no"
+            lines.append(f"| {metric} | {b:.1f} | {a:.1f} | {a - b:+.1f} | {verdict} |")
+        where = f"{q['row']} row of {q['table']}" if "row" in q else q["table"]
+        out += [f"**{q['question']}** ({q['than']} → {q['better']}, {where})", "",
+                f"| metric | {q['than']} | {q['better']} | Δ | helps? |", "|---|---|---|---|---|",
+                *lines, ""]
+        if q.get("note"):
+            out += [q["note"], ""]
+    return out
 
 
 def _complexity_section(spec: dict, profile_path: Path, main_records: list[dict]) -> list[str]:
@@ -232,6 +327,7 @@ def _complexity_section(spec: dict, profile_path: Path, main_records: list[dict]
                 "| configuration | input | GMACs (fvcore) | GFLOPs (torch) | parameters [M] | size [MB] | images/s | batch | device |",
                 "|---|---|---|---|---|---|---|---|---|"]
         skipped = set()
+        entries = [e for e in entries if "table" not in e]  # network tables are rendered above
         for e in entries:
             skipped.update(e.get("fvcore_skipped_ops", []))
             out.append(f"| {e['label']} | {e['input_size']} | {e['gmacs_fvcore']:.2f} | "
@@ -239,6 +335,14 @@ def _complexity_section(spec: dict, profile_path: Path, main_records: list[dict]
                        f"{_fmt(e.get('images_per_second'), 2)} | {e['batch_size']} | "
                        f"{e.get('device_name', '—')} |")
         out += ["", f"Not counted by fvcore: {', '.join(sorted(skipped)) or 'none'}.", ""]
+        paper_entry = next((e for e in entries if e["label"] == "paper configuration"), None)
+        if published.get("flops_per_image") and paper_entry:
+            flops = float(published["flops_per_image"]) / 1e9
+            out += [f"Published {flops:.2f} G FLOPs per image vs the paper configuration here: "
+                    f"{paper_entry['gmacs_fvcore']:.2f} GMACs ({paper_entry['gmacs_fvcore'] / flops:.2f}× "
+                    f"if the paper counted multiply-adds once) or {paper_entry['gflops_torch']:.2f} "
+                    f"GFLOPs ({paper_entry['gflops_torch'] / flops:.2f}× if twice). The deviations "
+                    "below say what we know of the gap.", ""]
     if main_records:
         fits = [r["timing"]["fit_seconds"] for r in main_records]
         out += [f"Training time per category (this run, {main_records[0]['timing']['device']}): "

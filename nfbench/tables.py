@@ -1,9 +1,9 @@
 """Result records → one tidy table per paper table (CSV), beside the published numbers.
 
-A tidy row is one cell of a paper's table: ``table, row, label, metric, n, mean, std,
-published, delta, within_tolerance``. Values are in % like the papers. ``mean ± std`` is over
-seeds; a group or average row first averages categories within each seed. Nothing here
-trains: a missing record is an error naming the run.
+A tidy row is one cell of a paper's table: ``table, variant, row, label, metric, n, mean,
+std, published, delta, within_tolerance, profile``. Values are in % like the papers.
+``mean ± std`` is over seeds; a group or average row first averages categories within each
+seed. Nothing here trains: a missing record is an error naming the run.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import pandas as pd
 from nfbench.errors import UserError
 from nfbench.plan import Run, expand_runs, load_spec, profile_params, role_categories
 
-COLUMNS = ["table", "row", "label", "metric", "n", "mean", "std", "published", "delta",
+COLUMNS = ["table", "variant", "row", "label", "metric", "n", "mean", "std", "published", "delta",
            "within_tolerance", "profile"]
 
 
@@ -62,6 +62,12 @@ def _metric(record: dict, metric: str, category: str | None) -> float:
     return record["metrics"][metric]
 
 
+def _published(entry: Any, metric: str) -> Any:
+    """A variant's published numbers for ``metric``: the entry itself (one-metric table: a
+    number, or {category: number}), or ``entry[metric]`` (multi-metric table)."""
+    return entry[metric] if isinstance(entry, dict) and metric in entry else entry
+
+
 def build_tables(paper: str, profile: str, params: dict, results_dir: Path) -> dict[str, pd.DataFrame]:
     """Every table of ``paper`` as a tidy DataFrame, keyed by table id."""
     spec = load_spec(paper)
@@ -72,8 +78,8 @@ def build_tables(paper: str, profile: str, params: dict, results_dir: Path) -> d
     seeds = sorted({run.seed for run in runs})
     tables = {}
     for table_id, table in spec["tables"].items():
-        if table.get("reproducible", True) is False:
-            continue
+        if table.get("reproducible", True) is False or table.get("layout") == "complexity":
+            continue  # not reproducible, or built from the profiling stage (report.py)
         metrics = table["metric"] if isinstance(table["metric"], list) else [table["metric"]]
         variants = table.get("columns") or table.get("rows") or {}
         role = block["datasets"][table.get("dataset", spec["variants"][next(iter(variants))].get("dataset", "mvtec_ad"))]
@@ -93,14 +99,14 @@ def build_tables(paper: str, profile: str, params: dict, results_dir: Path) -> d
             delta = mean - published if published is not None else float("nan")
             within = (abs(delta) <= tolerance[metric]) if (
                 published is not None and metric in tolerance and profile == "paper") else None
-            rows.append(dict(table=table_id, row=row, label=label, metric=metric, n=n, mean=mean,
-                             std=std, published=published, delta=delta,
+            rows.append(dict(table=table_id, variant=variant, row=row, label=label, metric=metric,
+                             n=n, mean=mean, std=std, published=published, delta=delta,
                              within_tolerance=within, profile=profile))
 
         published = table.get("published", {})
         for metric in metrics:
             for variant, label in variants.items():
-                pub = published.get(variant, {})
+                pub = _published(published.get(variant, {}), metric)
                 if table.get("layout") == "per_category":
                     for category in categories:
                         add(category, f"{label}, {category}", metric, variant, [category],
@@ -112,7 +118,7 @@ def build_tables(paper: str, profile: str, params: dict, results_dir: Path) -> d
                         pub.get("average") if isinstance(pub, dict) else None)
                 else:
                     add(variant, label, metric, variant, categories,
-                        pub if not isinstance(pub, dict) else pub.get(metric))
+                        pub if not isinstance(pub, dict) else pub.get("average"))
         tables[table_id] = pd.DataFrame(rows, columns=COLUMNS)
     return tables
 

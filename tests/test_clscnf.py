@@ -206,6 +206,20 @@ def test_inference_modules_and_components(fitted):
             assert detector.inference_module(kind)(images).shape == (3,)
 
 
+def test_table3_profile_without_fit_or_weights():
+    from nfbench.profiling import profile_components
+
+    rows = ["FE", "CLS", "FE_CLS-CNFs", "CLS-CNFs-sFE", "CLS-CNFs-nsFE"]
+    entries = {e["component"]: e for e in profile_components("clscnf", SMOKE, rows, 2,
+                                                               repeats=1)}
+    size = {k: e["size_mb"] for k, e in entries.items()}
+    assert size["FE"] < size["CLS"] < size["CLS-CNFs-sFE"] < size["CLS-CNFs-nsFE"]
+    assert size["CLS-CNFs-nsFE"] == pytest.approx(size["CLS-CNFs-sFE"] + size["FE"])
+    assert "gmacs_fvcore" not in entries["FE"]  # no inference network of its own (no fps)
+    assert entries["CLS-CNFs-nsFE"]["gmacs_fvcore"] > entries["CLS-CNFs-sFE"]["gmacs_fvcore"]
+    assert all(entries[k]["images_per_second"] > 0 for k in rows[1:])
+
+
 def test_synthetic_w_uses_training_images_only(fitted):
     detector, train, _ = fitted
     images = train.load_images()

@@ -60,3 +60,9 @@ def test_unknown_setting_is_rejected():
         create_method("gaussian", not_a_field=1)
     with pytest.raises(UserError, match="expects a number"):
         create_method("gaussian", n_features="many")
+
+
+def test_set_values_are_read_as_a_user_means_them():
+    detector = create_method("csflow", lr="1e-3", epochs="12", kernel_sizes="[3, 3, 3, 5]")
+    assert detector.config.lr == 1e-3 and isinstance(detector.config.lr, float)
+    assert detector.config.epochs == 12 and detector.config.kernel_sizes == (3, 3, 3, 5)

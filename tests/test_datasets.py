@@ -121,3 +121,22 @@ def test_unknown_dataset_is_a_user_error():
 
     with pytest.raises(UserError, match="unknown dataset 'nope'"):
         load_table("nope")
+
+
+def test_dtd_layout_is_checked(tmp_path):
+    from nfbench.datasets import load_table
+    from nfbench.datasets.dtd import CATEGORIES, IMAGES_PER_CLASS
+    from nfbench.errors import DatasetLayoutError
+
+    assert len(CATEGORIES) == 47
+    with pytest.raises(DatasetLayoutError, match="does not exist"):
+        load_table("dtd", tmp_path / "dtd")
+    for name in CATEGORIES[:2]:
+        (tmp_path / "dtd/images" / name).mkdir(parents=True)
+        for k in range(IMAGES_PER_CLASS):
+            (tmp_path / "dtd/images" / name / f"{name}_{k:04d}.jpg").touch()
+    table = load_table("dtd", tmp_path / "dtd", CATEGORIES[:2])
+    assert len(table) == 2 * IMAGES_PER_CLASS and set(table["split"]) == {"train"}
+    (tmp_path / "dtd/images" / CATEGORIES[0] / f"{CATEGORIES[0]}_0000.jpg").unlink()
+    with pytest.raises(DatasetLayoutError, match="incomplete DTD"):
+        load_table("dtd", tmp_path / "dtd", CATEGORIES[:2])

@@ -28,6 +28,9 @@ def test_every_table_is_declared_and_wired_into_dvc(paper):
     spec = load_spec(paper)
     dvc = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     for table_id, table in spec["tables"].items():
+        if table.get("layout") == "complexity":  # rows are networks of one declared variant
+            assert table["variant"] in spec["variants"] and table["reference"] in table["rows"]
+            continue
         for variant in table.get("columns") or table.get("rows") or {}:
             assert variant in spec["variants"], f"{table_id} uses undeclared variant {variant}"
     assert sorted(dvc[f"{paper}_runs"]["foreach"]) == sorted(spec["variants"])
@@ -70,7 +73,10 @@ def _fake_results(results: Path, runs, value) -> None:
         write_examples({"labels": np.array([0, 1, 0, 1]), "image_scores": rng.random(4),
                         "example_index": np.arange(2), "example_images": rng.random((2, 3, 8, 8)),
                         "example_maps": rng.random((2, 8, 8)),
-                        "example_masks": rng.random((2, 8, 8)) > 0.5}, path.with_suffix(".npz"))
+                        "example_masks": rng.random((2, 8, 8)) > 0.5,
+                        "pixel_hist_edges": np.linspace(0, 1, 11),
+                        "pixel_hist_normal": rng.integers(0, 9, 10),
+                        "pixel_hist_defect": rng.integers(0, 9, 10)}, path.with_suffix(".npz"))
 
 
 def test_tables_and_report_from_records_only(tmp_path):
@@ -101,6 +107,55 @@ def test_tables_and_report_from_records_only(tmp_path):
     assert (tmp_path / "reports/figures/csflow_roc.png").stat().st_size > 1000
     index = write_index(tmp_path / "reports", tmp_path, ["csflow"]).read_text()
     assert "[csflow](csflow.md)" in index
+
+
+def test_paper_profile_plans_of_patchflow_and_clscnf():
+    from nfbench.methods import create_method
+    from nfbench.methods.cflow.model import apply_category_settings
+
+    params = load_params()
+    patchflow = expand_runs("patchflow", "paper", params)
+    assert len(patchflow) == 7 * 15 * 3  # full + 4 flow-step + 2 scale variants
+    runs = expand_runs("clscnf", "paper", params)
+    assert len(runs) == 10 * 15 * 3 + 6 * 3 * 3  # 10 MVTec AD variants, 6 BTAD variants
+    assert {r.method for r in runs} == {"clscnf", "cflow"}
+    for run in runs:  # every per-category override is a valid field of the run's method
+        config = apply_category_settings(create_method(run.method, **run.settings).config,
+                                         run.category)
+        if run.dataset == "btad":
+            assert (config.meta_epochs, config.sub_epochs) == (8, 6)
+            assert config.lr == {"01": 5e-5, "02": 2e-5, "03": 1e-4}[run.category]
+        elif run.method == "clscnf" and run.category == "screw":
+            assert (config.fe_freeze_epochs, config.fe_meta_epochs, config.fe_lr) == (35, 5, 5e-4)
+
+
+def test_multi_metric_and_complexity_tables_reach_the_report(tmp_path):
+    from nfbench.report import write_report
+    from nfbench.tables import build_tables, write_tables
+
+    params = load_params()
+    runs = expand_runs("clscnf", "smoke", params)
+    _fake_results(tmp_path, runs, lambda run: 0.9 if run.variant == "fe_cls" else 0.6)
+    tables = build_tables("clscnf", "smoke", params, tmp_path)
+    assert "table3" not in tables  # a complexity table comes from the profiling stage
+    write_tables(tables, tmp_path / "clscnf")
+    table1 = tables["table1"].set_index(["variant", "row", "metric"])
+    assert table1.loc[("fe_pre", "average", "image_auroc"), "published"] == 96.71
+    assert table1.loc[("fe_cls", "average", "pixel_aupr"), "published"] == 58.41
+    assert table1.loc[("fe_cls", "average", "aupro"), "mean"] == pytest.approx(90.0)
+    table2 = tables["table2"].set_index(["variant", "metric"])
+    assert table2.loc[("cls", "pixel_aupr"), "published"] == 55.27
+    assert np.isnan(table2.loc[("full_w_synthetic", "image_auroc"), "published"])
+    profile = [{"label": "paper configuration", "table": "table3", "component": name,
+                "input_size": 256, "batch_size": 32, "size_mb": size,
+                **({"images_per_second": 10.0, "gmacs_fvcore": 1.0} if name != "FE" else {})}
+               for name, size in (("FE", 100.0), ("CLS", 110.0), ("FE_CLS-CNFs", 200.0),
+                                  ("CLS-CNFs-sFE", 210.0), ("CLS-CNFs-nsFE", 310.0))]
+    (tmp_path / "clscnf" / "profile.json").write_text(json.dumps(profile))
+    report = write_report("clscnf", "smoke", params, tmp_path, tmp_path / "reports").read_text()
+    assert "| CLS-CNFs-nsFE | 1026 | 310.0 | 1.38 | 1.55 |" in report
+    assert "| image_auroc | 60.0 | 90.0 | +30.0 | yes |" in report  # FE_CLS vs FE_PRE, measured
+    assert (tmp_path / "reports/figures/clscnf_pixel_histograms.png").stat().st_size > 1000
 
 
 def test_missing_record_is_a_clear_error(tmp_path):

@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 
 import pandas as pd
 
-from nfbench.datasets import btad, mtd, mvtec_ad
+from nfbench.datasets import btad, dtd, mtd, mvtec_ad
 from nfbench.datasets.base import SAMPLE_COLUMNS, ImageSet, make_table
 from nfbench.datasets.download import Archive
 from nfbench.errors import UserError
@@ -51,6 +51,8 @@ DATASETS: dict[str, DatasetSpec] = {
                         "BTAD, products 01-03"),
     "mtd": DatasetSpec("mtd", mtd.CATEGORIES, mtd.load, mtd.ARCHIVES, mtd.LICENCE_NOTICE,
                        "Magnetic Tile Defects, DifferNet split"),
+    "dtd": DatasetSpec("dtd", dtd.CATEGORIES, dtd.load, dtd.ARCHIVES, dtd.LICENCE_NOTICE,
+                       "Describable Textures (CLS-CNFs' foreign defect source; no test split)"),
     "demo": DatasetSpec("demo", (), _load_demo, (), None,
                         "offline demo set: scikit-image photographs with generated defects"),
     "folder": DatasetSpec("folder", (), mvtec_ad.load_folder, (), None,

@@ -76,7 +76,7 @@ def _coerce(value: Any, target_type: Any, default: Any, key: str) -> Any:
         if isinstance(default, tuple) and isinstance(value, list):
             return tuple(value)
         return value
-    import yaml  # YAML reads "1e-3", "[3, 3]", "true", "null" the way a user means them
+    import yaml  # YAML reads "[3, 3]", "true", "null" the way a user means them
 
     try:
         parsed = yaml.safe_load(value)
@@ -89,6 +89,11 @@ def _coerce(value: Any, target_type: Any, default: Any, key: str) -> Any:
             raise UserError(f"{key} expects true/false, got {value!r}")
         return parsed
     if isinstance(default, (int, float)) and not isinstance(default, bool):
+        if isinstance(parsed, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
+            try:
+                parsed = float(parsed)
+            except ValueError:
+                pass
         if not isinstance(parsed, (int, float)) or isinstance(parsed, bool):
             raise UserError(f"{key} expects a number, got {value!r}")
         return type(default)(parsed) if isinstance(default, float) or float(parsed).is_integer() \

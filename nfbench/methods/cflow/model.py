@@ -121,10 +121,11 @@ def set_padding(module: nn.Module, mode: str) -> nn.Module:
 
 
 def build_encoder(backbone: str, layers: Sequence[str], padding: str, trainable: bool,
-                  device: torch.device) -> FeatureExtractor:
+                  device: torch.device, pretrained: bool = True) -> FeatureExtractor:
     """A feature extractor of ``layers`` with ``padding``; a trainable one keeps every
-    BatchNorm in eval mode (ImageNet statistics) when its parent trains: call ``.eval()``."""
-    encoder = FeatureExtractor(backbone, list(layers), trainable=trainable)
+    BatchNorm in eval mode (ImageNet statistics) when its parent trains: call ``.eval()``.
+    ``pretrained=False``: the bare architecture (profiling needs no weights)."""
+    encoder = FeatureExtractor(backbone, list(layers), trainable=trainable, pretrained=pretrained)
     return set_padding(encoder, padding).to(device).eval()
 
 

@@ -507,6 +507,23 @@ class CLSCNFDetector:
             self.scorer.load(state)
 
     # -- profiling (Table 3) -----------------------------------------------------------
+    def build_untrained(self, pretrained: bool = False) -> "CLSCNFDetector":
+        """Every network of Table 3 at its initialisation (encoder weights only if
+        ``pretrained``), without fitting: size, FLOPs and speed do not depend on the weights,
+        and profiling the paper configuration must not need a dataset or a download."""
+        cfg = self.config
+        self._frozen = build_encoder(cfg.backbone, LAYERS, cfg.padding, False, self.device,
+                                     pretrained)
+        self.encoder = build_encoder(cfg.backbone, LAYERS, cfg.padding, False, self.device,
+                                     pretrained)
+        self.channels = self.encoder.channels()
+        self.decoder = self._new_decoder(self.channels).to(self.device).eval()
+        self.flows = build_flows(self.channels, cnf_settings(cfg), seed=0).to(self.device).eval()
+        self.scorer = NFScorer(self.flows, cfg.condition_dim, self.device)
+        self.scorer.train_maxima = [0.0] * len(self.channels)
+        self.w_used = 1.0
+        return self
+
     def components(self) -> dict[str, nn.Module]:
         """The networks of Table 3, for parameter sizes (MB of float parameters):
         ``FE``, ``CLS`` (FE + decoder), ``FE_CLS-CNFs`` (FE + CNFs), ``CLS-CNFs-sFE`` (FE +
@@ -522,11 +539,14 @@ class CLSCNFDetector:
                 "CLS-CNFs-nsFE": nn.ModuleDict({"fe_pre": frozen, "cnfs": cnfs, "fe": fe,
                                                 "decoder": dec})}
 
-    def inference_module(self, kind: str | None = None) -> nn.Module:
+    def inference_module(self, kind: str | None = None, pretrained: bool = True) -> nn.Module:
         """Images in [0, 1] -> image scores, for FLOPs and fps. ``kind``: one of the Table 3
         networks ``CLS``, ``FE_CLS-CNFs``, ``CLS-CNFs-sFE``, ``CLS-CNFs-nsFE``; default: this
         configuration. Uses the training-set maxima (the inductive form; the transductive
-        one costs the same plus one max over the set)."""
+        one costs the same plus one max over the set). Before fit, the networks are built
+        untrained (:meth:`build_untrained`, ``pretrained`` encoder weights or not)."""
+        if self.flows is None and self.encoder is None:
+            self.build_untrained(pretrained)
         cfg = self.config
         if kind is None:
             kind = {"cls": "CLS", "nf": "FE_CLS-CNFs", "joint": "CLS-CNFs-sFE"}[cfg.score_map]
