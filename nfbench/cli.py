@@ -162,7 +162,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
     params = load_params()
     runs = expand_runs(args.paper, _profile(args, params), params,
                        variants=args.variant or None)
-    execute(runs, args.results, progress=not args.quiet)
+    execute(runs, args.results, progress=not args.quiet, jobs=args.jobs)
 
 
 def cmd_tables(args: argparse.Namespace) -> None:
@@ -286,6 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench = pipeline_command("bench", "execute a paper's runs (all, or --variant ...)", cmd_bench)
     bench.add_argument("--variant", action="append", help="only this variant (repeatable)")
     bench.add_argument("--quiet", action="store_true")
+    bench.add_argument("--jobs", type=int, help="worker processes (default: 1 on a GPU, else "
+                       "up to 4, sharing the CPU cores)")
     pipeline_command("tables", "build a paper's tidy tables from its records", cmd_tables)
     prof = pipeline_command("profile", "FLOPs, parameters and speed of a paper's method", cmd_profile)
     prof.add_argument("--time-paper", action="store_true",

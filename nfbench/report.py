@@ -97,23 +97,44 @@ def _bar_figure(frame: pd.DataFrame, title: str, path: Path) -> None:
     plt.close(fig)
 
 
+def oracle_threshold(e: Any) -> float | None:
+    """The pixel threshold with the best F1 over the whole test set, at the resolution of the
+    record's pixel-score histograms (None without them). An ORACLE: it uses the test masks,
+    as the papers' prediction maps do (CLS-CNFs Fig. 5-9)."""
+    if "pixel_hist_edges" not in e:
+        return None
+    normal, defect = np.asarray(e["pixel_hist_normal"]), np.asarray(e["pixel_hist_defect"])
+    tp = np.cumsum(defect[::-1])[::-1]  # defective pixels scoring >= edges[k]
+    fp = np.cumsum(normal[::-1])[::-1]
+    f1 = 2 * tp / np.maximum(2 * tp + fp + (defect.sum() - tp), 1)
+    return float(np.asarray(e["pixel_hist_edges"])[int(np.argmax(f1))])
+
+
 def _maps_figure(examples: dict[str, np.lib.npyio.NpzFile], path: Path) -> None:
-    """Image with ground-truth contour, and the anomaly map, for a few test images per category."""
+    """Per category, a few test images with the ground truth outlined, their anomaly maps and,
+    when the record has pixel histograms, the prediction maps at the oracle threshold."""
     count = max(len(e["example_index"]) for e in examples.values())
-    fig, axes = plt.subplots(2 * len(examples), count, figsize=(1.6 * count, 3.2 * len(examples)),
-                             squeeze=False)
+    thresholds = {c: oracle_threshold(e) for c, e in examples.items()}
+    per = 3 if all(t is not None for t in thresholds.values()) else 2
+    fig, axes = plt.subplots(per * len(examples), count,
+                             figsize=(1.6 * count, 1.6 * per * len(examples)), squeeze=False)
     for r, (category, e) in enumerate(examples.items()):
         for c in range(count):
-            top, bottom = axes[2 * r, c], axes[2 * r + 1, c]
-            top.axis("off"), bottom.axis("off")
+            cells = [axes[per * r + k, c] for k in range(per)]
+            for ax in cells:
+                ax.axis("off")
             if c >= len(e["example_index"]):
                 continue
-            top.imshow(np.transpose(e["example_images"][c].astype(np.float32), (1, 2, 0)))
-            if e["example_masks"][c].any():
-                top.contour(e["example_masks"][c], levels=[0.5], colors="red", linewidths=0.6)
-            bottom.imshow(e["example_maps"][c], cmap="jet")
+            mask = e["example_masks"][c]
+            cells[0].imshow(np.transpose(e["example_images"][c].astype(np.float32), (1, 2, 0)))
+            cells[1].imshow(e["example_maps"][c], cmap="jet")
+            if per == 3:
+                cells[2].imshow(e["example_maps"][c] >= thresholds[category], cmap="gray")
+            for ax in cells[::2]:
+                if mask.any():
+                    ax.contour(mask, levels=[0.5], colors="red", linewidths=0.6)
             if c == 0:
-                top.set_title(category, fontsize=8, loc="left")
+                cells[0].set_title(category, fontsize=8, loc="left")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -229,8 +250,11 @@ def write_report(paper: str, profile: str, params: dict, results_dir: Path,
         _maps_figure(examples, maps_png)
         _roc_figure(examples, roc_png)
         out += ["## Anomaly maps, ROC curves and pixel-score histograms", "",
-                f"Variant `{main}`: each pair of rows shows test images (ground truth "
-                "outlined in red) and the method's anomaly map.", "",
+                f"Variant `{main}`: per category, test images (ground truth outlined in "
+                "red), the method's anomaly maps and, below them, the prediction maps at the "
+                "pixel threshold with the best F1 over the test set (an oracle threshold, as "
+                "the papers' prediction maps; found at the resolution of 60-bin score "
+                "histograms).", "",
                 f"![anomaly maps](figures/{maps_png.name})", "", f"![ROC](figures/{roc_png.name})", ""]
         if all("pixel_hist_edges" in e for e in examples.values()):
             hist_png = figures / f"{paper}_pixel_histograms.png"

@@ -193,3 +193,31 @@ def test_check_cli_exit_code(tmp_path, capsys):
     _fake_results(tmp_path / "r", runs, lambda run: 0.5)
     assert main(["check", "--baseline", str(baseline), "--results", str(tmp_path / "r")]) == 2
     assert "REGRESSION csflow/" in capsys.readouterr().err
+
+
+def test_oracle_threshold_separates_histograms():
+    from nfbench.report import oracle_threshold
+
+    edges = np.linspace(0.0, 1.0, 11)
+    normal = np.r_[np.full(5, 100), np.zeros(5)]
+    defect = np.r_[np.zeros(5), np.full(5, 10)]
+    e = {"pixel_hist_edges": edges, "pixel_hist_normal": normal, "pixel_hist_defect": defect}
+    assert oracle_threshold(e) == pytest.approx(0.5)
+    defect[4] = 1000  # most defect pixels now score in [0.4, 0.5): the threshold moves down
+    assert oracle_threshold(e) == pytest.approx(0.4)
+    assert oracle_threshold({"labels": np.zeros(2)}) is None
+
+
+def test_parallel_workers_write_the_same_records(tiny_demo, tmp_path):
+    from nfbench.plan import Run
+    from nfbench.runner import execute
+
+    runs = [Run(paper="demo", method="gaussian", variant="v", dataset="demo", category=c,
+                seed=0, profile="demo", settings={"input_size": 64}, root=str(tiny_demo))
+            for c in ("brick", "coin", "grass")]
+    serial = execute(runs, tmp_path / "serial", progress=False, jobs=1)
+    parallel = execute(runs, tmp_path / "parallel", progress=False, jobs=2)
+    assert [p.relative_to(tmp_path / "serial") for p in serial] == \
+        [p.relative_to(tmp_path / "parallel") for p in parallel]
+    for a, b in zip(serial, parallel):
+        assert json.loads(a.read_text())["metrics"] == json.loads(b.read_text())["metrics"]
