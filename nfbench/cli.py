@@ -191,11 +191,10 @@ def cmd_profile(args: argparse.Namespace) -> None:
     configs += [dict(label=f"{profile} configuration",
                      settings=variant_settings(spec, block, main_variant(spec)),
                      batch_size=spec.get("complexity", {}).get("batch_size", 8), time_it=True)]
-    for extra in spec.get("complexity", {}).get("configs", []):
-        configs.append(dict(label=extra["label"],
-                            settings={**variant_settings(spec, block, main_variant(spec)),
-                                      **extra.get("settings", {})},
-                            batch_size=extra.get("batch_size", 1), time_it=True))
+    for extra in spec.get("complexity", {}).get("configs", []):  # variants of the paper's
+        configs.append(dict(label=extra["label"], settings=extra.get("settings", {}),
+                            batch_size=extra.get("batch_size", 1),
+                            time_it=profile == "paper" or args.time_paper))
     entries = []
     for config in configs:
         result = profile_method(spec["method"], config["settings"], config["batch_size"],

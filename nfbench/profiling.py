@@ -136,6 +136,7 @@ def profile_components(method: str, settings: dict, rows: list[str], batch_size:
     entries = []
     for name in rows:
         entry: dict[str, Any] = {"component": name, "input_size": size, "batch_size": batch_size,
+                                 "backbone": getattr(detector.config, "backbone", None),
                                  **parameter_stats(parts[name])}
         if not time_it:
             entries.append(entry)

@@ -289,8 +289,9 @@ def complexity_table_markdown(table: dict, table_id: str, profile_path: Path) ->
         rows = {e["component"]: e for e in entries if e["label"] == label}
         ref = rows.get(reference, {})
         first = next(iter(rows.values()))
-        out += [f"**{label}** ({first['input_size']} px, batch {first['batch_size']}, "
-                f"{first.get('device_name', 'not timed')}; ratios relative to {reference}):", "",
+        device = next((e["device_name"] for e in rows.values() if "device_name" in e), "not timed")
+        out += [f"**{label}** (backbone `{first.get('backbone', '?')}`, {first['input_size']} px, "
+                f"batch {first['batch_size']}, {device}; ratios relative to {reference}):", "",
                 "| network | size [MB] published | size [MB] | size ratio published | size ratio "
                 "| GMACs/image (fvcore) | fps published | fps | fps ratio published | fps ratio |",
                 "|---|---|---|---|---|---|---|---|---|---|"]

@@ -135,9 +135,13 @@ def write_tables(tables: dict[str, pd.DataFrame], paper_dir: Path) -> list[Path]
         path = paper_dir / "tables" / f"{table_id}.csv"
         frame.to_csv(path, index=False, float_format="%.4f")
         paths.append(path)
-        summary[table_id] = {f"{r.row}.{r.metric}": round(r.mean, 4) for r in frame.itertuples()
-                             if np.isfinite(r.mean)}
+        # keys: <row>.<metric>, with the variant in front where a row is a category or group
+        summary[table_id] = {
+            f"{r.row if r.row == r.variant else f'{r.variant}.{r.row}'}.{r.metric}": round(r.mean, 4)
+            for r in frame.itertuples() if np.isfinite(r.mean)}
         plot = frame[["label", "metric", "mean", "published"]].rename(columns={"mean": "reproduced"})
+        if plot["metric"].nunique() > 1:  # one x label per bar
+            plot["label"] = plot["label"] + " [" + plot["metric"] + "]"
         plot.to_csv(paper_dir / "plots" / f"{table_id}.csv", index=False, float_format="%.4f")
     (paper_dir / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
     return paths

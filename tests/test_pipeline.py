@@ -139,6 +139,10 @@ def test_multi_metric_and_complexity_tables_reach_the_report(tmp_path):
     tables = build_tables("clscnf", "smoke", params, tmp_path)
     assert "table3" not in tables  # a complexity table comes from the profiling stage
     write_tables(tables, tmp_path / "clscnf")
+    metrics = json.loads((tmp_path / "clscnf" / "metrics.json").read_text())
+    assert metrics["table1"]["fe_cls.average.aupro"] == pytest.approx(90.0)  # one key a variant
+    assert metrics["table1"]["fe_pre.average.aupro"] == pytest.approx(60.0)
+    assert metrics["table2"]["cls.pixel_aupr"] == pytest.approx(60.0)
     table1 = tables["table1"].set_index(["variant", "row", "metric"])
     assert table1.loc[("fe_pre", "average", "image_auroc"), "published"] == 96.71
     assert table1.loc[("fe_cls", "average", "pixel_aupr"), "published"] == 58.41
