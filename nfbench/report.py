@@ -191,7 +191,7 @@ def _provenance(records: list[dict]) -> list[str]:
         spec = BACKBONES.get(name)
         lines.append(f"- **backbone** `{name}`: {spec.weights_tag if spec else '?'}; "
                      f"{spec.note if spec else ''}")
-    lines += [f"- **hardware**: {env.get('gpu') or env.get('cpu')} ({env.get('cpu_threads')} CPU threads), "
+    lines += [f"- **hardware**: {env.get('gpu') or env.get('cpu')} ({env.get('cpu_threads')} torch thread(s) per run), "
               f"device `{records[0]['timing']['device']}`",
               f"- **software**: python {env['python']}, torch {env['torch']}, timm {env['timm']}, "
               f"numpy {env['numpy']}, nfbench {env['nfbench']}",
