@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from nfbench.datasets import image_sets, load_table
+from nfbench.datasets import image_sets
 from nfbench.errors import UserError
 from nfbench.methods.base import seed_everything
 
@@ -58,9 +58,9 @@ def decision_table(method: str, dataset: str, category: str, *, root: Path | Non
                    holdout: float = 0.2, quantile: float = 1.0) -> dict[str, Any]:
     """Fit ``method`` on (1 - holdout) of the normal training images of ``category``, set the
     threshold on the held-out ones, and count the test set's confusion matrix."""
-    from nfbench.experiment import resolve_config
+    from nfbench.experiment import category_table, resolve_config
 
-    table = load_table(dataset, root, None if dataset in ("demo", "folder") else [category])
+    table = category_table(dataset, root, category)
     seed_everything(seed)
     detector = resolve_config(method, profile, dict(overrides or {}))
     train, test = image_sets(table, category, detector.config.input_size)

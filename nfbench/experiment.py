@@ -68,6 +68,12 @@ def resolve_config(method: str, profile: str, overrides: dict[str, Any]):
     return create_method(method, **settings)
 
 
+def category_table(dataset: str, root: Path | None, category: str):
+    """The sample table holding ``category``: loaded alone from the registered datasets,
+    whole for ``demo``/``folder`` (their categories are the folders found at ``root``)."""
+    return load_table(dataset, root, None if dataset in ("demo", "folder") else [category])
+
+
 def _select_train(train, shots: int | None, seed: int):
     """All training images, or ``shots`` of them drawn with ``seed`` (CS-Flow's 16 shots)."""
     if shots is None:
@@ -133,11 +139,8 @@ def run_experiment(method: str, dataset: str, category: str, *, root: Path | Non
     ``joint_categories`` limits joint training to those categories (default: all).
     ``examples``, if a dict, receives scores and a few maps of the first category for figures.
     """
-    if joint:
-        categories = joint_categories
-    else:
-        categories = None if dataset in ("demo", "folder") else [category]
-    table = load_table(dataset, root, categories)
+    table = load_table(dataset, root, joint_categories) if joint else \
+        category_table(dataset, root, category)
     seed_everything(seed)
     detector = resolve_config(method, profile, dict(overrides or {}))
     size = detector.config.input_size

@@ -90,6 +90,19 @@ def time_inference(function: Callable[[], Any], device: torch.device | str = "cp
             "repeats": len(times), "device": str(device)}
 
 
+def measure_module(module: nn.Module, size: int, batch_size: int, device: torch.device,
+                   time_it: bool = True, repeats: int = 5) -> dict[str, Any]:
+    """FLOPs per image (:func:`count_flops`) of an images → scores ``module`` at ``size`` px
+    and, if ``time_it``, its speed on a batch of ``batch_size`` (:func:`time_inference`)."""
+    result = count_flops(module, torch.rand(1, 3, size, size, device=device))
+    if time_it:
+        batch = torch.rand(batch_size, 3, size, size, device=device)
+        timing = time_inference(lambda: module(batch), device=device, warmup=1, repeats=repeats)
+        result.update({"timing": timing, "images_per_second": batch_size / timing["median_s"],
+                       "device_name": _device_name(device)})
+    return result
+
+
 def profile_method(method: str, settings: dict, batch_size: int = 1, repeats: int = 5,
                    time_it: bool = True) -> dict[str, Any]:
     """FLOPs per image, parameters and inference time of ``method`` with ``settings``.
@@ -104,16 +117,9 @@ def profile_method(method: str, settings: dict, batch_size: int = 1, repeats: in
     device = resolve_device(getattr(detector.config, "device", "auto"))
     module = detector.inference_module(pretrained=False)
     size = detector.config.input_size
-    flops = count_flops(module, torch.rand(1, 3, size, size, device=device))
-    result: dict[str, Any] = {"method": method, "settings": settings, "input_size": size,
-                              **flops, **parameter_stats(module), "batch_size": batch_size}
-    if time_it:
-        batch = torch.rand(batch_size, 3, size, size, device=device)
-        timing = time_inference(lambda: module(batch), device=device, warmup=1, repeats=repeats)
-        result.update({"timing": timing,
-                       "images_per_second": batch_size / timing["median_s"],
-                       "device_name": _device_name(device)})
-    return result
+    return {"method": method, "settings": settings, "input_size": size,
+            **measure_module(module, size, batch_size, device, time_it, repeats),
+            **parameter_stats(module), "batch_size": batch_size}
 
 
 def profile_components(method: str, settings: dict, rows: list[str], batch_size: int,
@@ -146,11 +152,7 @@ def profile_components(method: str, settings: dict, rows: list[str], batch_size:
         except UserError:
             entries.append(entry)  # no inference network of its own
             continue
-        entry.update(count_flops(module, torch.rand(1, 3, size, size, device=device)))
-        batch = torch.rand(batch_size, 3, size, size, device=device)
-        timing = time_inference(lambda: module(batch), device=device, warmup=1, repeats=repeats)
-        entry.update({"timing": timing, "images_per_second": batch_size / timing["median_s"],
-                      "device_name": _device_name(device)})
+        entry.update(measure_module(module, size, batch_size, device, repeats=repeats))
         entries.append(entry)
     return entries
 

@@ -22,13 +22,7 @@ SMOKE = {"backbone": "efficientnet_lite0", "input_size": 128, "padding": "zeros"
          "fiber_fraction": 0.25, "reuse_stages": False}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine, 2 threads spin and run ~10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _sets(root, category="coin", size=128):

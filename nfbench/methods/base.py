@@ -13,14 +13,15 @@ same way.
 from __future__ import annotations
 
 import dataclasses
+import math
 import random
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import Any, Callable, ClassVar, Iterable, Protocol, runtime_checkable
 
 import numpy as np
 import torch
 
-from nfbench.errors import UserError
+from nfbench.errors import TrainingDivergedError, UserError
 
 
 @dataclass
@@ -127,3 +128,21 @@ def config_to_dict(config: Any) -> dict[str, Any]:
     """A JSON-ready dict of a config dataclass (tuples become lists)."""
     return {k: (list(v) if isinstance(v, tuple) else v)
             for k, v in dataclasses.asdict(config).items()}
+
+
+def descent_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, what: str,
+                 where: Callable[[], str],
+                 clip: tuple[Iterable[torch.nn.Parameter], float] | None = None) -> float:
+    """One optimiser step on ``loss`` (gradients clipped to norm ``clip[1]`` when given), with
+    the NaN guard every method shares: a NaN or inf loss stops training with a
+    :class:`TrainingDivergedError` "<what> loss became <value> at <where()>" instead of a
+    silent NaN model. Returns the loss value."""
+    value = loss.item()
+    if not math.isfinite(value):
+        raise TrainingDivergedError(f"{what} loss became {value} at {where()}")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if clip is not None:
+        torch.nn.utils.clip_grad_norm_(*clip)
+    optimizer.step()
+    return value

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from nfbench.errors import TrainingDivergedError
+from nfbench.methods.base import descent_step
 
 #: ln(1/sqrt(2*pi)), the per-dimension log-density constant of a standard normal.
 LOG_NORMAL_CONST = -0.5 * math.log(2.0 * math.pi)
@@ -239,14 +239,10 @@ def train_flows(flows: nn.ModuleList, features: Sequence[Tensor], settings: CNFS
                         idx = perm[start:start + settings.fiber_batch].to(device)
                         z, log_jac = flow(y[idx], c=[cond[idx]])
                         loss = nf_loss(log_likelihood(z, log_jac), y.shape[1])
-                        if not torch.isfinite(loss):
-                            raise TrainingDivergedError(
-                                f"CNF loss became {loss.item()} at meta-epoch {meta + 1}, "
-                                f"sub-epoch {sub + 1}, batch {b + 1}, map {layer}")
-                        optimizer.zero_grad(set_to_none=True)
-                        loss.backward()
-                        optimizer.step()
-                        losses.append(loss.item())
+                        losses.append(descent_step(
+                            optimizer, loss, "CNF",
+                            lambda: f"meta-epoch {meta + 1}, sub-epoch {sub + 1}, "
+                                    f"batch {b + 1}, map {layer}"))
         history.append(float(np.mean(losses)) if losses else float("nan"))
         bar.set_postfix(loss=f"{history[-1]:.4f}")
     flows.eval()

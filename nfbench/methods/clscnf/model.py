@@ -50,9 +50,9 @@ from tqdm.auto import tqdm
 
 from nfbench.backbones import get_backbone_spec
 from nfbench.datasets.base import ImageSet
-from nfbench.errors import TrainingDivergedError, UserError
+from nfbench.errors import UserError
 from nfbench.methods import register_method
-from nfbench.methods.base import Scores, resolve_device
+from nfbench.methods.base import Scores, descent_step, resolve_device
 from nfbench.methods.cflow.model import (LAYERS, NFInference, NFScorer, StageCache,
                                          apply_category_settings, build_encoder, category_of,
                                          check_cnf_config, cnf_settings, code_digest, extract,
@@ -340,14 +340,10 @@ class CLSCNFDetector:
                     else:  # FE_REG: regress the normalised input, squared error summed over RGB
                         normalised = (x - encoder.mean) / encoder.std
                         loss = (out - normalised).pow(2).sum(dim=1).mean()
-                    if not torch.isfinite(loss):
-                        raise TrainingDivergedError(
-                            f"CLS-CNFs FE loss became {loss.item()} at meta-epoch {meta + 1}, "
-                            f"pass {sub + 1}, step {start // cfg.fe_batch_size + 1}")
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
-                    losses.append(loss.item())
+                    losses.append(descent_step(
+                        optimizer, loss, "CLS-CNFs FE",
+                        lambda: f"meta-epoch {meta + 1}, pass {sub + 1}, "
+                                f"step {start // cfg.fe_batch_size + 1}"))
             history.append(float(np.mean(losses)))
             bar.set_postfix(loss=f"{history[-1]:.4f}")
         decoder.eval()

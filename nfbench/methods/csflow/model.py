@@ -27,10 +27,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from nfbench.datasets.base import ImageSet
-from nfbench.errors import TrainingDivergedError, UserError
+from nfbench.errors import UserError
 from nfbench.feature_cache import cached_features, get_extractor, scaled_inputs
 from nfbench.methods import register_method
-from nfbench.methods.base import Scores, resolve_device
+from nfbench.methods.base import Scores, descent_step, resolve_device
 from nfbench.methods.csflow.flow import build_cs_flow, image_score, localization_map, nll_loss
 
 SCALE_MODES = ("cross", "single", "separate", "concat")
@@ -149,14 +149,9 @@ class CSFlowDetector:
                 index = order[start:start + cfg.batch_size]
                 z, log_jac = self.flow([x[index].to(self.device) for x in inputs])
                 loss = nll_loss(z, log_jac)
-                if not torch.isfinite(loss):
-                    raise TrainingDivergedError(
-                        f"CS-Flow loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(self.flow.parameters(), cfg.grad_clip)
-                optimizer.step()
-                epoch_losses.append(loss.item())
+                epoch_losses.append(descent_step(
+                    optimizer, loss, "CS-Flow", lambda: f"epoch {epoch + 1}, step {step + 1}",
+                    clip=(self.flow.parameters(), cfg.grad_clip)))
             self.loss_history.append(float(np.mean(epoch_losses)))
             bar.set_postfix(loss=f"{self.loss_history[-1]:.4f}")
         self.flow.eval()

@@ -31,10 +31,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from nfbench.datasets.base import ImageSet
-from nfbench.errors import TrainingDivergedError, UserError
+from nfbench.errors import UserError
 from nfbench.feature_cache import cached_features, get_extractor, scaled_inputs
 from nfbench.methods import register_method
-from nfbench.methods.base import Scores, resolve_device
+from nfbench.methods.base import Scores, descent_step, resolve_device
 from nfbench.methods.patchflow import flow as pf
 
 #: Adapter output channels C_g per ``adapter`` choice.
@@ -437,14 +437,8 @@ class PatchFlowDetector:
             for step, start in enumerate(range(0, n, cfg.batch_size)):
                 index = order[start:start + cfg.batch_size]
                 loss = self._loss(maps, index)
-                if not torch.isfinite(loss):
-                    raise TrainingDivergedError(
-                        f"PatchFlow loss became {loss.item()} at epoch {epoch + 1}, "
-                        f"step {step + 1}")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                epoch_losses.append(loss.item())
+                epoch_losses.append(descent_step(
+                    optimizer, loss, "PatchFlow", lambda: f"epoch {epoch + 1}, step {step + 1}"))
             self.loss_history.append(float(np.mean(epoch_losses)))
             postfix = {"loss": f"{self.loss_history[-1]:.4f}"}
             if validation is not None:
