@@ -14,9 +14,11 @@ from typing import Sequence
 from nfbench.errors import UserError
 
 
-def _parse_sets(pairs: Sequence[str]) -> dict[str, str]:
+def _parse_sets(pairs: Sequence) -> dict[str, str]:
+    """``--set a=1 b=2 --set c=3`` (argparse gives a list of lists) -> ``{a: 1, b: 2, c: 3}``."""
     settings = {}
-    for pair in pairs:
+    flat = [p for group in pairs for p in ([group] if isinstance(group, str) else group)]
+    for pair in flat:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
             raise UserError(f"--set expects key=value, got {pair!r}")
@@ -58,6 +60,11 @@ def cmd_data_verify(args: argparse.Namespace) -> None:
 def cmd_methods(args: argparse.Namespace) -> None:
     from nfbench.methods import list_methods, method_class
 
+    if args.settings:
+        from nfbench.settings_doc import settings_table
+
+        print(settings_table(args.settings))
+        return
     for name in list_methods():
         doc = (method_class(name).__doc__ or "").strip().splitlines()[0]
         print(f"{name:12s} {doc}")
@@ -77,11 +84,16 @@ def _category(args: argparse.Namespace) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> None:
-    from nfbench.experiment import run_experiment, write_record
-    from nfbench.methods import method_class
+    from nfbench.run_config import print_config, resolve_run_args
 
-    method_class(args.method)  # fail fast on an unknown method, before any data work
-    overrides = _parse_sets(args.set)
+    from nfbench.experiment import run_experiment, write_record
+
+    overrides = resolve_run_args(args)  # --config, params.yaml's block, --set, --device
+    if args.print_config:
+        print_config(args, overrides)
+        return
+    if args.out is None:
+        raise UserError("--out is required (or --print-config)")
     category = "all" if args.joint else _category(args)
     record = run_experiment(args.method, args.dataset, category, root=args.root,
                             profile=args.profile, seed=args.seed, overrides=overrides,
@@ -136,6 +148,12 @@ def cmd_plan(args: argparse.Namespace) -> None:
 
     params = load_params()
     profile = _profile(args, params)
+    if args.gpus is not None or args.cost:
+        from nfbench.cost import plan_table
+
+        print(plan_table(profile, params, gpus=args.gpus or 1, results=args.results,
+                         papers=[args.paper] if args.paper else None))
+        return
     papers = [args.paper] if args.paper else [p for p in PAPERS if p in params]
     total = 0
     for paper in papers:
@@ -156,13 +174,25 @@ def cmd_plan(args: argparse.Namespace) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
-    from nfbench.plan import expand_runs, load_params
+    import os
+
+    from nfbench.plan import (expand_runs, load_params, load_spec, parse_shard, select_runs,
+                              table_variants)
     from nfbench.runner import execute
 
     params = load_params()
-    runs = expand_runs(args.paper, _profile(args, params), params,
-                       variants=args.variant or None)
-    execute(runs, args.results, progress=not args.quiet, jobs=args.jobs)
+    variants = list(args.variant or [])
+    for table_id in args.table or []:
+        variants += [v for v in table_variants(load_spec(args.paper), table_id) if v not in variants]
+    runs = expand_runs(args.paper, _profile(args, params), params, variants=variants or None)
+    runs = select_runs(runs, categories=args.category, seeds=args.seed,
+                       shard=parse_shard(args.shard) if args.shard else None)
+    if args.quiet:
+        os.environ["NFBENCH_QUIET"] = "1"  # no per-epoch bars; the run counter stays
+    label = f"{args.paper}/{'+'.join(variants)}" if variants else args.paper
+    execute(runs, args.results, progress=not args.quiet, jobs=args.jobs, force=args.force,
+            executor=args.executor, address=args.address, runs_per_gpu=args.runs_per_gpu,
+            device=args.device, label=label)
 
 
 def cmd_tables(args: argparse.Namespace) -> None:
@@ -182,10 +212,13 @@ def cmd_profile(args: argparse.Namespace) -> None:
                               variant_settings)
     from nfbench.profiling import profile_components, profile_method
 
+    from nfbench.devices import validate_device
+
     params = load_params()
     profile = _profile(args, params)
     spec = load_spec(args.paper)
     block = profile_params(params, args.paper, profile)
+    device = {"device": validate_device(args.device)} if args.device else {}
     configs = [dict(label="paper configuration", settings={}, batch_size=1,
                     time_it=profile == "paper" or args.time_paper)]
     configs += [dict(label=f"{profile} configuration",
@@ -197,7 +230,8 @@ def cmd_profile(args: argparse.Namespace) -> None:
                             time_it=profile == "paper" or args.time_paper))
     entries = []
     for config in configs:
-        result = profile_method(spec["method"], config["settings"], config["batch_size"],
+        result = profile_method(spec["method"], {**config["settings"], **device},
+                                config["batch_size"],
                                 time_it=config["time_it"])
         entries.append({"label": config["label"], **result})
         print(f"{config['label']}: {result['gmacs_fvcore']:.2f} GMACs, "
@@ -210,7 +244,8 @@ def cmd_profile(args: argparse.Namespace) -> None:
                 ("paper configuration", paper_settings, profile == "paper" or args.time_paper),
                 (f"{profile} configuration", variant_settings(spec, block, table["variant"]),
                  True)):
-            for entry in profile_components(spec["method"], config_settings, list(table["rows"]),
+            for entry in profile_components(spec["method"], {**config_settings, **device},
+                                            list(table["rows"]),
                                             table.get("batch_size", 1), time_it=time_it):
                 entries.append({"label": label, "table": table_id, **entry})
                 print(f"{table_id} {label} {entry['component']}: {entry['size_mb']:.1f} MB")
@@ -268,7 +303,10 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("--quiet", action="store_true")
     prepare.set_defaults(func=cmd_data_prepare)
 
-    sub.add_parser("methods", help="list registered methods").set_defaults(func=cmd_methods)
+    methods = sub.add_parser("methods", help="list registered methods")
+    methods.add_argument("--settings", metavar="NAME",
+                         help="every setting of method NAME: default and where it comes from")
+    methods.set_defaults(func=cmd_methods)
 
     def pipeline_command(name: str, help_text: str, func, paper_required: bool = True):
         command = sub.add_parser(name, help=help_text)
@@ -282,13 +320,30 @@ def build_parser() -> argparse.ArgumentParser:
     plan = pipeline_command("plan", "list the runs and tables a profile would produce", cmd_plan,
                             paper_required=False)
     plan.add_argument("--verbose", "-v", action="store_true", help="list every run")
+    plan.add_argument("--gpus", type=int, help="estimate device-hours and the wall time on N "
+                      "GPUs per paper and table (cost model: benchmarks/cost.yaml)")
+    plan.add_argument("--cost", action="store_true", help="the estimate table on 1 GPU")
     bench = pipeline_command("bench", "execute a paper's runs (all, or --variant ...)", cmd_bench)
     bench.add_argument("--variant", action="append", help="only this variant (repeatable)")
-    bench.add_argument("--quiet", action="store_true")
-    bench.add_argument("--jobs", type=int, help="worker processes (default: 1 on a GPU, else "
-                       "up to 4, sharing the CPU cores)")
+    bench.add_argument("--table", action="append", help="only the variants this table needs")
+    bench.add_argument("--category", action="append", help="only this category (repeatable)")
+    bench.add_argument("--seed", action="append", type=int, help="only this seed (repeatable)")
+    bench.add_argument("--shard", metavar="i/N", help="only shard i of N (0 <= i < N) of the "
+                       "selected runs: a stable split for job arrays")
+    bench.add_argument("--force", action="store_true",
+                       help="rerun runs whose record exists with the same identity")
+    bench.add_argument("--quiet", action="store_true",
+                       help="no bars; one progress line per run on stderr")
+    bench.add_argument("--jobs", type=int, help="CPU worker processes (default up to 4, "
+                       "sharing the CPU cores; on GPUs: one per GPU slot)")
+    bench.add_argument("--executor", choices=["local", "ray"], default="local")
+    bench.add_argument("--address", help="Ray cluster address (default: start a local one)")
+    bench.add_argument("--runs-per-gpu", type=float, default=1, metavar="K",
+                       help="runs sharing one GPU (Ray: 1/K GPU per run)")
+    bench.add_argument("--device", help="cpu | cuda | cuda:N (default: the settings' auto)")
     pipeline_command("tables", "build a paper's tidy tables from its records", cmd_tables)
     prof = pipeline_command("profile", "FLOPs, parameters and speed of a paper's method", cmd_profile)
+    prof.add_argument("--device", help="cpu | cuda | cuda:N")
     prof.add_argument("--time-paper", action="store_true",
                       help="also time the paper configuration (slow on a CPU)")
     report = pipeline_command("report", "write reports/<paper>.md and reports/README.md",
@@ -302,19 +357,27 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(func=cmd_check)
 
     run = sub.add_parser("run", help="fit and score one method on one category, write a record")
-    run.add_argument("--method", required=True)
-    run.add_argument("--dataset", required=True)
+    run.add_argument("--method", help="required unless --config names it")
+    run.add_argument("--dataset", help="required unless --config names it")
     run.add_argument("--root", type=Path, help="dataset folder in its official layout")
     run.add_argument("--category")
-    run.add_argument("--profile", default="demo", choices=["demo", "paper"])
-    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--profile", choices=["demo", "paper", "smoke"],
+                     help="default: params.yaml's profile; its block for this method and "
+                     "dataset gives the settings, as in bench")
+    run.add_argument("--seed", type=int)
     run.add_argument("--shots", type=int, help="train on this many random normal images")
     run.add_argument("--joint", action="store_true",
                      help="train on every category at once, score each (CS-Flow §4.5)")
-    run.add_argument("--variant", default="default", help="label stored in the record")
-    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                     help="override a config setting (repeatable)")
-    run.add_argument("--out", type=Path, required=True, help="result record (JSON)")
+    run.add_argument("--variant", help="label stored in the record; a variant of the paper "
+                     "running this method also selects its settings (default: its main one)")
+    run.add_argument("--set", action="append", nargs="+", default=[], metavar="KEY=VALUE",
+                     help="override config settings (several after one flag; repeatable)")
+    run.add_argument("--device", help="cpu | cuda | cuda:N (validated)")
+    run.add_argument("--config", type=Path, help="a config YAML from --print-config "
+                     "(--set pairs win over it)")
+    run.add_argument("--print-config", action="store_true",
+                     help="print the fully resolved config as YAML and stop")
+    run.add_argument("--out", type=Path, help="result record (JSON)")
     run.set_defaults(func=cmd_run)
 
     decide = sub.add_parser(
@@ -330,7 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="share of normal training images held out to set the threshold")
     decide.add_argument("--quantile", type=float, default=1.0,
                         help="threshold = this quantile of the held-out normal scores")
-    decide.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    decide.add_argument("--set", action="append", nargs="+", default=[], metavar="KEY=VALUE")
     decide.add_argument("--out", type=Path, required=True,
                         help="Markdown table (a JSON record is written beside it)")
     decide.set_defaults(func=cmd_decide)
@@ -347,6 +410,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `nfbench plan | head`: the reader left; end quietly
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
 

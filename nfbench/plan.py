@@ -132,3 +132,73 @@ def expand_runs(paper: str, profile: str, params: dict[str, Any] | None = None,
                                 joint=bool(variant.get("joint", False)), root=role.get("root"),
                                 joint_categories=tuple(role_cats) if variant.get("joint") else ()))
     return runs
+
+
+def table_variants(spec: dict[str, Any], table_id: str) -> list[str]:
+    """The variants table ``table_id`` of ``spec`` is built from (its columns, rows or
+    ``variant`` that name declared variants), in the table's order."""
+    tables = spec.get("tables", {})
+    if table_id not in tables:
+        raise UserError(f"no table {table_id!r}; declared: {', '.join(tables)}")
+    table = tables[table_id]
+    names = list(table.get("columns") or {}) + list(table.get("rows") or {})
+    names += [table["variant"]] if table.get("variant") else []
+    return [n for n in dict.fromkeys(names) if n in spec["variants"]]
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``i/N`` (0 <= i < N) -> (i, N)."""
+    index, sep, count = text.partition("/")
+    try:
+        i, n = int(index), int(count)
+    except ValueError:
+        i, n = -1, 0
+    if not sep or n < 1 or not 0 <= i < n:
+        raise UserError(f"--shard expects i/N with 0 <= i < N (e.g. 0/4), got {text!r}")
+    return i, n
+
+
+def select_runs(runs: list[Run], categories: list[str] | None = None,
+                seeds: list[int] | None = None, shard: tuple[int, int] | None = None) -> list[Run]:
+    """The runs of the given categories and seeds; then shard ``(i, N)``: every N-th run of
+    the selection sorted by run id, starting at the i-th, a split that depends only on the
+    selection (the same command in every array job gives disjoint shards covering it)."""
+    chosen = [r for r in runs if (not categories or r.category in categories)
+              and (not seeds or r.seed in seeds)]
+    if categories and not chosen:
+        known = sorted({r.category for r in runs})
+        raise UserError(f"no run of category {', '.join(categories)}; planned: {', '.join(known)}")
+    if shard is not None:
+        i, n = shard
+        chosen = sorted(chosen, key=lambda r: r.run_id)[i::n]
+    return chosen
+
+
+def run_settings(method: str, dataset: str, profile: str, variant: str | None = None,
+                 params: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The settings ``bench`` would give ``method`` on ``dataset`` under ``profile``, for
+    ``nfbench run``: the paper whose spec runs ``method`` (``variant`` if it declares it, else
+    its main variant, else the first variant of the method on a role mapped to ``dataset``),
+    with that variant's profile, role and own settings. Returns ``{"settings", "paper",
+    "variant", "role", "shots", "joint"}``; ``paper`` None (no settings) when no paper runs
+    ``method`` on ``dataset``."""
+    params = params if params is not None else load_params()
+    for paper in PAPERS:
+        if paper not in params or profile not in (params.get(paper) or {}):
+            continue
+        spec = load_spec(paper)
+        block = params[paper][profile]
+        candidates = [name for name, v in spec["variants"].items()
+                      if v.get("method", spec["method"]) == method
+                      and block["datasets"].get(v.get("dataset", "mvtec_ad"), {}).get("dataset")
+                      == dataset]
+        if not candidates:
+            continue
+        main = main_variant(spec)
+        name = variant if variant in candidates else main if main in candidates else candidates[0]
+        declared = spec["variants"][name]
+        return {"settings": variant_settings(spec, block, name), "paper": paper, "variant": name,
+                "role": declared.get("dataset", "mvtec_ad"), "shots": declared.get("shots"),
+                "joint": bool(declared.get("joint", False))}
+    return {"settings": {}, "paper": None, "variant": None, "role": None, "shots": None,
+            "joint": False}

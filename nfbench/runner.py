@@ -1,13 +1,30 @@
 """Execute planned runs: each writes its result record (JSON) and figure material (NPZ).
 
-On a CPU, the small networks of the demo profile use two threads poorly, so a batch of runs
-can be spread over ``jobs`` worker processes, each with ``threads`` torch threads (one run per
-category: they share nothing but the on-disk caches, whose writes are atomic). Results are
-deterministic for a given thread count; the record says how many threads made it.
+A run is the unit of work. Before anything executes, each run's identity
+(:mod:`nfbench.identity`) is compared with the record already on disk: a record with the same
+identity is kept (the run is skipped), a missing or different one is (re)made, ``force``
+remakes all. An interrupted bench therefore resumes where it stopped.
+
+Executors:
+
+* ``local`` on a CPU: the small networks of the demo profile use two threads poorly, so a
+  batch of runs can be spread over ``jobs`` worker processes, each with ``threads`` torch
+  threads (one run per category: they share nothing but the on-disk caches, whose writes are
+  atomic). Results are deterministic for a given thread count; the record says how many
+  threads made it.
+* ``local`` on a machine with CUDA GPUs: one worker process per GPU slot (``runs_per_gpu``
+  slots per visible GPU), each pinned to its GPU, so that every GPU runs
+  ``runs_per_gpu`` runs at a time.
+* ``ray``: every run a Ray task (:mod:`nfbench.ray_executor`); records are written here, on
+  the driver.
+
+Progress (runs done / total, skipped, elapsed, estimated remaining) goes to stderr after every
+run even when ``progress`` is off (``--quiet`` silences bars, not the run counter).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import time
@@ -17,19 +34,39 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from nfbench.errors import UserError
 from nfbench.experiment import run_experiment, write_examples, write_record
 from nfbench.plan import Run
 
+#: The device a worker process was pinned to (local multi-GPU executor), else None.
+_WORKER_DEVICE: str | None = None
+
 
 def default_jobs() -> int:
-    """Worker processes for a batch: 1 on a GPU (one device), else up to 4 CPU workers."""
-    import torch
-
-    return 1 if torch.cuda.is_available() else max(1, min(4, os.cpu_count() or 1))
+    """Worker processes for a CPU batch: up to 4 (a GPU batch has one per GPU slot)."""
+    return max(1, min(4, os.cpu_count() or 1))
 
 
-def run_one(run: Run, results_dir: Path) -> Path:
-    """Fit and score one run; write its record and figure material; returns the record path."""
+def with_device(run: Run, device: str | None) -> Run:
+    """``run`` with its ``device`` setting replaced (None: unchanged)."""
+    if device is None:
+        return run
+    return dataclasses.replace(run, settings={**run.settings, "device": device})
+
+
+def run_device(run: Run) -> str:
+    return str(run.settings.get("device", "auto"))
+
+
+def compute(run: Run) -> tuple[dict, dict]:
+    """Fit and score one run; returns its record (with identity) and figure material."""
+    from nfbench.devices import validate_device
+    from nfbench.identity import run_identity
+
+    if _WORKER_DEVICE is not None and run_device(run) in ("auto", "cuda"):
+        run = with_device(run, _WORKER_DEVICE)
+    validate_device(run_device(run))
+    identity = run_identity(run)
     start = time.perf_counter()
     examples: dict = {}
     record = run_experiment(run.method, run.dataset, run.category,
@@ -40,11 +77,33 @@ def run_one(run: Run, results_dir: Path) -> Path:
                             examples=examples)
     record["paper"] = run.paper
     record["run_id"] = run.run_id
+    record["identity"] = identity
     record["timing"]["wall_seconds"] = time.perf_counter() - start
+    return record, examples
+
+
+def store(record: dict, examples: dict, results_dir: Path, run: Run) -> Path:
+    """Write a run's figure material, then its record (the record last: it marks the run done)."""
     path = Path(results_dir) / run.record_path
     write_examples(examples, path.with_suffix(".npz"))
     write_record(record, path)
     return path
+
+
+def run_one(run: Run, results_dir: Path) -> Path:
+    """Fit and score one run; write its record and figure material; returns the record path."""
+    record, examples = compute(run)
+    return store(record, examples, results_dir, run)
+
+
+def pending(runs: list[Run], results_dir: Path, force: bool = False) -> list[Run]:
+    """The runs whose record is missing or has another identity (all with ``force``)."""
+    from nfbench.identity import run_identity, stored_identity
+
+    if force:
+        return list(runs)
+    return [run for run in runs
+            if stored_identity(Path(results_dir) / run.record_path) != run_identity(run)["digest"]]
 
 
 def _summary(path: Path) -> str:
@@ -52,39 +111,133 @@ def _summary(path: Path) -> str:
 
     record = json.loads(Path(path).read_text())
     return (f"{record['run_id']}: image AUROC {record['metrics']['image_auroc']:.4f} "
-            f"({record['timing']['wall_seconds']:.1f} s)")
+            f"({record['timing']['wall_seconds']:.1f} s, {record['timing']['device']})")
 
 
-def _init_worker(threads: int) -> None:
+def _clock(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+class Progress:
+    """Runs done / total, failures, elapsed and estimated remaining, one line per event on
+    stderr (and a tqdm bar when ``bar``)."""
+
+    def __init__(self, total: int, skipped: int, label: str = "runs", bar: bool = True):
+        self.total, self.skipped, self.label = total, skipped, label
+        self.done, self.failed, self.start = 0, [], time.perf_counter()
+        self.bar = tqdm(total=total, initial=skipped, desc=label, unit="run", disable=not bar)
+        self.quiet_lines = not bar
+        if skipped:
+            self._line(f"{skipped} run(s) already recorded with the same identity: skipped")
+
+    def _line(self, text: str) -> None:
+        if self.quiet_lines:
+            print(f"[{self.label}] {text}", file=sys.stderr, flush=True)
+        else:
+            tqdm.write(text, file=sys.stderr)
+
+    def update(self, run_id: str, ok: bool = True, message: str = "") -> None:
+        if ok:
+            self.done += 1
+        else:
+            self.failed.append(run_id)
+        finished = self.done + len(self.failed)
+        elapsed = time.perf_counter() - self.start
+        left = self.total - self.skipped - finished
+        remaining = elapsed / finished * left if finished else 0.0
+        self.bar.update()
+        failures = f", {len(self.failed)} failed ({', '.join(self.failed)})" if self.failed else ""
+        self._line(f"{self.skipped + self.done}/{self.total} runs done{failures}, elapsed "
+                   f"{_clock(elapsed)}, remaining ~{_clock(remaining)}"
+                   + (f" | {message}" if message else ""))
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _init_worker(threads: int, slots) -> None:
     import torch
 
+    global _WORKER_DEVICE
     torch.set_num_threads(threads)
+    if slots is not None:
+        _WORKER_DEVICE = slots.get()
+
+
+def _gpu_slots(runs: list[Run], runs_per_gpu: float) -> list[str] | None:
+    """The device of every local GPU worker (None: run on the CPU)."""
+    from nfbench.devices import visible_gpus
+
+    devices = {run_device(r) for r in runs}
+    gpus = visible_gpus()
+    if gpus == 0 or devices & {"cpu"}:
+        return None
+    per_gpu = max(1, int(round(runs_per_gpu)))
+    pinned = sorted(d for d in devices if d.startswith("cuda:"))
+    targets = pinned if pinned and len(devices) == 1 else [f"cuda:{i}" for i in range(gpus)]
+    return [device for device in targets for _ in range(per_gpu)]
 
 
 def execute(runs: list[Run], results_dir: Path, progress: bool = True,
-            jobs: int | None = None) -> list[Path]:
-    """Run every run; returns the record paths. ``jobs`` > 1 spreads the runs over worker
-    processes sharing the CPU cores (default :func:`default_jobs`). A failing run stops the
-    batch with its error (DVC then reruns the stage); finished runs keep their records."""
-    jobs = max(1, min(jobs or default_jobs(), len(runs)))
-    bar = tqdm(total=len(runs), desc="runs", unit="run", disable=not progress)
-    written = []
-    if jobs == 1:
-        for run in runs:
-            bar.set_postfix_str(run.run_id)
-            written.append(run_one(run, results_dir))
-            tqdm.write(_summary(written[-1]))
-            bar.update()
-        return written
+            jobs: int | None = None, force: bool = False, executor: str = "local",
+            address: str | None = None, runs_per_gpu: float = 1, device: str | None = None,
+            label: str = "runs") -> list[Path]:
+    """Make every run's record unless it exists with the same identity; returns the record
+    paths of all ``runs``. ``device`` (validated) replaces the runs' device setting. Locally,
+    ``jobs`` > 1 spreads CPU runs over worker processes sharing the cores (default
+    :func:`default_jobs`); with CUDA GPUs, each GPU runs ``runs_per_gpu`` runs at a time. A
+    failing run stops the local batch with its error (DVC then reruns the stage: finished
+    runs keep their records and are skipped then)."""
+    from nfbench.devices import validate_device
+
+    validate_device(device)
+    runs = [with_device(run, device) for run in runs]
+    for requested in {run_device(r) for r in runs}:
+        validate_device(requested)
+    todo = pending(runs, results_dir, force)
+    paths = [Path(results_dir) / run.record_path for run in runs]
+    status = Progress(len(runs), len(runs) - len(todo), label, bar=progress)
+    try:
+        if not todo:
+            return paths
+        if executor == "ray":
+            from nfbench.ray_executor import execute_ray
+
+            execute_ray(todo, results_dir, status, address=address, runs_per_gpu=runs_per_gpu)
+        elif executor == "local":
+            _execute_local(todo, results_dir, status, jobs, runs_per_gpu)
+        else:
+            raise UserError(f"unknown executor {executor!r}; available: local, ray")
+    finally:
+        status.close()
+    return paths
+
+
+def _execute_local(todo: list[Run], results_dir: Path, status: Progress, jobs: int | None,
+                   runs_per_gpu: float) -> None:
+    slots = _gpu_slots(todo, runs_per_gpu)
+    if slots is not None:
+        jobs = len(slots)
+    else:
+        jobs = max(1, min(jobs or default_jobs(), len(todo)))
+    if jobs == 1 and slots is None:
+        for run in todo:
+            status.update(run.run_id, message=_summary(run_one(run, results_dir)))
+        return
+    jobs = min(jobs, len(todo)) if slots is None else jobs
     threads = max(1, (os.cpu_count() or 1) // jobs)
-    # fork starts workers at once (torch is already imported, no thread pool used yet);
-    # elsewhere (macOS, Windows) fork is unsafe and spawn is the default
-    context = get_context("fork" if sys.platform == "linux" else "spawn")
+    if slots is None:
+        # fork starts workers at once (torch is already imported, no thread pool used yet);
+        # elsewhere (macOS, Windows) fork is unsafe and spawn is the default
+        context, queue = get_context("fork" if sys.platform == "linux" else "spawn"), None
+    else:  # CUDA must not be forked; each worker takes one GPU slot
+        context = get_context("spawn")
+        queue = context.Manager().Queue()
+        for slot in slots:
+            queue.put(slot)
     with ProcessPoolExecutor(jobs, mp_context=context, initializer=_init_worker,
-                             initargs=(threads,)) as pool:
-        futures = [pool.submit(run_one, run, results_dir) for run in runs]
+                             initargs=(threads, queue)) as pool:
+        futures = {pool.submit(run_one, run, results_dir): run for run in todo}
         for future in as_completed(futures):
-            written.append(future.result())
-            tqdm.write(_summary(written[-1]))
-            bar.update()
-    return sorted(written)
+            status.update(futures[future].run_id, message=_summary(future.result()))

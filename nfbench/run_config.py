@@ -1,0 +1,89 @@
+"""``nfbench run``'s settings: the same path as ``bench``, and a config file to save and repeat.
+
+Order (later wins): the method's paper defaults, the profile's shared settings
+(:mod:`nfbench.profiles`), the profile's block in ``params.yaml`` for the paper and dataset
+role that run this method on this dataset (:func:`nfbench.plan.run_settings`), then
+``--config FILE.yaml`` (a file from ``--print-config``: every setting explicit), then
+``--set`` pairs, then ``--device``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from nfbench.errors import UserError
+
+#: The run arguments a config file carries besides the settings (CLI values win).
+RUN_FIELDS = ("method", "dataset", "category", "profile", "seed", "shots", "joint", "variant")
+
+
+def resolve_run_args(args: argparse.Namespace) -> dict[str, Any]:
+    """Fill ``args`` from ``--config``/defaults; return the settings overrides of the run."""
+    from nfbench.cli import _parse_sets
+    from nfbench.devices import validate_device
+    from nfbench.methods import method_class
+    from nfbench.plan import load_params, run_settings
+
+    loaded: dict[str, Any] = {}
+    if args.config is not None:
+        if not Path(args.config).is_file():
+            raise UserError(f"no config file {args.config}")
+        loaded = yaml.safe_load(Path(args.config).read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise UserError(f"{args.config}: expected a mapping (from --print-config)")
+    for name in RUN_FIELDS:
+        if getattr(args, name, None) in (None, False) and loaded.get(name) is not None:
+            setattr(args, name, loaded[name])
+    if args.root is None and loaded.get("root"):
+        args.root = Path(loaded["root"])
+    for name in ("method", "dataset"):
+        if not getattr(args, name):
+            raise UserError(f"--{name} is required (or a --config file naming it)")
+    method_class(args.method)  # fail fast on an unknown method, before any data work
+    try:
+        params = load_params()
+    except UserError:  # outside the project: the profile's shared settings only
+        params = {}
+    if args.profile is None:
+        args.profile = params.get("profile", "demo")
+    args.seed = 0 if args.seed is None else int(args.seed)
+    if args.config is not None:
+        base, source = dict(loaded.get("settings") or {}), {"paper": None, "variant": None}
+    else:
+        source = run_settings(args.method, args.dataset, args.profile, args.variant, params)
+        base = dict(source["settings"])
+        if args.shots is None and source["shots"] is not None:
+            args.shots = source["shots"]
+        if not args.joint and source["joint"]:
+            args.joint = True
+    args.settings_source = source
+    args.variant = args.variant or "default"
+    overrides = {**base, **_parse_sets(args.set)}
+    if args.device:
+        overrides["device"] = validate_device(args.device)
+    elif "device" in overrides:
+        validate_device(str(overrides["device"]))
+    return overrides
+
+
+def print_config(args: argparse.Namespace, overrides: dict[str, Any]) -> None:
+    """The fully resolved run as YAML (``--config`` reads it back)."""
+    from nfbench.experiment import resolve_config
+    from nfbench.methods.base import config_to_dict
+
+    config = config_to_dict(resolve_config(args.method, args.profile, overrides).config)
+    source = getattr(args, "settings_source", {}) or {}
+    document = {"method": args.method, "dataset": args.dataset, "category": args.category,
+                "root": str(args.root) if args.root else None, "profile": args.profile,
+                "seed": args.seed, "shots": args.shots, "joint": bool(args.joint),
+                "variant": args.variant, "settings": config}
+    header = "# nfbench run --config FILE.yaml repeats this run exactly"
+    if source.get("paper"):
+        header += (f"\n# settings: params.yaml {source['paper']}.{args.profile} "
+                   f"(variant {source['variant']}, role {source['role']}), then --set")
+    print(header)
+    print(yaml.safe_dump(document, sort_keys=False, default_flow_style=None).rstrip())

@@ -1,0 +1,209 @@
+"""A run is the unit of work: identity, skip and resume, selection, devices, config path,
+the cost model and the Ray executor."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+
+import pytest
+
+from nfbench.cli import main
+from nfbench.errors import UserError
+from nfbench.plan import Run
+
+
+def _runs(root, categories=("brick", "coin", "grass"), **settings):
+    return [Run(paper="demo", method="gaussian", variant="v", dataset="demo", category=c,
+                seed=0, profile="demo", settings={"input_size": 64, **settings}, root=str(root))
+            for c in categories]
+
+
+@pytest.fixture
+def counted(monkeypatch):
+    """Counts the runs that really execute; ``stop_after`` simulates a kill after N runs."""
+    import nfbench.runner as runner
+
+    calls = {"n": 0, "stop_after": None}
+    real = runner.run_one
+
+    def run_one(run, results_dir):
+        if calls["stop_after"] is not None and calls["n"] >= calls["stop_after"]:
+            raise KeyboardInterrupt
+        calls["n"] += 1
+        return real(run, results_dir)
+
+    monkeypatch.setattr(runner, "run_one", run_one)
+    return calls
+
+
+def test_interrupted_bench_resumes_with_only_the_missing_runs(tiny_demo, tmp_path, counted,
+                                                              one_thread):
+    from nfbench.runner import execute
+
+    runs = _runs(tiny_demo)
+    counted["stop_after"] = 1
+    with pytest.raises(KeyboardInterrupt):
+        execute(runs, tmp_path, progress=False, jobs=1)
+    assert counted["n"] == 1 and (tmp_path / runs[0].record_path).is_file()
+    counted["stop_after"], counted["n"] = None, 0
+    paths = execute(runs, tmp_path, progress=False, jobs=1)
+    assert counted["n"] == 2 and all(p.is_file() for p in paths)
+    record = json.loads(paths[0].read_text())
+    assert record["identity"]["digest"] and record["identity"]["code_version"]
+    counted["n"] = 0
+    execute(runs, tmp_path, progress=False, jobs=1)  # idempotent: nothing to do
+    assert counted["n"] == 0
+    execute(runs, tmp_path, progress=False, jobs=1, force=True)
+    assert counted["n"] == 3
+
+
+def test_changed_setting_reruns_exactly_the_runs_it_changes(tiny_demo, tmp_path, counted,
+                                                            one_thread):
+    from nfbench.runner import execute
+
+    runs = _runs(tiny_demo, categories=("brick", "coin"))
+    execute(runs, tmp_path, progress=False, jobs=1)
+    counted["n"] = 0
+    changed = [runs[0], dataclasses.replace(runs[1], settings={**runs[1].settings,
+                                                                "input_size": 96})]
+    execute(changed, tmp_path, progress=False, jobs=1)
+    assert counted["n"] == 1
+    assert json.loads((tmp_path / runs[1].record_path).read_text())["config"]["input_size"] == 96
+
+
+def test_identity_covers_config_seed_and_code(tiny_demo):
+    from nfbench.identity import code_version, method_packages, run_identity
+
+    run = _runs(tiny_demo, categories=("brick",))[0]
+    digest = run_identity(run)["digest"]
+    assert run_identity(run)["digest"] == digest
+    assert run_identity(dataclasses.replace(run, seed=1))["digest"] != digest
+    assert run_identity(dataclasses.replace(run, category="coin"))["digest"] != digest
+    assert run_identity(dataclasses.replace(run, settings={"input_size": 80}))["digest"] != digest
+    # the device index is not part of the result; its type is
+    same = dataclasses.replace(run, settings={**run.settings, "device": "cpu"})
+    assert run_identity(same)["digest"] == digest
+    assert "cflow" in method_packages("clscnf") and code_version("csflow") != code_version("patchflow")
+
+
+def test_selection_by_table_category_seed_and_shard():
+    from nfbench.plan import (expand_runs, load_params, load_spec, parse_shard, select_runs,
+                              table_variants)
+
+    assert table_variants(load_spec("csflow"), "table1") == ["full", "shots16"]
+    runs = expand_runs("csflow", "paper", load_params(), variants=["full"])
+    bottle = select_runs(runs, categories=["bottle"], seeds=[1])
+    assert [r.run_id for r in bottle] == ["csflow/full/bottle/seed1"]
+    shards = [select_runs(runs, shard=parse_shard(f"{i}/4")) for i in range(4)]
+    ids = [r.run_id for shard in shards for r in shard]
+    assert sorted(ids) == sorted(r.run_id for r in runs) and len(set(ids)) == len(ids)
+    assert shards[1] == select_runs(list(reversed(runs)), shard=(1, 4))  # stable
+    with pytest.raises(UserError, match="--shard"):
+        parse_shard("4/4")
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a CPU-only machine")
+def test_cuda_where_there_is_none_is_one_clear_error(tiny_demo, tmp_path, capsys):
+    out = tmp_path / "r.json"
+    for flags in (["--device", "cuda:3"], ["--set", "device=cuda"]):
+        code = main(["run", "--method", "gaussian", "--dataset", "demo", "--root", str(tiny_demo),
+                     "--category", "brick", "--out", str(out)] + flags)
+        err = capsys.readouterr().err
+        assert code == 2 and "no CUDA GPU" in err and err.count("\n") == 1
+    assert not out.exists()
+    assert main(["bench", "--paper", "csflow", "--device", "cuda", "--results",
+                 str(tmp_path)]) == 2
+    assert "no CUDA GPU" in capsys.readouterr().err
+
+
+def test_run_resolves_settings_like_bench_and_config_round_trips(tiny_demo, tmp_path, capsys):
+    import yaml
+
+    # csflow on demo under profile demo: params.yaml's block, not the paper's 768 px / 240 epochs
+    assert main(["run", "--method", "csflow", "--dataset", "demo", "--category", "brick",
+                 "--profile", "demo", "--print-config"]) == 0
+    config = yaml.safe_load(capsys.readouterr().out)
+    assert config["settings"]["input_size"] == 256 and config["settings"]["epochs"] == 12
+    assert config["settings"]["hidden_channels"] == 32
+    # several pairs after one --set, and repeated flags
+    args = ["run", "--method", "gaussian", "--dataset", "demo", "--root", str(tiny_demo),
+            "--category", "brick", "--set", "input_size=72", "n_features=2", "--set", "seed=0"]
+    with pytest.raises(SystemExit):  # seed is not a setting: argparse is fine, the config not
+        raise SystemExit(main(args + ["--print-config"]))
+    assert "unknown setting" in capsys.readouterr().err
+    assert main(args[:-2] + ["--print-config"]) == 0
+    text = capsys.readouterr().out
+    saved = tmp_path / "run.yaml"
+    saved.write_text(text)
+    assert yaml.safe_load(text)["settings"]["input_size"] == 72
+    first, again = tmp_path / "a.json", tmp_path / "b.json"
+    assert main(args[:-2] + ["--out", str(first)]) == 0
+    assert main(["run", "--config", str(saved), "--out", str(again)]) == 0
+    assert main(["run", "--config", str(saved), "--set", "input_size=64", "--print-config"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out.split("\n", 1)[1])["settings"]["input_size"] == 64
+    a, b = (json.loads(p.read_text()) for p in (first, again))
+    assert a["config"] == b["config"] and a["metrics"] == b["metrics"]
+    assert a["timing"]["device"] == "cpu"
+
+
+def test_methods_settings_lists_defaults_and_sources(capsys):
+    assert main(["methods", "--settings", "csflow"]) == 0
+    out = capsys.readouterr().out
+    line = next(l for l in out.splitlines() if l.split()[:1] == ["hidden_channels"])
+    assert "1024" in line and "fc_internal" in line
+
+
+def test_plan_estimates_device_hours_and_ends_quietly_in_a_pipe(tmp_path, capsys):
+    assert main(["plan", "--profile", "paper", "--gpus", "8", "--results", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    total = next(l for l in out.splitlines() if l.startswith("total")).split()
+    assert total[1] == "1365" and float(total[2]) > 1000 and float(total[3]) < float(total[2])
+    assert "45 min per MVTec AD class" in out and "37.94 fps" in out and "2.7 FPS" in out
+    piped = subprocess.run(f"{sys.executable} -m nfbench plan --profile paper --gpus 8 | head -2",
+                           shell=True, capture_output=True, text=True, timeout=120)
+    assert piped.stdout.count("\n") == 2 and "Traceback" not in piped.stderr
+
+
+def test_records_on_disk_calibrate_the_cost_model(tmp_path):
+    from nfbench.cost import estimate, load_cost_model
+    from nfbench.plan import expand_runs, load_params
+
+    runs = expand_runs("patchflow", "demo", load_params(), variants=["full"])
+    model = load_cost_model()
+    modelled, used = estimate(runs, model, tmp_path)
+    assert used == {}
+    path = tmp_path / runs[0].record_path
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"profile": "demo", "timing": {"fit_seconds": modelled[0] * 2,
+                                                              "score_seconds": 0.0}}))
+    seconds, used = estimate(runs, model, tmp_path)
+    assert used == {"patchflow": 1}
+    assert seconds == pytest.approx([2 * s for s in modelled])
+
+
+def test_ray_executor_matches_local_records(tiny_demo, tmp_path, one_thread):
+    ray = pytest.importorskip("ray")
+    from nfbench.plan import expand_runs, load_params
+    from nfbench.runner import execute
+
+    # the smoke selection of PatchFlow (its full variant) on the tiny demo set, and gaussians
+    smoke = [dataclasses.replace(r, root=str(tiny_demo), settings={**r.settings, "input_size": 128})
+             for r in expand_runs("patchflow", "smoke", load_params(), variants=["full"])]
+    runs = smoke + _runs(tiny_demo, categories=("brick", "coin"))
+    local = execute(runs, tmp_path / "local", progress=False, jobs=1)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        remote = execute(runs, tmp_path / "ray", progress=False, executor="ray")
+    finally:
+        ray.shutdown()
+    assert [p.relative_to(tmp_path / "local") for p in local] == \
+        [p.relative_to(tmp_path / "ray") for p in remote]
+    for a, b in zip(local, remote):
+        ra, rb = json.loads(a.read_text()), json.loads(b.read_text())
+        # equal up to float summation order (AUPRO integrates in numpy: 1e-15 apart)
+        assert ra["metrics"] == pytest.approx(rb["metrics"], rel=1e-9, abs=1e-12)
+        assert ra["identity"] == rb["identity"]
+        assert b.with_suffix(".npz").is_file()
