@@ -186,6 +186,8 @@ def run_experiment(method: str, dataset: str, category: str, *, root: Path | Non
     }
     if joint:
         record["per_category"] = per_category
+    if getattr(detector, "fit_info_", None) is not None:  # e.g. the effective schedule
+        record["fit_info"] = detector.fit_info_
     return record
 
 

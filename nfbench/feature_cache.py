@@ -30,10 +30,14 @@ CACHE_FORMAT = 1
 _EXTRACTORS: dict[tuple, FeatureExtractor] = {}
 
 
-def scaled_inputs(images: torch.Tensor, n_scales: int) -> list[torch.Tensor]:
+def scaled_inputs(images: torch.Tensor, n_scales: int, base_size: int | None = None
+                  ) -> list[torch.Tensor]:
     """The input at ``n_scales`` resolutions (1, 1/2, 1/4, ...), smaller ones made with
-    nearest-neighbour interpolation as in CS-Flow's and PatchFlow's original code."""
-    size = images.shape[-1]
+    nearest-neighbour interpolation of the whole input as in CS-Flow's and PatchFlow's
+    original code. Scale 0 is always the input itself; scale s > 0 has side
+    ``base_size // 2**s`` (default: the input's side). PatchFlow's original centre crop uses
+    ``base_size = crop``: the whole 768 px image resized to 672 // 2**s."""
+    size = images.shape[-1] if base_size is None else int(base_size)
     return [images if s == 0 else F.interpolate(images, size=(size // 2**s, size // 2**s),
                                                 mode="nearest")
             for s in range(n_scales)]
@@ -54,24 +58,31 @@ roles, and the deepest one costs the whole forward pass anyway, so CS-Flow, Patc
 CFlow share one extraction per image set."""
 
 
-def cache_key(backbone: str, layer: str, scale: int, images: ImageSet) -> str:
-    """The hash that names the cache entry of one (layer, scale) of an image set."""
+def cache_key(backbone: str, layer: str, scale: int, images: ImageSet,
+              base_size: int | None = None) -> str:
+    """The hash that names the cache entry of one (layer, scale) of an image set. A scale
+    input whose side differs from the default ``images.size // 2**scale`` (``base_size``, see
+    :func:`scaled_inputs`) adds that side to the key; every other key is unchanged."""
     spec = get_backbone_spec(backbone)
     description = {
         "format": CACHE_FORMAT, "backbone": backbone, "weights": spec.weights_tag,
         "layer": resolve_layers(spec, [layer])[0], "scale": scale,
         "scale_interpolation": "nearest", "images": images.fingerprint,
     }
+    if scale > 0 and base_size is not None and (
+            int(base_size) // 2**scale != int(images.size) // 2**scale):
+        description["scale_side"] = int(base_size) // 2**scale
     return hashlib.sha1(json.dumps(description, sort_keys=True).encode()).hexdigest()[:20]
 
 
 @torch.no_grad()
 def compute_features(backbone: str, layers: Sequence[str], images: ImageSet,
                      scales: Sequence[int] = (0,), batch_size: int = 16,
-                     device: torch.device | str = "cpu", progress: bool = True
-                     ) -> dict[tuple[int, str], torch.Tensor]:
+                     device: torch.device | str = "cpu", progress: bool = True,
+                     base_size: int | None = None) -> dict[tuple[int, str], torch.Tensor]:
     """Features without the cache: ``{(scale, layer): float [N, C, h, w]}`` on the CPU, where
-    scale s is the input downsampled by 2**s (nearest, as in the original codes)."""
+    scale s is the input downsampled to ``base_size // 2**s`` (default base: the input size;
+    nearest, as in the original codes)."""
     device = torch.device(device)
     extractor = get_extractor(backbone, layers, device)
     n_scales = max(scales) + 1
@@ -81,7 +92,7 @@ def compute_features(backbone: str, layers: Sequence[str], images: ImageSet,
     for start in tqdm(starts, desc=f"features {backbone} {images.name}".strip(),
                       disable=not progress, leave=False):
         batch = images.load_images(range(start, min(start + batch_size, len(images))))
-        for s, scaled in enumerate(scaled_inputs(batch.to(device), n_scales)):
+        for s, scaled in enumerate(scaled_inputs(batch.to(device), n_scales, base_size)):
             if s not in scales:
                 continue
             for layer, fmap in zip(layers, extractor(scaled)):
@@ -104,9 +115,12 @@ def save_atomic(obj, path: Path) -> None:
 
 def cached_features(backbone: str, layers: Sequence[str], images: ImageSet, n_scales: int = 1,
                     batch_size: int = 16, device: torch.device | str = "cpu",
-                    progress: bool = True, root: Path | None = None) -> list[list[torch.Tensor]]:
+                    progress: bool = True, root: Path | None = None,
+                    base_size: int | None = None) -> list[list[torch.Tensor]]:
     """Features of ``layers`` at ``n_scales`` input scales, ``result[scale][layer]``, read from
-    (or computed once into) the on-disk cache, one entry per (layer, scale).
+    (or computed once into) the on-disk cache, one entry per (layer, scale). ``base_size``
+    sets the side of the scale-s inputs to ``base_size // 2**s`` (see :func:`scaled_inputs`);
+    scale 0 is always the whole image, so it shares its entry with every other method.
 
     On a miss, every shared role layer (:data:`SHARED_ROLES`) is computed in the same pass
     and stored, so a later request by another method for another role hits the cache.
@@ -115,14 +129,14 @@ def cached_features(backbone: str, layers: Sequence[str], images: ImageSet, n_sc
     resolved = resolve_layers(spec, layers)
     root = Path(root) if root is not None else cache_root() / "features"
     folder = root / backbone.replace("/", "_")
-    path = lambda s, layer: folder / f"{cache_key(backbone, layer, s, images)}.pt"
+    path = lambda s, layer: folder / f"{cache_key(backbone, layer, s, images, base_size)}.pt"
     wanted = [(s, layer) for s in range(n_scales) for layer in resolved]
     missing_scales = sorted({s for s, layer in wanted if not path(s, layer).exists()})
     if missing_scales:
         shared = resolve_layers(spec, [r for r in SHARED_ROLES if r in spec.roles])
         to_compute = list(dict.fromkeys(resolved + (shared if set(resolved) <= set(shared) else [])))
         computed = compute_features(backbone, to_compute, images, missing_scales, batch_size,
-                                    device, progress)
+                                    device, progress, base_size)
         for (s, layer), tensor in computed.items():
             if not path(s, layer).exists():
                 save_atomic(tensor, path(s, layer))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -126,12 +127,40 @@ def test_log_likelihood_and_loss_match_a_hand_computation():
 
 
 def test_learning_rate_warms_up_then_follows_the_cosine():
-    s = F.CNFSettings(lr=1e-3, meta_epochs=10, warm_epochs=2, lr_min_factor=1e-3)
+    s = F.CNFSettings(lr=1e-3, meta_epochs=10, warm_epochs=2, lr_min_factor=1e-3,
+                      schedule_meta_epochs=10)
     assert F.learning_rate(s, 0, 0.0) == pytest.approx(1e-4)
     warm_end = 1e-6 + (1e-3 - 1e-6) * (1 + math.cos(math.pi * 2 / 10)) / 2
     assert F.learning_rate(s, 1, 0.999) == pytest.approx(warm_end, rel=1e-2)
     assert F.learning_rate(s, 2, 0.0) == pytest.approx(warm_end)
     assert F.learning_rate(s, 9, 0.0) < F.learning_rate(s, 5, 0.0) < F.learning_rate(s, 2, 0.0)
+
+
+def test_reduced_budget_scales_the_schedule():
+    """The original's 2-of-25 warm-up, cosine over 25 meta-epochs: a 3-meta-epoch run warms up
+    over 8 % of it (0.24 meta-epochs) and then decays to the end, instead of spending 2 of its
+    3 meta-epochs in warm-up; at 25 meta-epochs it is the original schedule exactly."""
+    lr, eta_min = 2e-4, 2e-7
+    cosine = lambda e, total: eta_min + (lr - eta_min) * (1 + math.cos(math.pi * e / total)) / 2
+    full = F.CNFSettings(meta_epochs=25)
+    assert F.warmup_meta_epochs(full) == 2.0
+    assert F.learning_rate(full, 0, 0.0) == pytest.approx(lr / 10)
+    assert F.learning_rate(full, 1, 0.5) == pytest.approx(lr / 10 + 0.75 * (cosine(2, 25) - lr / 10))
+    assert F.learning_rate(full, 2, 0.0) == pytest.approx(cosine(2, 25))
+    assert F.learning_rate(full, 24, 0.9) == pytest.approx(cosine(24, 25))
+    short = F.CNFSettings(meta_epochs=3)
+    assert F.warmup_meta_epochs(short) == pytest.approx(0.24)
+    assert F.learning_rate(short, 0, 0.0) == pytest.approx(lr / 10)
+    assert F.learning_rate(short, 0, 0.12) == pytest.approx((lr / 10 + cosine(0.24, 3)) / 2)
+    assert F.learning_rate(short, 0, 0.5) == pytest.approx(cosine(0.24, 3))  # warm-up over
+    assert F.learning_rate(short, 1, 0.0) == pytest.approx(cosine(1, 3))
+    assert F.learning_rate(short, 2, 0.5) == pytest.approx(cosine(2, 3))
+    assert F.learning_rate(short, 2, 0.5) < lr / 3
+    info = F.schedule_info(short)
+    assert info["warmup_meta_epochs"] == pytest.approx(0.24) and info["meta_epochs"] == 3
+    assert info["lr_schedule"] == "warmup+cosine" and info["permutation"] == "soft"
+    assert info["fiber_batch"] == 256 and json.loads(json.dumps(info)) == info
+    assert F.schedule_info(F.CNFSettings(warm_epochs=0))["lr_schedule"] == "cosine"
 
 
 def test_training_lowers_the_loss_and_nan_features_raise():
@@ -255,3 +284,16 @@ def test_inference_module_matches_inductive_scores_and_components(tiny_demo):
     np.testing.assert_allclose(module_scores, detector.score(part).image, rtol=1e-4, atol=1e-5)
     parts = detector.components()
     assert set(parts) == {"FE", "CNFs"} and parameter_stats(parts["CNFs"])["size_mb"] > 0
+
+
+def test_record_carries_the_effective_schedule(tiny_demo):
+    from nfbench.experiment import run_experiment
+
+    record = run_experiment("cflow", "demo", "brick", root=tiny_demo, profile="demo",
+                            overrides={**{k: v for k, v in SMOKE.items() if k != "warm_epochs"},
+                                       "meta_epochs": 3, "sub_epochs": 1})
+    schedule = record["fit_info"]["schedule"]
+    assert schedule["meta_epochs"] == 3 and schedule["sub_epochs"] == 1
+    assert schedule["warmup_meta_epochs"] == pytest.approx(2 * 3 / 25)
+    assert schedule["lr_schedule"] == "warmup+cosine" and schedule["fiber_batch"] == 256
+    json.dumps(record["fit_info"])

@@ -237,6 +237,8 @@ def test_invalid_variant_combinations_are_user_errors():
         create_method("clscnf", finetune="none", shared_encoder=False, score_map="nf")
     with pytest.raises(UserError, match="score_map"):
         create_method("clscnf", score_map="both")
+    with pytest.raises(UserError, match="fe_reg_loss"):
+        create_method("clscnf", fe_reg_loss="l2")
 
 
 def test_variants_fit_and_score(tiny_demo):
@@ -250,6 +252,8 @@ def test_variants_fit_and_score(tiny_demo):
         assert np.isfinite(scores.pixel).all() and scores.pixel.shape == (4, 128, 128), settings
         if settings.get("score_map") == "cls":
             assert detector.flows is None  # A_p alone trains no flows
+        else:  # the CNF schedule, scaled to the run (2 of 25 meta-epochs -> 2 * 2 / 25)
+            assert detector.fit_info_["schedule"]["meta_epochs"] == SMOKE["meta_epochs"]
 
 
 def test_fe_stage_nan_guard(tiny_demo, monkeypatch):

@@ -25,7 +25,7 @@ def _sets(root, category, size=128):
 def test_nan_loss_stops_training_with_epoch_and_step(tiny_demo, monkeypatch):
     from nfbench.methods.csflow import model
 
-    monkeypatch.setattr(model, "nll_loss", lambda z, log_jac: torch.tensor(float("nan")))
+    monkeypatch.setattr(model, "nll_loss", lambda z, log_jac, *args: torch.tensor(float("nan")))
     train, _ = _sets(tiny_demo, "brick")
     with pytest.raises(TrainingDivergedError, match=r"epoch 1, step 1"):
         create_method("csflow", **TINY).fit(train)
@@ -68,6 +68,31 @@ def test_invalid_configs_are_user_errors():
         create_method("csflow", scale_mode="diagonal")
     with pytest.raises(UserError, match="multiple of 128"):
         create_method("csflow", input_size=300)
+    with pytest.raises(UserError, match="log_jac_reduction"):
+        create_method("csflow", log_jac_reduction="mean")
+    with pytest.raises(UserError, match="one odd size per block"):
+        create_method("csflow", n_blocks=5, kernel_sizes="[3, 3, 3, 5]")
+    assert create_method("csflow", n_blocks=2, kernel_sizes="[3, 5]").config.kernel_sizes == (3, 5)
+
+
+def test_batch_sum_log_jac_is_anomalibs_loss():
+    """log_jac_reduction=batch_sum equals anomalib's CsFlowLoss on the batch-summed scalar
+    log-determinant, i.e. the per-sample loss with log_jac multiplied by the batch size."""
+    from nfbench.methods.csflow.flow import nll_loss
+
+    g = torch.Generator().manual_seed(0)
+    z = [torch.randn(5, 4, 6, 6, generator=g, dtype=torch.float64),
+         torch.randn(5, 4, 3, 3, generator=g, dtype=torch.float64)]
+    log_jac = torch.randn(5, generator=g, dtype=torch.float64) * 10
+    flat = torch.cat([t.flatten(1) for t in z], dim=1)
+    d = flat.shape[1]
+    anomalib = torch.mean(0.5 * flat.pow(2).sum(dim=1) - log_jac.sum()) / d  # CsFlowLoss
+    got = nll_loss(z, log_jac, "batch_sum")
+    torch.testing.assert_close(got, anomalib)
+    torch.testing.assert_close(got, nll_loss(z, log_jac * 5))
+    assert not torch.allclose(got, nll_loss(z, log_jac))
+    torch.testing.assert_close(nll_loss(z, log_jac),
+                               (0.5 * flat.pow(2).sum(dim=1) - log_jac).mean() / d)
 
 
 def test_paper_config_counts_flops_without_weights():

@@ -130,11 +130,23 @@ def test_permutations_match_original_seeding():
     assert perms[0].permutation(0).tolist() != perms[1].permutation(0).tolist()
 
 
-def test_kernel_sizes_extended_with_last_value():
-    flow = build_cs_flow([(4, 4, 4), (4, 2, 2)], n_blocks=5, hidden=4, kernel_sizes=(3, 5))
+@pytest.mark.parametrize("n_blocks,expected", [
+    (1, [5]), (2, [3, 5]), (3, [3, 3, 5]), (4, [3, 3, 3, 5]), (5, [3, 3, 3, 3, 5]),
+    (6, [3, 3, 3, 3, 3, 5])])
+def test_default_kernel_sizes_follow_the_original_rule(n_blocks, expected):
+    """cs-flow config.py: [3] * (n_blocks - 1) + [5] (the old extension of (3, 3, 3, 5) by its
+    last entry gave (3, 3) for 2 blocks and (3, 3, 3, 5, 5, 5) for 6)."""
+    flow = build_cs_flow([(4, 4, 4), (4, 2, 2)], n_blocks=n_blocks, hidden=4)
     couplings = _modules(flow, CrossScaleCoupling)
-    assert [c.s1.conv_in[0].kernel_size[0] for c in couplings] == [3, 5, 5, 5, 5]
-    assert [c.s2.down[0].kernel_size[0] for c in couplings] == [3, 5, 5, 5, 5]
+    assert [c.s1.conv_in[0].kernel_size[0] for c in couplings] == expected
+    assert [c.s2.down[0].kernel_size[0] for c in couplings] == expected
+
+
+def test_explicit_kernel_sizes_need_one_per_block():
+    flow = build_cs_flow([(4, 4, 4), (4, 2, 2)], n_blocks=2, hidden=4, kernel_sizes=(5, 3))
+    assert [c.s1.conv_in[0].kernel_size[0] for c in _modules(flow, CrossScaleCoupling)] == [5, 3]
+    with pytest.raises(ValueError, match="one entry per block"):
+        build_cs_flow([(4, 4, 4), (4, 2, 2)], n_blocks=5, hidden=4, kernel_sizes=(3, 5))
 
 
 @pytest.mark.parametrize("shapes", [
@@ -144,7 +156,7 @@ def test_kernel_sizes_extended_with_last_value():
 ])
 def test_kernel5_and_odd_sizes(shapes):
     torch.manual_seed(2)
-    flow = build_cs_flow(shapes, n_blocks=2, hidden=8, kernel_sizes=(5,)).eval()
+    flow = build_cs_flow(shapes, n_blocks=2, hidden=8, kernel_sizes=(5, 5)).eval()
     _randomize_gammas(flow, seed=2)
     x = _inputs(shapes, seed=2)
     with torch.no_grad():

@@ -19,7 +19,7 @@ from nfbench.methods.patchflow.model import (
     ADAPTERS,
     VALIDATION_AREA,
     PatchFlowDetector,
-    center_crop,
+    _tensor_images,
     synthetic_anomaly,
 )
 
@@ -174,8 +174,55 @@ def test_upsample_and_pad():
     assert torch.allclose(full[:, 1, 1], maps[:, 0, 0]) and torch.allclose(full[:, 14, 14],
                                                                            maps[:, 3, 3])
     assert torch.equal(pf.upsample_and_pad(maps, 16, 16)[:, 0, 0], maps[:, 0, 0])
-    images = torch.arange(36.0).view(1, 1, 6, 6)
-    assert torch.equal(center_crop(images, 4), images[..., 1:5, 1:5])
+
+
+def test_crop_scales_are_nearest_resized_whole_images(tiny_demo):
+    """The original's crop: scale 0 is the whole image, scale s the whole image resized
+    (nearest) to crop // 2**s; the scale-0 cache entry is the one every other method uses."""
+    import torch.nn.functional as F
+
+    from nfbench.feature_cache import cache_key, get_extractor, scaled_inputs
+
+    detector = create_method("patchflow", **{**SMOKE, "crop_size": 112})
+    _, test = _demo(tiny_demo, "brick", 128)
+    test = test.subset(range(2))
+    maps = detector._maps(test)
+    whole = test.load_images()
+    inputs = scaled_inputs(whole, 3, 112)
+    assert inputs[0] is whole and [x.shape[-1] for x in inputs] == [128, 56, 28]
+    for s in (1, 2):
+        assert torch.equal(inputs[s], F.interpolate(whole, size=(112 // 2**s,) * 2,
+                                                    mode="nearest"))
+    extractor = get_extractor(SMOKE["backbone"], list(detector.config.layers), "cpu")
+    with torch.no_grad():
+        for s in range(3):
+            for got, want in zip(maps[s], extractor(inputs[s])):
+                torch.testing.assert_close(got, want.float(), rtol=1e-4, atol=1e-5)
+    # key scheme: unchanged without a crop (or a crop equal to the input), new for s > 0 only
+    key = lambda s, base: cache_key(SMOKE["backbone"], "stride8", s, test, base)
+    assert key(0, 112) == key(0, None) and key(1, 128) == key(1, None)
+    assert key(1, 112) != key(1, None) and key(2, 112) != key(2, None)
+
+
+def test_crop_map_sees_the_outer_band(tiny_demo):
+    """With input 128 and crop 112, changing only the outer 8-px band changes the map inside
+    the crop (the backbone sees the whole image), while the band itself stays -1."""
+    seed_everything(0)
+    detector = create_method("patchflow", **{**SMOKE, "crop_size": 112, "epochs": 1})
+    train, test = _demo(tiny_demo, "brick", 128)
+    detector.fit(train.subset(range(4)))
+    assert detector._shape[1:] == (14, 14)  # (crop // 8)², as the original
+    images = test.load_images(range(2))
+    changed = images.clone()
+    changed[..., :8, :] = torch.rand(2, 3, 8, 128, generator=torch.Generator().manual_seed(1))
+    before = detector._pixel_maps(detector._maps(_tensor_images("a", test.paths[:2], images)))
+    after = detector._pixel_maps(detector._maps(_tensor_images("b", test.paths[:2], changed)))
+    for _, pixel in (before, after):
+        band = np.ones((128, 128), dtype=bool)
+        band[8:120, 8:120] = False
+        assert np.all(pixel[:, band] == -1.0) and np.all(pixel[:, 8:120, 8:120] > -1.0)
+    assert np.abs(before[1][:, 8:120, 8:120] - after[1][:, 8:120, 8:120]).max() > 1e-6
+    assert not np.array_equal(before[0], after[0])
 
 
 def test_crop_scores_cover_the_full_image_and_are_deterministic(tiny_demo):

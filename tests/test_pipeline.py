@@ -51,7 +51,7 @@ def test_paper_profile_plan_covers_every_csflow_table():
     assert mtd_run.settings["input_size"] == 384 and mtd_run.settings["epochs"] == 60
     shots = next(r for r in runs if r.variant == "shots16")
     assert shots.shots == 16 and shots.settings == {}
-    assert len(runs) == 15 * 3 * 12 + 3 + 3  # 12 per-category variants, MTD, joint
+    assert len(runs) == 15 * 3 * 13 + 3 + 3  # 13 per-category variants, MTD, joint
 
 
 def _fake_results(results: Path, runs, value) -> None:

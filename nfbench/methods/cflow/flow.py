@@ -171,23 +171,48 @@ class CNFSettings:
     lr_min_factor: float = 1e-3
     batch_size: int = 32
     fiber_fraction: float = 1.0
+    schedule_meta_epochs: int = 25
+
+
+def warmup_meta_epochs(settings: CNFSettings) -> float:
+    """Length of the warm-up in meta-epochs of this run: the original's ``warm_epochs`` of
+    ``schedule_meta_epochs`` (CFlow-AD: 2 of 25) scaled to the ``meta_epochs`` actually run,
+    so a shorter run warms up over the same share of it (2 of 25 = 8 %; 0.24 of 3)."""
+    return settings.warm_epochs * settings.meta_epochs / max(settings.schedule_meta_epochs, 1)
 
 
 def learning_rate(settings: CNFSettings, meta_epoch: int, progress: float) -> float:
-    """CFlow-AD's schedule: cosine over meta-epochs from ``lr`` to ``lr * lr_min_factor``, with
-    a linear warm-up from ``lr/10`` during the first ``warm_epochs`` meta-epochs (``progress``
-    in [0, 1) is the position inside the current meta-epoch)."""
+    """CFlow-AD's schedule over the meta-epochs actually run: cosine from ``lr`` to
+    ``lr * lr_min_factor`` with period ``meta_epochs``, stepped once per meta-epoch, after a
+    linear warm-up from ``lr/10`` to the cosine's value at the end of the warm-up, which lasts
+    :func:`warmup_meta_epochs` (``progress`` in [0, 1) is the position inside the current
+    meta-epoch). At ``meta_epochs == schedule_meta_epochs`` this is the original exactly."""
     lr, eta_min = settings.lr, settings.lr * settings.lr_min_factor
     total = max(settings.meta_epochs, 1)
+    warm = warmup_meta_epochs(settings)
 
     def cosine(epoch: float) -> float:
         return eta_min + (lr - eta_min) * (1 + math.cos(math.pi * epoch / total)) / 2
 
-    if meta_epoch < settings.warm_epochs:
-        start, end = lr / 10, cosine(settings.warm_epochs)
-        fraction = (meta_epoch + progress) / settings.warm_epochs
-        return start + fraction * (end - start)
-    return cosine(meta_epoch)
+    if meta_epoch + progress < warm:
+        start, end = lr / 10, cosine(warm)
+        return start + (meta_epoch + progress) / warm * (end - start)
+    return cosine(max(meta_epoch, warm))
+
+
+def schedule_info(settings: CNFSettings) -> dict:
+    """The effective CNF training schedule as a JSON-able dict (detectors' ``fit_info_``)."""
+    warm = warmup_meta_epochs(settings)
+    return {"meta_epochs": settings.meta_epochs, "sub_epochs": settings.sub_epochs,
+            "warmup_meta_epochs": warm,
+            "lr_schedule": "warmup+cosine" if warm > 0 else "cosine",
+            "lr": settings.lr, "lr_warmup_from": settings.lr / 10,
+            "lr_min": settings.lr * settings.lr_min_factor,
+            "schedule_of": f"warm-up {settings.warm_epochs} of {settings.schedule_meta_epochs} "
+                           f"meta-epochs, scaled to {settings.meta_epochs}",
+            "fiber_batch": settings.fiber_batch, "fiber_fraction": settings.fiber_fraction,
+            "batch_size": settings.batch_size,
+            "permutation": "soft" if settings.permute_soft else "hard"}
 
 
 def build_flows(channels: Sequence[int], settings: CNFSettings, seed: int,

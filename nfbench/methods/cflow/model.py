@@ -47,7 +47,7 @@ from nfbench.methods import register_method
 from nfbench.methods.base import Scores, resolve_device
 from nfbench.methods.cflow.flow import (CNFSettings, anomaly_from_normal, build_flows,
                                         layer_maxima, log_likelihood_maps, normal_score_map,
-                                        train_flows)
+                                        schedule_info, train_flows)
 from nfbench.paths import cache_root
 
 NORMALIZATIONS = ("transductive", "inductive")
@@ -72,7 +72,13 @@ class CFlowConfig:
     lr: float = 2e-4  # cflow-ad lr (Adam, default betas)
     meta_epochs: int = 25  # cflow-ad meta_epochs
     sub_epochs: int = 8  # cflow-ad sub_epochs
-    warm_epochs: int = 2  # cflow-ad lr_warm_epochs (warm-up from lr/10)
+    # cflow-ad lr_warm_epochs (linear warm-up from lr/10) of its 25 meta-epochs
+    # (schedule_meta_epochs). A run of meta_epochs != schedule_meta_epochs (demo, smoke,
+    # --set meta_epochs=...) keeps the schedule's shape: the warm-up lasts
+    # warm_epochs * meta_epochs / schedule_meta_epochs meta-epochs (8 % of the run) and the
+    # cosine spans the meta_epochs run; the effective schedule is in the record's fit_info.
+    warm_epochs: int = 2
+    schedule_meta_epochs: int = 25  # cflow-ad: the meta-epochs its warm-up was set for
     lr_min_factor: float = 1e-3  # cflow-ad cosine eta_min = lr * lr_decay_rate**3 = lr * 1e-3
     batch_size: int = 32  # cflow-ad batch_size (images per step)
     fiber_fraction: float = 1.0  # share of fibers used per batch (budget knob; original 1.0)
@@ -239,7 +245,8 @@ def cnf_settings(config: Any) -> CNFSettings:
                        permute_soft=config.permute_soft, fiber_batch=config.fiber_batch,
                        lr=config.lr, meta_epochs=config.meta_epochs, sub_epochs=config.sub_epochs,
                        warm_epochs=config.warm_epochs, lr_min_factor=config.lr_min_factor,
-                       batch_size=config.batch_size, fiber_fraction=config.fiber_fraction)
+                       batch_size=config.batch_size, fiber_fraction=config.fiber_fraction,
+                       schedule_meta_epochs=config.schedule_meta_epochs)
 
 
 def check_cnf_config(config: Any) -> None:
@@ -254,6 +261,8 @@ def check_cnf_config(config: Any) -> None:
         raise UserError(f"fiber_fraction must be in (0, 1], got {config.fiber_fraction}")
     if config.n_blocks < 1:
         raise UserError(f"n_blocks must be >= 1, got {config.n_blocks}")
+    if config.meta_epochs < 1 or config.schedule_meta_epochs < 1 or config.warm_epochs < 0:
+        raise UserError("meta_epochs and schedule_meta_epochs must be >= 1, warm_epochs >= 0")
 
 
 class NFScorer:
@@ -328,6 +337,7 @@ class CFlowDetector:
         self._channels = [f.shape[1] for f in features]
         self.flows = fit_cnf_stage(features, source, cnf_settings(cfg), train, seed, self.device,
                                    cache, desc="cflow fit")
+        self.fit_info_ = {"schedule": schedule_info(cnf_settings(cfg))}
         self.scorer = NFScorer(self.flows, cfg.condition_dim, self.device)
         self.scorer.calibrate(features, cfg.input_size)
         return self

@@ -57,7 +57,7 @@ from nfbench.methods.cflow.model import (LAYERS, NFInference, NFScorer, StageCac
                                          apply_category_settings, build_encoder, category_of,
                                          check_cnf_config, cnf_settings, code_digest, extract,
                                          fit_cnf_stage, frozen_features)
-from nfbench.methods.cflow.flow import build_flows
+from nfbench.methods.cflow.flow import build_flows, schedule_info
 from nfbench.methods.clscnf.decoder import PixelDecoder, ProbabilityHead
 from nfbench.methods.clscnf.synthetic import (DefectSynthesizer, DTDTextures, SyntheticSettings,
                                               object_mask_rule, procedural_texture)
@@ -89,6 +89,9 @@ class CLSCNFConfig:
     input_size: int = 256  # §IV-B: 256 x 256 for every category
     padding: str = "reflect"  # model.py load_encoder_arch: padding_mode='reflect'
     finetune: str = "cls"  # cls (FE_CLS) | reg (FE_REG, Table 1) | none (FE_PRE)
+    # FE_REG loss. l1_sigmoid: the original's (sigmoid output, ImageNet-normalised, L1 summed
+    # over RGB) | mse_linear: linear output, squared error summed over RGB (ours before issue 11)
+    fe_reg_loss: str = "l1_sigmoid"
     score_map: str = "joint"  # joint A (Eq. 9) | nf A_nf | cls A_p (Table 2)
     shared_encoder: bool = True  # True: CLS-CNFs-sFE (proposed); False: CLS-CNFs-nsFE
     normalization: str = "transductive"  # Eq. 8: n_max over the test set | inductive: train set
@@ -128,7 +131,8 @@ class CLSCNFConfig:
     lr: float = 2e-4
     meta_epochs: int = 25
     sub_epochs: int = 8
-    warm_epochs: int = 2
+    warm_epochs: int = 2  # of schedule_meta_epochs; scaled to meta_epochs as in cflow (fit_info_)
+    schedule_meta_epochs: int = 25  # AD-CLSCNFs config.py meta_epochs (BTAD scripts: 8)
     lr_min_factor: float = 1e-3
     batch_size: int = 32
     fiber_fraction: float = 1.0  # share of fibers used per batch (budget knob; original 1.0)
@@ -157,7 +161,8 @@ def _check(cfg: CLSCNFConfig) -> None:
     for name, value, allowed in (("finetune", cfg.finetune, FINETUNES),
                                  ("score_map", cfg.score_map, SCORE_MAPS),
                                  ("foreign_source", cfg.foreign_source, FOREIGN_SOURCES),
-                                 ("soft_label", cfg.soft_label, ("image", "pixel"))):
+                                 ("soft_label", cfg.soft_label, ("image", "pixel")),
+                                 ("fe_reg_loss", cfg.fe_reg_loss, ("l1_sigmoid", "mse_linear"))):
         if value not in allowed:
             raise UserError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
     if cfg.score_map != "nf" and cfg.finetune != "cls":
@@ -337,9 +342,13 @@ class CLSCNFDetector:
                     out = decoder(maps)
                     if cls:  # Eq. 1 with C = 2 classes: binary cross-entropy on soft labels
                         loss = F.binary_cross_entropy_with_logits(out, target)
-                    else:  # FE_REG: regress the normalised input, squared error summed over RGB
+                    else:  # FE_REG: regress the normalised input, error summed over RGB
                         normalised = (x - encoder.mean) / encoder.std
-                        loss = (out - normalised).pow(2).sum(dim=1).mean()
+                        if cfg.fe_reg_loss == "l1_sigmoid":  # original: sigmoid, normalise, L1
+                            pred = (torch.sigmoid(out) - encoder.mean) / encoder.std
+                            loss = (pred - normalised).abs().sum(dim=1).mean()
+                        else:  # mse_linear: linear output, squared error
+                            loss = (out - normalised).pow(2).sum(dim=1).mean()
                     losses.append(descent_step(
                         optimizer, loss, "CLS-CNFs FE",
                         lambda: f"meta-epoch {meta + 1}, pass {sub + 1}, "
@@ -370,6 +379,7 @@ class CLSCNFDetector:
             self.channels = [f.shape[1] for f in features]
             self.flows = fit_cnf_stage(features, source, cnf_settings(cfg), train, seed,
                                        self.device, cache, desc="clscnf CNF fit")
+            self.fit_info_ = {"schedule": schedule_info(cnf_settings(cfg))}
             self.scorer = NFScorer(self.flows, cfg.condition_dim, self.device)
             self.scorer.calibrate(features, cfg.input_size)
         self.w_used = self._resolve_w(images, seed)

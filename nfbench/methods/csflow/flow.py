@@ -209,14 +209,21 @@ class CrossScaleCoupling(InvertibleModule):
         return list(input_dims)
 
 
+def default_kernel_sizes(n_blocks: int) -> tuple[int, ...]:
+    """The original's kernel sizes for ``n_blocks`` coupling blocks (cs-flow config.py
+    ``kernel_sizes = [3] * (n_coupling_blocks - 1) + [5]``): 3x3 convs, the last block 5x5."""
+    return (3,) * (int(n_blocks) - 1) + (5,)
+
+
 def build_cs_flow(input_shapes: Sequence[tuple[int, int, int]], n_blocks: int = 4,
-                  hidden: int = 1024, kernel_sizes: Sequence[int] = (3, 3, 3, 5),
+                  hidden: int = 1024, kernel_sizes: Sequence[int] | None = None,
                   clamp: float = 3.0, use_gamma: bool = True, seed: int = 0) -> GraphINN:
     """The cross-scale flow: ``n_blocks`` x (ParallelPermute(seed+k) -> CrossScaleCoupling).
 
     ``input_shapes`` are the (C, H, W) of the feature maps, finest first. Block k uses
-    ``kernel_sizes[k]``; a shorter ``kernel_sizes`` is extended with its last value (so the
-    Table 4 ablation with 5-6 blocks uses 5x5 kernels in the extra blocks), a longer one is cut.
+    ``kernel_sizes[k]``; None means the original rule (cs-flow config.py)
+    ``[3] * (n_blocks - 1) + [5]`` (= (3, 3, 3, 5) for 4 blocks, and the kernels of the
+    Table 4 ablation); an explicit sequence must have ``n_blocks`` entries.
     The permutation of block k is seeded with ``seed + k`` (the original: k).
 
     Returns a FrEIA ``GraphINN``: ``z, log_jac = flow(list_of_maps)`` with ``z`` a tuple of
@@ -232,10 +239,10 @@ def build_cs_flow(input_shapes: Sequence[tuple[int, int, int]], n_blocks: int = 
             raise ValueError(f"scales must go from finest to coarsest, got {shapes}")
     if n_blocks < 1:
         raise ValueError(f"n_blocks must be >= 1, got {n_blocks}")
-    kernel_sizes = list(kernel_sizes)
-    if not kernel_sizes:
-        raise ValueError("kernel_sizes must not be empty")
-    kernel_sizes = (kernel_sizes + [kernel_sizes[-1]] * n_blocks)[:n_blocks]
+    kernel_sizes = list(default_kernel_sizes(n_blocks) if kernel_sizes is None else kernel_sizes)
+    if len(kernel_sizes) != n_blocks:
+        raise ValueError(f"kernel_sizes needs one entry per block ({n_blocks}), got "
+                         f"{tuple(kernel_sizes)}")
 
     inputs = [InputNode(*s, name=f"input_{i}") for i, s in enumerate(shapes)]
     nodes: list = list(inputs)
@@ -255,10 +262,25 @@ def _flat(z: Tensor | Iterable[Tensor]) -> Tensor:
     return torch.cat([t.flatten(1) for t in _as_list(z)], dim=1)
 
 
-def nll_loss(z: Tensor | Iterable[Tensor], log_jac: Tensor) -> Tensor:
+#: How the loss weighs the log-determinant: per sample (original get_loss) or summed over the
+#: batch before the batch mean (anomalib's ParallelGlowCouplingLayer returns a scalar).
+LOG_JAC_REDUCTIONS = ("sample", "batch_sum")
+
+
+def nll_loss(z: Tensor | Iterable[Tensor], log_jac: Tensor, log_jac_reduction: str = "sample"
+             ) -> Tensor:
     """Eq. 6 per latent dimension, as the original utils.get_loss:
-    ``mean_b(0.5 * sum z^2 - log_jac) / D``, D = latent entries per sample (all scales)."""
+    ``mean_b(0.5 * sum z^2 - log_jac) / D``, D = latent entries per sample (all scales).
+
+    ``log_jac_reduction="batch_sum"`` is anomalib 2.7's loss (CsFlowLoss on the scalar
+    ``sum_b log_jac`` its couplings return): ``mean_b(0.5 * sum z^2 - sum_b log_jac) / D``,
+    i.e. the log-determinant term weighted by the batch size B."""
+    if log_jac_reduction not in LOG_JAC_REDUCTIONS:
+        raise ValueError(f"log_jac_reduction must be one of {', '.join(LOG_JAC_REDUCTIONS)}, "
+                         f"got {log_jac_reduction!r}")
     flat = _flat(z)
+    if log_jac_reduction == "batch_sum":
+        log_jac = log_jac.sum()
     return torch.mean(0.5 * flat.pow(2).sum(dim=1) - log_jac) / flat.shape[1]
 
 

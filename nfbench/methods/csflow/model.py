@@ -18,6 +18,7 @@ upsampled (§3.3, Fig. 7).
 from __future__ import annotations
 
 import math
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,7 +32,8 @@ from nfbench.errors import UserError
 from nfbench.feature_cache import cached_features, get_extractor, scaled_inputs
 from nfbench.methods import register_method
 from nfbench.methods.base import Scores, descent_step, resolve_device
-from nfbench.methods.csflow.flow import build_cs_flow, image_score, localization_map, nll_loss
+from nfbench.methods.csflow.flow import (LOG_JAC_REDUCTIONS, build_cs_flow, image_score,
+                                         localization_map, nll_loss)
 
 SCALE_MODES = ("cross", "single", "separate", "concat")
 
@@ -48,7 +50,9 @@ class CSFlowConfig:
     scale_index: int = 0  # scale used by scale_mode=single (0 = full resolution)
     n_blocks: int = 4  # §4.2: n_blocks = 4 (Table 4 varies 1-6)
     hidden_channels: int = 1024  # original config.py fc_internal
-    kernel_sizes: tuple[int, ...] = (3, 3, 3, 5)  # §4.2; extended with the last for >4 blocks
+    # null = the original rule (cs-flow config.py): [3] * (n_blocks - 1) + [5], i.e. §4.2's
+    # (3, 3, 3, 5) for 4 blocks; an explicit list needs one odd size per block
+    kernel_sizes: tuple[int, ...] | None = None
     clamp: float = 3.0  # §4.2: alpha = 3 (Eq. 4)
     epochs: int = 240  # §4.2: 240 for MVTec AD, 60 for MTD
     batch_size: int = 16  # §4.2
@@ -57,6 +61,9 @@ class CSFlowConfig:
     adam_eps: float = 1e-4  # original train.py (paper silent)
     adam_betas: tuple[float, float] = (0.9, 0.999)  # original code; paper says (0.5, 0.9): deviation
     grad_clip: float = 1.0  # original config.py max_grad_norm
+    # sample: log-determinant per sample (original utils.get_loss) | batch_sum: summed over
+    # the batch, so weighted by the batch size (anomalib 2.7's csflow; a deviation)
+    log_jac_reduction: str = "sample"
     device: str = "auto"
 
 
@@ -90,12 +97,23 @@ class CSFlowDetector:
         if config.scale_mode not in SCALE_MODES:
             raise UserError(f"scale_mode must be one of {', '.join(SCALE_MODES)}, "
                             f"got {config.scale_mode!r}")
+        if config.log_jac_reduction not in LOG_JAC_REDUCTIONS:
+            raise UserError(f"log_jac_reduction must be one of {', '.join(LOG_JAC_REDUCTIONS)}, "
+                            f"got {config.log_jac_reduction!r}")
         if not 0 <= config.scale_index < config.n_scales:
             raise UserError(f"scale_index must be in 0..{config.n_scales - 1}")
         if config.input_size % 2 ** (config.n_scales - 1 + 5):
             # stride 32 at the smallest scale must divide exactly (original: multiple of 128)
             raise UserError(f"input_size must be a multiple of {2 ** (config.n_scales + 4)} for "
                             f"{config.n_scales} scales, got {config.input_size}")
+        if config.kernel_sizes is not None:
+            kernels = tuple(config.kernel_sizes)
+            if len(kernels) != config.n_blocks or any(
+                    not isinstance(k, int) or k < 1 or k % 2 == 0 for k in kernels):
+                raise UserError(f"kernel_sizes needs one odd size per block ({config.n_blocks}) "
+                                f"or null (the original's [3] * (n_blocks - 1) + [5]), got "
+                                f"{list(kernels)}")
+            config = dataclasses.replace(config, kernel_sizes=kernels)
         self.config = config
         self.device = resolve_device(config.device)
         self.flow: nn.Module | None = None
@@ -124,7 +142,7 @@ class CSFlowDetector:
     def _build_flow(self, shapes: list[tuple[int, int, int]]) -> nn.Module:
         cfg = self.config
         kwargs = dict(n_blocks=cfg.n_blocks, hidden=cfg.hidden_channels,
-                      kernel_sizes=tuple(cfg.kernel_sizes), clamp=cfg.clamp)
+                      kernel_sizes=cfg.kernel_sizes, clamp=cfg.clamp)
         if cfg.scale_mode == "separate":
             return _SeparateFlows([build_cs_flow([shape], **kwargs) for shape in shapes])
         return build_cs_flow(shapes, **kwargs)
@@ -148,7 +166,7 @@ class CSFlowDetector:
             for step, start in enumerate(range(0, n, cfg.batch_size)):
                 index = order[start:start + cfg.batch_size]
                 z, log_jac = self.flow([x[index].to(self.device) for x in inputs])
-                loss = nll_loss(z, log_jac)
+                loss = nll_loss(z, log_jac, cfg.log_jac_reduction)
                 epoch_losses.append(descent_step(
                     optimizer, loss, "CS-Flow", lambda: f"epoch {epoch + 1}, step {step + 1}",
                     clip=(self.flow.parameters(), cfg.grad_clip)))

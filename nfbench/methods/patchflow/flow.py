@@ -49,27 +49,29 @@ def aggregated_channels(layer_channels: Sequence[int], n_scales: int) -> int:
     return int(n_scales) * int(sum(layer_channels))
 
 
-def aggregate_features(per_scale: Sequence[Sequence[Tensor]], patch_size: int = 3) -> Tensor:
+def aggregate_features(per_scale: Sequence[Sequence[Tensor]], patch_size: int = 3,
+                       size: tuple[int, int] | None = None) -> Tensor:
     """The feature aggregation layer P (Eq. 2-3) on frozen backbone maps.
 
     ``per_scale[s][l]`` is the map of layer ``l`` (shallowest first) for input scale ``s``
     (full resolution first), ``[B, C_l, h, w]``. Each map is averaged over its ``patch_size``²
     neighbourhood (zero padding counted, as ``nn.AvgPool2d(f, 1, f // 2)``), resized with
-    bilinear interpolation (``align_corners=True``, original ``GetPatchFeature``) to the size of
-    ``per_scale[0][0]``, and all are concatenated along channels in scale-major order.
+    bilinear interpolation (``align_corners=True``, original ``GetPatchFeature``) to ``size``
+    (default: the size of ``per_scale[0][0]``; the original's centre crop gives (crop // 8)²),
+    and all are concatenated along channels in scale-major order.
     Returns ``[B, sum_s sum_l C_l, h0, w0]``.
     """
     if patch_size < 1 or patch_size % 2 != 1:
         raise ValueError(f"patch_size must be odd and positive (Eq. 2), got {patch_size}")
     if not per_scale or not per_scale[0]:
         raise ValueError("aggregate_features needs at least one scale with one layer")
-    size = per_scale[0][0].shape[-2:]
+    size = tuple(per_scale[0][0].shape[-2:]) if size is None else tuple(size)
     parts = []
     for maps in per_scale:
         for fmap in maps:
             if patch_size > 1:
                 fmap = F.avg_pool2d(fmap, patch_size, stride=1, padding=patch_size // 2)
-            if fmap.shape[-2:] != size:
+            if tuple(fmap.shape[-2:]) != size:
                 fmap = F.interpolate(fmap, size=size, mode="bilinear", align_corners=True)
             parts.append(fmap)
     return torch.cat(parts, dim=1)
@@ -163,8 +165,9 @@ class PatchFlowNet(nn.Module):
         z, log_jac = self.flow(self.adapter(fused))
         return z, log_jac
 
-    def adapt_maps(self, per_scale: Sequence[Sequence[Tensor]], patch_size: int = 3) -> Tensor:
-        """``self.adapter(aggregate_features(per_scale, patch_size))`` computed in a cheaper but
+    def adapt_maps(self, per_scale: Sequence[Sequence[Tensor]], patch_size: int = 3,
+                   size: tuple[int, int] | None = None) -> Tensor:
+        """``self.adapter(aggregate_features(per_scale, patch_size, size))`` in a cheaper but
         mathematically identical order.
 
         The 1x1 conv acts on channels and bilinear resizing on positions, both linearly and
@@ -176,7 +179,7 @@ class PatchFlowNet(nn.Module):
         if patch_size < 1 or patch_size % 2 != 1:
             raise ValueError(f"patch_size must be odd and positive (Eq. 2), got {patch_size}")
         weight = self.adapter.weight
-        size = tuple(per_scale[0][0].shape[-2:])
+        size = tuple(per_scale[0][0].shape[-2:]) if size is None else tuple(size)
         sums: dict[tuple[int, int], Tensor] = {}
         start = 0
         for maps in per_scale:
@@ -197,11 +200,11 @@ class PatchFlowNet(nn.Module):
             out = out + part
         return out
 
-    def forward_maps(self, per_scale: Sequence[Sequence[Tensor]], patch_size: int = 3
-                     ) -> tuple[Tensor, Tensor]:
+    def forward_maps(self, per_scale: Sequence[Sequence[Tensor]], patch_size: int = 3,
+                     size: tuple[int, int] | None = None) -> tuple[Tensor, Tensor]:
         """``(z, log_jac)`` straight from the backbone maps ``[scale][layer]`` (see
-        :meth:`adapt_maps`); equals ``self(aggregate_features(per_scale, patch_size))``."""
-        z, log_jac = self.flow(self.adapt_maps(per_scale, patch_size))
+        :meth:`adapt_maps`); equals ``self(aggregate_features(per_scale, patch_size, size))``."""
+        z, log_jac = self.flow(self.adapt_maps(per_scale, patch_size, size))
         return z, log_jac
 
 

@@ -1,13 +1,15 @@
 """PatchFlow (Zhang, Yang, Wang, Vian; AAAI-W AI2ASE 2024) behind the Detector protocol.
 
 Frozen EfficientNet-B5 blocks 12, 19 and 35 (64/128/304 channels at strides 8/16/32) are read
-for the input at 3 scales (1, 1/2, 1/4; nearest interpolation as in the original) from the
-shared feature cache. Per batch, the cached maps are aggregated (3x3 average pooling, bilinear
-upsampling to the stride-8 map of the full-resolution input, concatenation: 3 x 496 = 1488
-channels, 84x84 at the original code's 672-px centre crop, 96x96 without it), reduced by the
-adapter (one 1x1 conv) and mapped by a one-step AllInOneBlock flow to Gaussian latents z,
-trained with Eq. 5. The anomaly map is ``-exp(-mean_c z^2 / 2)`` upsampled bilinearly to the
-(cropped) image and padded with -1 to the input size; the image score is its maximum.
+for the input at 3 scales from the shared feature cache: scale 0 is the whole image, scales 1
+and 2 the whole image resized (nearest, as in the original) to ``crop // 2**s``. Per batch, the
+cached maps are aggregated (3x3 average pooling, bilinear resizing to ``(crop // 8)²``,
+concatenation: 3 x 496 = 1488 channels, 84x84 at the original code's crop 672 of 768, 96x96
+without a crop), reduced by the adapter (one 1x1 conv) and mapped by a one-step AllInOneBlock
+flow to Gaussian latents z, trained with Eq. 5. The anomaly map is ``-exp(-mean_c z^2 / 2)``
+resized bilinearly to crop² and padded with -1 to the input size (the original's "crop" is
+this spatial squeeze of a map of the whole image into its centre, not a cut before the
+backbone); the image score is its maximum.
 
 Every default is the paper's where it states one and the original code's
 (github.com/BOX-LEO/PatchFlow, see reference/original-code.md §1d) where it does not or where
@@ -56,16 +58,19 @@ class PatchFlowConfig:
     n_scales: int = 3  # §Feature Aggregation "three scales" (Table 4: 3, 2, 1)
     patch_size: int = 3  # Eq. 2 f; code GetPatchFeature AvgPool2d(3, stride 1, padding 1)
     input_size: int = 768  # §Implementation Detail: 768x768 (code data.py Resize(768, 768))
-    # code: centre crop 672 of the 768 input, map padded back with -1 (the lowest score);
-    # 0 or null = no crop (paper: 96x96 maps = the full 768 input)
+    # code (model.py PatchflowModel crop_size=(672, 672)): the backbone sees the WHOLE 768
+    # image at scale 0 and the whole image resized (nearest) to 672 // 2**s at scales 1, 2;
+    # every map is resized to (672 // 8)² = 84², the 84² anomaly map squeezed into the central
+    # 672² of the output and padded with -1. 0 or null = no crop (paper text: 96x96 maps)
     crop_size: int | None = 672
     adapter: str = "code"  # code: 1x1 conv -> 128 | paper: 1x1 conv -> 768 (§Impl. Detail)
-    # The adapter is trained jointly with the flow (code: Adam over model.parameters()), but
-    # Eq. 5 alone is unbounded below then (shrink the adapter, let the flow rescale).
+    # The adapter is trained jointly with the flow (code: Adam over model.parameters()).
+    # plain: Eq. 5 only, as paper and code (the default: it made the published numbers);
     # volume: Eq. 5 minus the adapter's log-volume 0.5 log det(W W^T) per position = exact NLL
-    # of the features' projection onto the adapter's row space (well-posed; our default);
-    # plain: Eq. 5 only, as paper and code; frozen: adapter fixed at its random init.
-    adapter_training: str = "volume"
+    # of the features' projection onto the adapter's row space. Eq. 5 alone is unbounded
+    # below (shrink the adapter, let the flow rescale); volume removes that, but cost about
+    # 0.7 AUROC points on real MVTec AD transistor (issue 11); frozen: adapter at random init.
+    adapter_training: str = "plain"
     subnet: str = "code"  # code: conv3x3 -> conv3x3 -> BN -> LeakyReLU | paper: three 1x1 convs
     flow_steps: int = 1  # §Ablation, Table 3: 1 step is best (code flow_steps=1)
     hidden: int = 128  # §Impl. Detail: "bottleneck dimension of the flow is fixed at 128"
@@ -87,8 +92,7 @@ class PatchFlowConfig:
 # --------------------------------------------------------------------------------------------
 
 class _DerivedImages:
-    """Images computed from another source (a centre crop, synthetic anomalies), with a
-    fingerprint that names the derivation so the feature cache keys them correctly."""
+    """Images computed from another source (synthetic anomalies), with a fingerprint that names the derivation so the feature cache keys them correctly."""
 
     def __init__(self, name: str, paths: Sequence[str], size: int, fingerprint: str,
                  load: Callable[[Sequence[int]], torch.Tensor]):
@@ -103,21 +107,6 @@ class _DerivedImages:
 
     def load_images(self, indices: Sequence[int] | None = None) -> torch.Tensor:
         return self._load(range(len(self)) if indices is None else indices)
-
-
-def center_crop(images: torch.Tensor, crop: int) -> torch.Tensor:
-    """The central ``crop``² window of ``[N, C, S, S]`` images (top-left offset (S-crop)//2)."""
-    size = images.shape[-1]
-    top = (size - crop) // 2
-    return images[..., top:top + crop, top:top + crop]
-
-
-def _cropped(images, crop: int):
-    if crop >= images.size:
-        return images
-    digest = hashlib.sha1(f"center_crop={crop};{images.fingerprint}".encode()).hexdigest()
-    return _DerivedImages(f"{images.name}/crop{crop}".lstrip("/"), images.paths, crop, digest,
-                          lambda idx: center_crop(images.load_images(idx), crop))
 
 
 def _tensor_images(name: str, paths: Sequence[str], images: torch.Tensor) -> _DerivedImages:
@@ -309,8 +298,8 @@ class PatchFlowDetector:
             raise UserError(f"n_scales must be >= 1, got {config.n_scales}")
         if config.patch_size < 1 or config.patch_size % 2 != 1:
             raise UserError(f"patch_size must be an odd positive number, got {config.patch_size}")
-        if config.crop_size and not 0 < config.crop_size <= config.input_size:
-            raise UserError(f"crop_size must be in 1..input_size ({config.input_size}) or 0, "
+        if config.crop_size and not 8 <= config.crop_size <= config.input_size:
+            raise UserError(f"crop_size must be in 8..input_size ({config.input_size}) or 0, "
                             f"got {config.crop_size}")
         if config.flow_steps < 1 or config.epochs < 1 or config.batch_size < 1:
             raise UserError("flow_steps, epochs and batch_size must be >= 1")
@@ -330,9 +319,16 @@ class PatchFlowDetector:
     # -- sizes --------------------------------------------------------------------------
     @property
     def crop(self) -> int:
-        """Side of the centre crop the backbone sees (the input size when not cropping)."""
+        """Side of the central square the anomaly map fills (the input size when not
+        cropping); also the base side of the smaller input scales (``crop // 2**s``)."""
         cfg = self.config
         return int(cfg.crop_size) if cfg.crop_size else int(cfg.input_size)
+
+    @property
+    def map_size(self) -> tuple[int, int] | None:
+        """Side of the aggregated map: ``(crop // 8)²`` when cropping (original
+        GetPatchFeature), else None = the stride-8 map of the whole input (paper)."""
+        return None if self.crop >= self.config.input_size else (self.crop // 8,) * 2
 
     @property
     def adapter_channels(self) -> int:
@@ -340,13 +336,15 @@ class PatchFlowDetector:
 
     # -- features -----------------------------------------------------------------------
     def _maps(self, images) -> list[list[torch.Tensor]]:
-        """Frozen-backbone maps ``[scale][layer]`` (CPU) of the centre-cropped images, from the
-        shared cache (one entry per layer and scale, so the scale ablation and the other
-        methods tapping the same roles reuse them)."""
+        """Frozen-backbone maps ``[scale][layer]`` (CPU) of the whole images (scale 0) and of
+        the whole images resized to ``crop // 2**s`` (s > 0), from the shared cache (one entry
+        per layer and scale, so the scale ablation and the other methods tapping the same
+        roles reuse them; scale 0 is always shared)."""
         cfg = self.config
-        return cached_features(cfg.backbone, list(cfg.layers), _cropped(images, self.crop),
-                               n_scales=cfg.n_scales, device=self.device,
-                               progress=os.environ.get("NFBENCH_QUIET") != "1")
+        return cached_features(cfg.backbone, list(cfg.layers), images, n_scales=cfg.n_scales,
+                               device=self.device,
+                               progress=os.environ.get("NFBENCH_QUIET") != "1",
+                               base_size=self.crop if self.map_size else None)
 
     def _batch(self, maps: list[list[torch.Tensor]], index) -> list[list[torch.Tensor]]:
         """The cached maps of the images at ``index``, on the device."""
@@ -355,7 +353,8 @@ class PatchFlowDetector:
     def _forward(self, maps: list[list[torch.Tensor]], index):
         """(z, log_jac) of the images at ``index``: aggregation + adapter (in the cheap,
         equivalent order of PatchFlowNet.adapt_maps) + flow."""
-        return self.net.forward_maps(self._batch(maps, index), self.config.patch_size)
+        return self.net.forward_maps(self._batch(maps, index), self.config.patch_size,
+                                     self.map_size)
 
     def _build_net(self, shape: tuple[int, int, int], seed: int = 0) -> pf.PatchFlowNet:
         cfg = self.config
@@ -416,7 +415,7 @@ class PatchFlowDetector:
 
         first = maps[0][0]
         self._shape = (sum(m.shape[1] for layer_maps in maps for m in layer_maps),
-                       int(first.shape[-2]), int(first.shape[-1]))
+                       *(self.map_size or (int(first.shape[-2]), int(first.shape[-1]))))
         flow_seed = int(torch.randint(0, 2**31 - 1, (1,)).item())
         self.net = self._build_net(self._shape, seed=flow_seed)
         if cfg.adapter_training == "frozen":
@@ -505,8 +504,8 @@ class PatchFlowDetector:
 
     # -- profiling ----------------------------------------------------------------------
     def inference_module(self, pretrained: bool = True) -> nn.Module:
-        """Images ``[B, 3, S, S]`` in [0, 1] → image scores ``[B]``: centre crop, backbone at
-        every scale, aggregation, adapter, flow, anomaly map, upsampling, max. Used to count
+        """Images ``[B, 3, S, S]`` in [0, 1] → image scores ``[B]``: backbone at every scale
+        (the whole image, then resized to crop // 2**s), aggregation, adapter, flow, anomaly map, upsampling, max. Used to count
         FLOPs and time inference of the whole method. Before ``fit`` the adapter and flow are
         built untrained from a dry run (FLOPs and speed do not depend on trained weights);
         ``pretrained=False`` skips loading backbone weights for the same reason."""
@@ -516,10 +515,11 @@ class PatchFlowDetector:
         net = self.net
         if net is None:
             with torch.no_grad():
-                probe = torch.zeros(1, 3, self.crop, self.crop, device=self.device)
+                size = cfg.input_size
+                probe = torch.zeros(1, 3, size, size, device=self.device)
                 fused = pf.aggregate_features([extractor(x) for x in
-                                               scaled_inputs(probe, cfg.n_scales)],
-                                              cfg.patch_size)
+                                               scaled_inputs(probe, cfg.n_scales, self.crop)],
+                                              cfg.patch_size, self.map_size)
             net = self._build_net(tuple(fused.shape[1:]))
         return _PatchFlowInference(self, extractor, net.to(self.device).eval())
 
@@ -533,11 +533,12 @@ class _PatchFlowInference(nn.Module):
         self.size = detector.config.input_size
         self.n_scales = detector.config.n_scales
         self.patch_size = detector.config.patch_size
+        self.map_size = detector.map_size
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = center_crop(images, self.crop)
-        fused = pf.aggregate_features([self.extractor(s) for s in scaled_inputs(x, self.n_scales)],
-                                      self.patch_size)
+        scales = scaled_inputs(images, self.n_scales, self.crop)
+        fused = pf.aggregate_features([self.extractor(s) for s in scales], self.patch_size,
+                                      self.map_size)
         z, _ = self.net(fused)
         maps = pf.upsample_and_pad(pf.anomaly_map(z), self.crop, self.size)
         return maps.amax(dim=(1, 2))
