@@ -95,6 +95,7 @@ def image_sets(table: pd.DataFrame, category: str, size: int) -> tuple[ImageSet,
                         f"{', '.join(sorted(table['category'].unique()))}")
     train = ImageSet.from_table(rows[rows["split"] == "train"], size, name=f"{category}/train")
     test = ImageSet.from_table(rows[rows["split"] == "test"], size, name=f"{category}/test")
+    test.check_masks()  # before any training: a mask of another size is refused
     return train, test
 
 
