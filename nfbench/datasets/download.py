@@ -353,6 +353,10 @@ def _archive_kind(path: Path) -> str:
 
 
 def _tar_members(tf: tarfile.TarFile, archive_path: Path) -> list[_Member]:
+    # Our own checks, not tarfile's filter="data" (PEP 706): we write members ourselves
+    # (extractfile) so that every member is validated before anything is written and only
+    # inner_root is unpacked; the filter acts inside extract()/extractall() only, and is
+    # missing on Pythons before 3.11.4. The checks refuse at least what "data" refuses.
     members = []
     for info in tf.getmembers():
         path = _member_path(info.name, archive_path)

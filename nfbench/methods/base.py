@@ -77,6 +77,8 @@ def _coerce(value: Any, target_type: Any, default: Any, key: str) -> Any:
         if isinstance(default, tuple) and isinstance(value, list):
             return tuple(value)
         return value
+    if target_type in ("str", str):  # a string field keeps the text as given ("" is not null)
+        return value
     import yaml  # YAML reads "[3, 3]", "true", "null" the way a user means them
 
     try:
