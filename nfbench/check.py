@@ -2,29 +2,86 @@
 
 A baseline (``benchmarks/baselines/<profile>.json``) holds, per run id, the metrics of a
 trusted run, and a tolerance per metric. A run regresses when a metric falls below its
-baseline by more than the tolerance; a run missing from the results is a failure too.
+baseline by more than the tolerance; a run missing from the results is a failure too; a run
+in the results that the baseline does not know is reported as a hint (not a failure).
+
+``--update`` merges: it replaces exactly the baseline entries it has fresh records for
+(restricted to ``--paper`` when given), keeps every other entry and every metric, and writes
+the baseline atomically.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from nfbench.atomic import write_text_atomic
 from nfbench.errors import UserError
 
 DEFAULT_TOLERANCE = {"image_auroc": 0.02, "pixel_auroc": 0.02, "aupro": 0.03}
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_metrics(metrics, where: str) -> dict:
+    if not isinstance(metrics, dict):
+        raise UserError(f"{where}: metrics must be an object of name: number, got "
+                        f"{type(metrics).__name__}")
+    for name, value in metrics.items():
+        if value is not None and not _is_number(value):
+            raise UserError(f"{where}: metric {name!r} must be a number or null, got {value!r}")
+    return metrics
+
+
+def _read_json(path: Path, what: str):
+    try:
+        return json.loads(Path(path).read_text())
+    except OSError as exc:
+        raise UserError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise UserError(f"{what} {path} is not valid JSON: {exc}") from None
 
 
 def collect(results_dir: Path, papers: list[str] | None = None) -> dict[str, dict[str, float]]:
     """``run_id → metrics`` of every record under ``results_dir/<paper>/runs``."""
     found = {}
     for path in sorted(Path(results_dir).glob("*/runs/*/*/seed*.json")):
-        record = json.loads(path.read_text())
+        record = _read_json(path, "result record")
+        if not isinstance(record, dict):
+            raise UserError(f"result record {path} must be a JSON object, got "
+                            f"{type(record).__name__}")
         if papers and record.get("paper") not in papers:
             continue
-        found[record["run_id"]] = record["metrics"]
+        if not isinstance(record.get("run_id"), str):
+            raise UserError(f"result record {path} has no run_id")
+        if "metrics" not in record:
+            raise UserError(f"result record {path} has no metrics")
+        found[record["run_id"]] = _check_metrics(record["metrics"], f"result record {path}")
     return found
+
+
+def load_baseline(path: Path) -> dict:
+    """A validated baseline: ``{"runs": {run_id: {metric: number|null}}, "tolerance": {...}}``."""
+    baseline = _read_json(path, "baseline")
+    if not isinstance(baseline, dict):
+        raise UserError(f"baseline {path} must be a JSON object with 'runs', got "
+                        f"{type(baseline).__name__}")
+    if not isinstance(baseline.get("runs"), dict):
+        raise UserError(f"baseline {path} has no 'runs' object")
+    for run_id, metrics in baseline["runs"].items():
+        _check_metrics(metrics, f"baseline {path}, run {run_id}")
+    tolerance = baseline.get("tolerance", {})
+    if not isinstance(tolerance, dict) or not all(_is_number(v) for v in tolerance.values()):
+        raise UserError(f"baseline {path}: 'tolerance' must map metric names to numbers")
+    return baseline
+
+
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
 def compare(baseline: dict, fresh: dict[str, dict[str, float]]) -> list[str]:
@@ -36,33 +93,72 @@ def compare(baseline: dict, fresh: dict[str, dict[str, float]]) -> list[str]:
             problems.append(f"{run_id}: no fresh result")
             continue
         for metric, allowed in tolerance.items():
-            if metric not in expected or expected[metric] is None or math.isnan(expected[metric]):
+            if _missing(expected.get(metric)):
                 continue
-            value = fresh[run_id].get(metric, float("nan"))
-            if math.isnan(value) or value < expected[metric] - allowed:
+            value = fresh[run_id].get(metric)
+            if _missing(value):
+                problems.append(f"{run_id}: {metric} is undefined, baseline "
+                                f"{expected[metric]:.4f}")
+            elif value < expected[metric] - allowed:
                 problems.append(f"{run_id}: {metric} {value:.4f} < baseline "
                                 f"{expected[metric]:.4f} - {allowed}")
     return problems
 
 
-def run_check(baseline_path: Path, results_dir: Path, update: bool = False,
-              papers: list[str] | None = None) -> list[str]:
-    """Compare (or, with ``update``, rewrite the baseline); returns the regressions."""
+@dataclass
+class CheckResult:
+    """What :func:`check` found: regressions, runs the baseline does not know, and for an
+    update the run ids added, replaced and kept."""
+
+    problems: list[str] = field(default_factory=list)
+    unknown: list[str] = field(default_factory=list)
+    added: list[str] = field(default_factory=list)
+    replaced: list[str] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)
+
+
+def _paper_of(run_id: str) -> str:
+    return run_id.split("/")[0]
+
+
+def check(baseline_path: Path, results_dir: Path, update: bool = False,
+          papers: list[str] | None = None) -> CheckResult:
+    """Compare fresh records with the baseline, or with ``update`` merge them into it."""
+    baseline_path = Path(baseline_path)
     fresh = collect(results_dir, papers)
+    if papers:  # a record without "paper" still belongs to the paper its run id names
+        fresh = {k: v for k, v in fresh.items() if _paper_of(k) in papers}
+    result = CheckResult()
     if update:
         if not fresh:
             raise UserError(f"no result records under {results_dir} to make a baseline from")
-        old = json.loads(Path(baseline_path).read_text()) if Path(baseline_path).is_file() else {}
-        tolerance = old.get("tolerance", DEFAULT_TOLERANCE)
-        runs = {run_id: {m: metrics[m] for m in tolerance if m in metrics}
-                for run_id, metrics in fresh.items()}
-        Path(baseline_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(baseline_path).write_text(json.dumps({"tolerance": tolerance, "runs": runs},
-                                                  indent=2, sort_keys=True) + "\n")
-        return []
-    if not Path(baseline_path).is_file():
+        old = load_baseline(baseline_path) if baseline_path.is_file() else \
+            {"tolerance": dict(DEFAULT_TOLERANCE), "runs": {}}
+        tracked = {**DEFAULT_TOLERANCE, **old.get("tolerance", {})}
+        runs = dict(old["runs"])
+        for run_id, metrics in sorted(fresh.items()):
+            entry = dict(runs.get(run_id, {}))
+            wanted = set(tracked) | set(entry)
+            entry.update({m: None if _missing(metrics[m]) else metrics[m]
+                          for m in wanted if m in metrics})
+            (result.replaced if run_id in runs else result.added).append(run_id)
+            runs[run_id] = entry
+        result.kept = sorted(set(runs) - set(fresh))
+        new = {k: v for k, v in old.items() if k != "runs"}
+        new["runs"] = runs
+        write_text_atomic(baseline_path, json.dumps(new, indent=2, sort_keys=True) + "\n")
+        return result
+    if not baseline_path.is_file():
         raise UserError(f"no baseline {baseline_path}; create it with --update")
-    baseline = json.loads(Path(baseline_path).read_text())
+    baseline = load_baseline(baseline_path)
     if papers:
-        baseline["runs"] = {k: v for k, v in baseline["runs"].items() if k.split("/")[0] in papers}
-    return compare(baseline, fresh)
+        baseline["runs"] = {k: v for k, v in baseline["runs"].items() if _paper_of(k) in papers}
+    result.problems = compare(baseline, fresh)
+    result.unknown = sorted(set(fresh) - set(baseline["runs"]))
+    return result
+
+
+def run_check(baseline_path: Path, results_dir: Path, update: bool = False,
+              papers: list[str] | None = None) -> list[str]:
+    """Compare (or, with ``update``, merge into the baseline); returns the regressions."""
+    return check(baseline_path, results_dir, update, papers).problems

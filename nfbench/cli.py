@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from nfbench.errors import UserError
+from nfbench.errors import TrainingDivergedError, UserError
 
 
 def _parse_sets(pairs: Sequence) -> dict[str, str]:
@@ -49,12 +49,34 @@ def cmd_data_verify(args: argparse.Namespace) -> None:
     from nfbench.datasets.mvtec_ad import split_counts
 
     table = load_table(args.name, args.root, args.category and [args.category])
+    _check_files(table)
     print(f"{'category':16s} {'train':>6s} {'test good':>10s} {'test defective':>15s}")
     for category, rows in table.groupby("category"):
         train, good, bad = split_counts(rows)
         print(f"{category:16s} {train:6d} {good:10d} {bad:15d}")
     train, good, bad = split_counts(table)
     print(f"{'total':16s} {train:6d} {good:10d} {bad:15d}")
+
+
+def _check_files(table) -> None:
+    """Open every image and mask once (header, size, PNG checksums); name each unreadable file
+    and each mask whose size differs from its image's."""
+    from nfbench.datasets.base import check_readable
+    from nfbench.errors import DatasetLayoutError
+
+    bad = []
+    for image, mask in zip(table["path"], table["mask_path"]):
+        try:
+            size = check_readable(image, "image")
+            if isinstance(mask, str) and check_readable(mask, "mask") != size:
+                bad.append(f"mask {mask} is not the size of its image {image}")
+        except DatasetLayoutError as exc:
+            bad.append(str(exc))
+    for problem in bad:
+        print(f"unreadable: {problem}", file=sys.stderr)
+    if bad:
+        raise DatasetLayoutError(f"{len(bad)} unreadable or mismatched file(s) of "
+                                 f"{len(table)} images (listed above)")
 
 
 def cmd_methods(args: argparse.Namespace) -> None:
@@ -83,10 +105,14 @@ def _category(args: argparse.Namespace) -> str:
     return categories[0]
 
 
-def cmd_run(args: argparse.Namespace) -> None:
-    from nfbench.run_config import print_config, resolve_run_args
+def _metric(value) -> str:
+    return "undefined" if value is None else f"{value:.4f}"
 
+
+def cmd_run(args: argparse.Namespace) -> None:
+    from nfbench.atomic import check_output_file
     from nfbench.experiment import run_experiment, write_record
+    from nfbench.run_config import print_config, resolve_run_args
 
     overrides = resolve_run_args(args)  # --config, params.yaml's block, --set, --device
     if args.print_config:
@@ -94,14 +120,16 @@ def cmd_run(args: argparse.Namespace) -> None:
         return
     if args.out is None:
         raise UserError("--out is required (or --print-config)")
+    check_output_file(args.out)  # before any work: a bad --out is found now, not after training
     category = "all" if args.joint else _category(args)
     record = run_experiment(args.method, args.dataset, category, root=args.root,
                             profile=args.profile, seed=args.seed, overrides=overrides,
                             shots=args.shots, variant=args.variant, joint=args.joint)
     write_record(record, args.out)
     m = record["metrics"]
-    print(f"{args.method} {args.dataset}/{record['category']}: image AUROC {m['image_auroc']:.4f}, "
-          f"pixel AUROC {m['pixel_auroc']:.4f}, AUPRO {m['aupro']:.4f} -> {args.out}")
+    print(f"{args.method} {args.dataset}/{record['category']}: image AUROC "
+          f"{_metric(m['image_auroc'])}, pixel AUROC {_metric(m['pixel_auroc'])}, "
+          f"AUPRO {_metric(m['aupro'])} -> {args.out}")
 
 
 def cmd_decide(args: argparse.Namespace) -> None:
@@ -114,6 +142,9 @@ def cmd_decide(args: argparse.Namespace) -> None:
     method_class(args.method)
     if args.out.suffix != ".md":
         raise UserError(f"--out must name a Markdown file (.md), got {args.out}")
+    from nfbench.atomic import check_output_file
+
+    check_output_file(args.out)
     category = _category(args)
     result = decision_table(args.method, args.dataset, category, root=args.root,
                             profile=args.profile, seed=args.seed,
@@ -266,16 +297,20 @@ def cmd_report(args: argparse.Namespace) -> None:
 
 
 def cmd_check(args: argparse.Namespace) -> None:
-    from nfbench.check import run_check
+    from nfbench.check import check
 
-    problems = run_check(args.baseline, args.results, update=args.update, papers=args.paper)
+    result = check(args.baseline, args.results, update=args.update, papers=args.paper)
     if args.update:
-        print(f"baseline written: {args.baseline}")
+        print(f"baseline written: {args.baseline} ({len(result.added)} added, "
+              f"{len(result.replaced)} replaced, {len(result.kept)} kept)")
         return
-    for problem in problems:
+    for problem in result.problems:
         print(f"REGRESSION {problem}", file=sys.stderr)
-    if problems:
-        raise UserError(f"{len(problems)} regression(s) against {args.baseline}")
+    if result.unknown:
+        print(f"note: {len(result.unknown)} run(s) not in the baseline (first: "
+              f"{result.unknown[0]}); add them with --update", file=sys.stderr)
+    if result.problems:
+        raise UserError(f"{len(result.problems)} regression(s) against {args.baseline}")
     print(f"no regression against {args.baseline}")
 
 
@@ -406,6 +441,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.func(args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except TrainingDivergedError as exc:
+        print(f"error: training diverged: {exc} (try a smaller lr)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)

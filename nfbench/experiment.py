@@ -13,7 +13,6 @@ import json
 import os
 import platform
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ import torch
 
 import nfbench
 from nfbench import metrics
+from nfbench.atomic import write_text_atomic
 from nfbench.datasets import ImageSet, image_sets, load_table
 from nfbench.errors import UserError
 from nfbench.methods import create_method, method_class
@@ -188,22 +188,45 @@ def run_experiment(method: str, dataset: str, category: str, *, root: Path | Non
         record["per_category"] = per_category
     if getattr(detector, "fit_info_", None) is not None:  # e.g. the effective schedule
         record["fit_info"] = detector.fit_info_
+    _mark_undefined(record)
     return record
+
+
+UNDEFINED_REASONS = {
+    "image_auroc": "the test split holds one class only",
+    "pixel": "no defective pixel in the ground-truth masks (e.g. all-black masks)",
+}
+
+
+def _mark_undefined(record: dict[str, Any]) -> None:
+    """Undefined metrics (NaN) become ``None`` (JSON ``null``), with the reason in
+    ``record["undefined_metrics"]``; a record never holds a bare NaN."""
+    reasons = {}
+    for where in [record["metrics"], *record.get("per_category", {}).values()]:
+        for name, value in where.items():
+            if isinstance(value, float) and not np.isfinite(value):
+                where[name] = None
+                reasons[name] = UNDEFINED_REASONS.get(name, UNDEFINED_REASONS["pixel"])
+    if reasons:
+        record["undefined_metrics"] = reasons
 
 
 def write_record(record: dict[str, Any], path: Path) -> None:
     """Write a record as JSON atomically (temporary file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w") as out:
-            json.dump(record, out, indent=2, default=_json_default, allow_nan=True)
-            out.write("\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    text = json.dumps(_finite_or_none(record), indent=2, default=_json_default,
+                      allow_nan=False) + "\n"
+    write_text_atomic(path, text)
+
+
+def _finite_or_none(value: Any) -> Any:
+    """``value`` with every non-finite float (NaN, inf) replaced by ``None``: strict JSON."""
+    if isinstance(value, dict):
+        return {k: _finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_none(v) for v in value]
+    if isinstance(value, (float, np.floating)) and not np.isfinite(value):
+        return None
+    return value
 
 
 def write_examples(examples: dict[str, np.ndarray], path: Path) -> None:

@@ -3,26 +3,33 @@
 An entry is keyed by everything that determines the features: backbone, weight tag, resolved
 layers, input scales and their interpolation, and the image set's content fingerprint (which
 includes the input size). A changed image, size, layer or weight file gives a new key, so a
-stale entry is never read. Entries are plain tensors saved with ``torch.save`` and read back
-with ``weights_only=True``; they are written to a temporary file and renamed, so an
-interrupted run never leaves a truncated entry.
+stale entry is never read. Entries are saved with ``torch.save`` and read back with
+``weights_only=True``; they are written to a temporary file (mode per the user's umask) and
+renamed, so an interrupted run never leaves a truncated entry.
+
+Entries are self-checking: each stores its key, the tensor's shape and a sha256 digest of the
+tensor bytes (:func:`save_entry`), and every load verifies them (:func:`load_entry`). A damaged
+entry (flipped bytes, an entry copied over another, truncated, empty, NaN, wrong shape, an
+older format) is recomputed with one warning line instead of being used or crashing.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
+import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from nfbench.backbones import FeatureExtractor, get_backbone_spec, resolve_layers
+from nfbench.atomic import atomic_path
 from nfbench.datasets.base import ImageSet
+from nfbench.errors import UserError
 from nfbench.paths import cache_root
 
 CACHE_FORMAT = 1
@@ -101,16 +108,103 @@ def compute_features(backbone: str, layers: Sequence[str], images: ImageSet,
 
 
 def save_atomic(obj, path: Path) -> None:
-    """``torch.save`` to a temporary file renamed into ``path``: never a truncated file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(handle)
+    """``torch.save`` to a temporary file renamed into ``path``: never a truncated file. A
+    folder where nothing can be written is one :class:`UserError`."""
     try:
-        torch.save(obj, tmp_name)
-        os.replace(tmp_name, path)
-    finally:
-        if os.path.exists(tmp_name):
-            os.remove(tmp_name)
+        with atomic_path(path) as tmp:
+            torch.save(obj, tmp)
+    except OSError as exc:
+        raise UserError(f"cannot write to the cache folder {Path(path).parent}: "
+                        f"{exc.strerror or exc}; make it writable or set NFBENCH_CACHE to "
+                        "another folder") from None
+
+
+ENTRY_FORMAT = "nfbench-entry-1"
+
+
+def _digest(obj: Any, digest=None):
+    """sha256 over the tensors' bytes (and the structure, keys, dtypes, shapes) of ``obj``
+    (sha256, not blake2b: hardware-accelerated on current CPUs, the faster of the two here)."""
+    digest = digest if digest is not None else hashlib.sha256()
+    if isinstance(obj, torch.Tensor):
+        tensor = obj.detach().cpu().contiguous()
+        digest.update(f"T{tensor.dtype}{tuple(tensor.shape)}".encode())
+        # raw bytes without a copy (bfloat16 etc. have no NumPy view: go through uint8)
+        digest.update(tensor.view(-1).view(torch.uint8).numpy() if tensor.numel() else b"")
+    elif isinstance(obj, dict):
+        digest.update(f"D{len(obj)}".encode())
+        for key in sorted(obj, key=str):
+            digest.update(f"K{key!r}".encode())
+            _digest(obj[key], digest)
+    elif isinstance(obj, (list, tuple)):
+        digest.update(f"L{len(obj)}".encode())
+        for item in obj:
+            _digest(item, digest)
+    else:
+        digest.update(f"V{obj!r}".encode())
+    return digest
+
+
+def save_entry(path: Path, key: str, payload: Any) -> None:
+    """Save ``payload`` (a tensor, or a dict/list of tensors and plain values) with its key,
+    its shape (a tensor's) and a sha256 digest, atomically."""
+    entry = {"format": ENTRY_FORMAT, "key": key, "sha256": _digest(payload).hexdigest(),
+             "shape": list(payload.shape) if isinstance(payload, torch.Tensor) else None,
+             "payload": payload}
+    save_atomic(entry, path)
+
+
+def _non_finite(obj: Any) -> bool:
+    if isinstance(obj, torch.Tensor):
+        if not obj.is_floating_point():
+            return False
+        if obj.dtype in (torch.float32, torch.float64, torch.float16):
+            # NumPy: torch.isfinite spins its threads on a shared CPU (~100x slower here)
+            return not bool(np.isfinite(obj.detach().cpu().numpy()).all())
+        return not bool(torch.isfinite(obj).all())
+    if isinstance(obj, dict):
+        return any(_non_finite(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return any(_non_finite(v) for v in obj)
+    return False
+
+
+def _entry_problem(entry: Any, key: str, shape_ok) -> str | None:
+    if not isinstance(entry, dict) or entry.get("format") != ENTRY_FORMAT:
+        return "an older or unknown format"
+    if entry.get("key") != key:
+        return f"the entry of another key ({entry.get('key')!r})"
+    payload = entry.get("payload")
+    if isinstance(payload, torch.Tensor):
+        if entry.get("shape") != list(payload.shape) or (shape_ok and not shape_ok(payload)):
+            return f"a wrong shape {tuple(payload.shape)}"
+    if _digest(payload).hexdigest() != entry.get("sha256"):
+        return "a checksum mismatch (damaged bytes)"
+    if _non_finite(payload):
+        return "NaN or infinite values"
+    return None
+
+
+def load_entry(path: Path, key: str, shape_ok=None, what: str = "feature cache") -> Any | None:
+    """The verified payload of the entry at ``path``, or ``None`` when there is none or it is
+    damaged; a damaged entry is deleted with one warning line on stderr (the caller then
+    recomputes it). ``shape_ok(tensor) -> bool`` adds a shape check for tensor payloads."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        entry = torch.load(path, map_location="cpu", weights_only=True)
+        problem = _entry_problem(entry, key, shape_ok)
+    except Exception as exc:  # truncated, empty, not a torch file: unreadable either way
+        problem = f"an unreadable file ({type(exc).__name__})"
+    if problem is None:
+        return entry["payload"]
+    print(f"warning: {what} entry {path} holds {problem}; recomputing it", file=sys.stderr)
+    try:
+        path.unlink()
+    except OSError:
+        pass  # a read-only cache: the fresh entry's write says so
+    return None
 
 
 def cached_features(backbone: str, layers: Sequence[str], images: ImageSet, n_scales: int = 1,
@@ -118,9 +212,10 @@ def cached_features(backbone: str, layers: Sequence[str], images: ImageSet, n_sc
                     progress: bool = True, root: Path | None = None,
                     base_size: int | None = None) -> list[list[torch.Tensor]]:
     """Features of ``layers`` at ``n_scales`` input scales, ``result[scale][layer]``, read from
-    (or computed once into) the on-disk cache, one entry per (layer, scale). ``base_size``
-    sets the side of the scale-s inputs to ``base_size // 2**s`` (see :func:`scaled_inputs`);
-    scale 0 is always the whole image, so it shares its entry with every other method.
+    (or computed once into) the on-disk cache, one verified entry per (layer, scale).
+    ``base_size`` sets the side of the scale-s inputs to ``base_size // 2**s`` (see
+    :func:`scaled_inputs`); scale 0 is always the whole image, so it shares its entry with
+    every other method.
 
     On a miss, every shared role layer (:data:`SHARED_ROLES`) is computed in the same pass
     and stored, so a later request by another method for another role hits the cache.
@@ -129,16 +224,23 @@ def cached_features(backbone: str, layers: Sequence[str], images: ImageSet, n_sc
     resolved = resolve_layers(spec, layers)
     root = Path(root) if root is not None else cache_root() / "features"
     folder = root / backbone.replace("/", "_")
-    path = lambda s, layer: folder / f"{cache_key(backbone, layer, s, images, base_size)}.pt"
+    key = lambda s, layer: cache_key(backbone, layer, s, images, base_size)
+    path = lambda s, layer: folder / f"{key(s, layer)}.pt"
+    shape_ok = lambda t: t.ndim == 4 and t.shape[0] == len(images)
     wanted = [(s, layer) for s in range(n_scales) for layer in resolved]
-    missing_scales = sorted({s for s, layer in wanted if not path(s, layer).exists()})
+    found = {(s, layer): load_entry(path(s, layer), key(s, layer), shape_ok)
+             for s, layer in wanted}
+    missing_scales = sorted({s for s, layer in wanted if found[(s, layer)] is None})
     if missing_scales:
         shared = resolve_layers(spec, [r for r in SHARED_ROLES if r in spec.roles])
         to_compute = list(dict.fromkeys(resolved + (shared if set(resolved) <= set(shared) else [])))
         computed = compute_features(backbone, to_compute, images, missing_scales, batch_size,
                                     device, progress, base_size)
         for (s, layer), tensor in computed.items():
-            if not path(s, layer).exists():
-                save_atomic(tensor, path(s, layer))
-    return [[torch.load(path(s, layer), map_location="cpu", weights_only=True)
-             for layer in resolved] for s in range(n_scales)]
+            if (s, layer) in found:
+                if found[(s, layer)] is None:  # missing or damaged: store the fresh one
+                    save_entry(path(s, layer), key(s, layer), tensor)
+                    found[(s, layer)] = tensor
+            elif not path(s, layer).exists():  # a shared layer another method will want
+                save_entry(path(s, layer), key(s, layer), tensor)
+    return [[found[(s, layer)] for layer in resolved] for s in range(n_scales)]

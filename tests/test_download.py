@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import stat
 import tarfile
 import threading
@@ -35,6 +36,9 @@ class FileServer:
         self.cut_after: dict[str, int] = {}  # path -> bytes sent before dropping (first request)
         self.ranges = True  # False: ignore Range headers and always answer 200
         self.wrong_range_start = False  # True: a 206 that starts at byte 0, not where asked
+        self.etags = True  # send an ETag (sha of the content) and honour If-Range
+        self.honour_if_range = True  # False: resume whatever If-Range says (a broken server)
+        self.no_length_cut: dict[str, int] = {}  # path -> bytes sent without Content-Length
         self.requests: list[dict] = []
         server = self
 
@@ -46,10 +50,22 @@ class FileServer:
 
             def do_GET(self) -> None:
                 rng = self.headers.get("Range")
-                server.requests.append({"path": self.path, "range": rng})
+                if_range = self.headers.get("If-Range")
+                server.requests.append({"path": self.path, "range": rng, "if_range": if_range})
                 data = server.files.get(self.path)
                 if data is None:
                     self.send_error(404, "Not Found")
+                    return
+                etag = f'"{hashlib.sha256(data).hexdigest()[:16]}"'
+                if rng and if_range and server.honour_if_range and if_range != etag:
+                    rng = None  # RFC 9110: the file changed, send all of it with 200
+                cut = server.no_length_cut.pop(self.path, None)
+                if cut is not None:  # no Content-Length, close after part of the body
+                    self.send_response(200)
+                    self.send_header("Connection", "close")
+                    self.end_headers()
+                    self.wfile.write(data[:cut])
+                    self.close_connection = True
                     return
                 start = 0
                 if rng and server.ranges:
@@ -67,6 +83,8 @@ class FileServer:
                 else:
                     self.send_response(200)
                 body = data[start:]
+                if server.etags:
+                    self.send_header("ETag", etag)
                 self.send_header("Content-Length", str(len(body)))
                 self.send_header("Accept-Ranges", "bytes" if server.ranges else "none")
                 self.end_headers()
@@ -103,6 +121,12 @@ def server():
 @pytest.fixture(autouse=True)
 def no_mirror(monkeypatch):
     monkeypatch.delenv(download.MIRROR_ENV, raising=False)
+
+
+def _validators(part: Path, **values) -> None:
+    """What a first, interrupted transfer records beside its part file (here: nothing known)."""
+    (part.with_name(part.name + ".validators.json")).write_text(json.dumps(
+        {"etag": None, "last_modified": None, "total": None, **values}))
 
 
 # --------------------------------------------------------------------------------------------
@@ -303,6 +327,7 @@ def test_server_without_range_support_restarts_from_zero(server, tmp_path):
     server.ranges = False
     dest = tmp_path / "f.bin"
     (tmp_path / "f.bin.part").write_bytes(b"stale bytes that must not be kept")
+    _validators(tmp_path / "f.bin.part")
 
     download_file(url, dest, sha(data), progress=False)
 
@@ -315,6 +340,7 @@ def test_206_from_the_wrong_offset_restarts_from_zero(server, tmp_path):
     url = server.add("f.bin", data)
     server.wrong_range_start = True
     (tmp_path / "f.bin.part").write_bytes(data[:300])
+    _validators(tmp_path / "f.bin.part")
 
     download_file(url, tmp_path / "f.bin", sha(data), progress=False)
 
@@ -327,10 +353,11 @@ def test_complete_part_file_is_finished_on_416(server, tmp_path):
     url = server.add("f.bin", data)
     dest = tmp_path / "f.bin"
     (tmp_path / "f.bin.part").write_bytes(data)
+    _validators(tmp_path / "f.bin.part")
 
     download_file(url, dest, sha(data), progress=False)
 
-    assert server.requests == [{"path": "/f.bin", "range": f"bytes={len(data)}-"}]
+    assert server.requests == [{"path": "/f.bin", "range": f"bytes={len(data)}-", "if_range": None}]
     assert dest.read_bytes() == data
 
 
@@ -395,6 +422,7 @@ def test_no_space_while_writing_keeps_part(server, tmp_path, monkeypatch):
     data = b"y" * 5000
     url = server.add("f.bin", data)
     (tmp_path / "f.bin.part").write_bytes(data[:100])
+    _validators(tmp_path / "f.bin.part")
     real_open = builtins.open
 
     class FullDisk:
@@ -550,3 +578,183 @@ def test_crash_during_fetch_then_rerun_uses_cache(server, tmp_path, monkeypatch)
     assert fetch([archive], root, progress=False) is True
     assert len(server.requests) == 1  # the cached archive was reused
     assert_tree(root, FILES)
+
+
+# --------------------------------------------------------------------------------------------
+# issue 13: resumes checked against validators, self-repairing cache, validation before install
+
+
+def test_file_changed_between_interrupted_and_resumed_transfer_restarts(server, tmp_path):
+    old, new = b"old version " * 500, b"new version!" * 400
+    url = server.add("f.bin", old)
+    server.cut_after["/f.bin"] = 1000
+    with pytest.raises(DownloadError, match="interrupted"):
+        download_file(url, tmp_path / "f.bin", None, progress=False, retries=0)
+    server.files["/f.bin"] = new  # the server's file changed meanwhile
+    download_file(url, tmp_path / "f.bin", None, progress=False)
+    assert server.requests[-1]["if_range"] is not None  # resumed with If-Range: ETag
+    assert (tmp_path / "f.bin").read_bytes() == new  # not old[:1000] + new[1000:]
+
+
+def test_resumed_206_of_another_version_restarts(server, tmp_path):
+    old, new = b"old version " * 500, b"new version!" * 500
+    url = server.add("f.bin", old)
+    server.honour_if_range = False  # a server that resumes whatever the validator says
+    server.cut_after["/f.bin"] = 1000
+    with pytest.raises(DownloadError, match="interrupted"):
+        download_file(url, tmp_path / "f.bin", None, progress=False, retries=0)
+    server.files["/f.bin"] = new
+    download_file(url, tmp_path / "f.bin", None, progress=False)
+    assert (tmp_path / "f.bin").read_bytes() == new
+
+
+def test_part_file_without_recorded_validators_restarts(server, tmp_path):
+    data = b"0123456789" * 100
+    url = server.add("f.bin", data)
+    (tmp_path / "f.bin.part").write_bytes(b"X" * 300)  # from an unknown earlier transfer
+    download_file(url, tmp_path / "f.bin", None, progress=False)
+    assert server.requests[0]["range"] is None
+    assert (tmp_path / "f.bin").read_bytes() == data
+
+
+@pytest.mark.parametrize("damage", ["truncated tar.gz", "html page"])
+def test_damaged_cached_archive_is_moved_aside_and_fetched_again(damage, server, tmp_path, capsys):
+    data = make_tar(FILES)
+    archive = Archive(url=server.add("ds.tar.gz", data), sha256=None, filename="ds.tar.gz")
+    root = tmp_path / "ds"
+    cached = tmp_path / ".downloads" / "ds" / "ds.tar.gz"
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(data[: len(data) // 2] if damage == "truncated tar.gz"
+                       else b"<html><body>Please log in</body></html>")
+    assert fetch([archive], root, progress=False) is True
+    assert_tree(root, FILES)
+    assert cached.read_bytes() == data
+    assert cached.with_name("ds.tar.gz.corrupt").exists()
+    err = capsys.readouterr().err
+    assert err.count("moved aside") == 1 and "downloading it again" in err
+
+
+def test_body_cut_without_content_length_is_fetched_again(server, tmp_path, capsys):
+    data = make_tar({f"f{i}.bin": os.urandom(2000) for i in range(20)})
+    archive = Archive(url=server.add("ds.tar.gz", data), sha256=None, filename="ds.tar.gz")
+    server.no_length_cut["/ds.tar.gz"] = len(data) // 2
+    assert fetch([archive], tmp_path / "ds", progress=False) is True
+    assert (tmp_path / ".downloads" / "ds" / "ds.tar.gz").read_bytes() == data
+    assert "moved aside" in capsys.readouterr().err
+
+
+def test_dataset_failing_its_checks_is_neither_installed_nor_marked(server, tmp_path):
+    from nfbench.errors import DatasetLayoutError
+
+    partial = make_tar({"MT_Free/Imgs/a.jpg": b"x"})
+    archive = Archive(url=server.add("mtd.tar.gz", partial), sha256=None, filename="mtd.tar.gz")
+
+    def counts(tree):
+        if not (tree / "MT_Free/Imgs/b.jpg").exists():
+            raise DatasetLayoutError("MTD image counts {'Free': 1} differ from the official")
+
+    root = tmp_path / "mtd"
+    with pytest.raises(DownloadError, match="fails its checks, nothing was installed: MTD image"):
+        fetch([archive], root, progress=False, validate=counts)
+    assert not root.exists() and leftovers(tmp_path) == []
+    server.files["/mtd.tar.gz"] = make_tar({"MT_Free/Imgs/a.jpg": b"x", "MT_Free/Imgs/b.jpg": b"y"})
+    assert fetch([archive], root, progress=False, validate=counts) is True  # fetched afresh
+    assert (root / download.MARKER_NAME).exists() and (root / "MT_Free/Imgs/b.jpg").exists()
+
+
+def test_obtain_validates_mtd_before_installing(server, tmp_path, monkeypatch):
+    from nfbench.datasets import mtd, obtain
+
+    data = make_tar({"MT_Free/Imgs/exp1_num_1.jpg": b"x"},
+                    prefix=mtd.ARCHIVES[0].inner_root + "/")
+    server.add(mtd.ARCHIVES[0].filename, data)
+    monkeypatch.setenv(download.MIRROR_ENV, server.base)
+    with pytest.raises(DownloadError, match="fails its checks"):
+        obtain("mtd", tmp_path / "mtd", progress=False)
+    assert not (tmp_path / "mtd").exists()
+
+
+def test_stale_staging_folders_are_removed_at_the_next_start(server, tmp_path, capsys):
+    data = make_tar(FILES)
+    archive = Archive(url=server.add("ds.tar.gz", data), sha256=sha(data), filename="ds.tar.gz")
+    dead = tmp_path / ".ds.partial-999999999-abcd"  # no such process
+    legacy = tmp_path / ".ds.partial-0badf00d"  # the name of an older nfbench
+    for stale in (dead, legacy):
+        (stale / "root").mkdir(parents=True)
+        (stale / "root" / "big.bin").write_bytes(b"x" * 1000)
+    alive = tmp_path / f".ds.partial-{os.getppid()}-beef"  # a live (parallel) run's
+    alive.mkdir()
+    assert fetch([archive], tmp_path / "ds", progress=False)
+    assert not dead.exists() and not legacy.exists() and alive.exists()
+    assert "left by an interrupted run" in capsys.readouterr().err
+
+
+def test_sigterm_during_extraction_removes_the_staging_folder(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    data = make_tar({f"f{i}.txt": b"x" for i in range(200)})
+    cache = tmp_path / ".downloads" / "ds"
+    cache.mkdir(parents=True)
+    (cache / "ds.tar.gz").write_bytes(data)  # cached and pinned: no network
+    script = f"""
+import time
+from pathlib import Path
+from nfbench.datasets import download
+real = download._write_member
+def slow(*args):
+    time.sleep(0.05)
+    return real(*args)
+download._write_member = slow
+archive = download.Archive(url="http://127.0.0.1:9/ds.tar.gz", sha256={sha(data)!r},
+                           filename="ds.tar.gz")
+download.fetch([archive], Path({str(tmp_path / 'ds')!r}), progress=False)
+"""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.Popen([sys.executable, "-c", script], env=env,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not leftovers(tmp_path) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert leftovers(tmp_path), "extraction never started"
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=60)
+    assert proc.returncode != 0
+    assert leftovers(tmp_path) == [] and not (tmp_path / "ds").exists()
+
+
+def test_root_dot_empty_folder_is_filled_in_place(server, tmp_path, monkeypatch):
+    data = make_tar(FILES)
+    archive = Archive(url=server.add("ds.tar.gz", data), sha256=sha(data), filename="ds.tar.gz")
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    assert fetch([archive], Path("."), progress=False) is True
+    assert Path.cwd() == here and here.is_dir()
+    assert_tree(here, FILES)
+    assert (tmp_path / ".downloads" / "here" / "ds.tar.gz").exists()
+    assert fetch([archive], Path("."), progress=False) is False
+
+
+def test_root_dot_non_empty_folder_is_refused_before_downloading(server, tmp_path, monkeypatch):
+    data = make_tar(FILES)
+    archive = Archive(url=server.add("ds.tar.gz", data), sha256=sha(data), filename="ds.tar.gz")
+    (tmp_path / "mine.txt").write_text("user data")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DownloadError, match="not downloaded by nfbench"):
+        fetch([archive], Path("."), progress=False)
+    assert server.requests == []
+
+
+def test_mirror_that_is_not_a_url_is_one_line(tmp_path, monkeypatch, capsys):
+    from nfbench.cli import main
+
+    monkeypatch.setenv(download.MIRROR_ENV, "notaurl")
+    assert main(["data", "download", "mtd", "--root", str(tmp_path / "mtd"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    lines = err.split("\r")[-1].strip().splitlines()
+    assert lines[-1].startswith("error: NFBENCH_MIRROR='notaurl' is not a URL")
+    assert "Traceback" not in err and not (tmp_path / "mtd").exists()

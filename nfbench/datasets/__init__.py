@@ -95,6 +95,7 @@ def image_sets(table: pd.DataFrame, category: str, size: int) -> tuple[ImageSet,
                         f"{', '.join(sorted(table['category'].unique()))}")
     train = ImageSet.from_table(rows[rows["split"] == "train"], size, name=f"{category}/train")
     test = ImageSet.from_table(rows[rows["split"] == "test"], size, name=f"{category}/test")
+    test.check_masks()  # before any training: a mask of another size is refused
     return train, test
 
 
@@ -110,7 +111,8 @@ def obtain(name: str, root: Path | None = None, progress: bool = True) -> Path:
     elif spec.archives:
         from nfbench.datasets.download import fetch
 
-        fetch(list(spec.archives), root, notice=spec.notice, progress=progress)
+        fetch(list(spec.archives), root, notice=spec.notice, progress=progress,
+              validate=spec.loader)  # layout and counts, before the dataset is installed
     else:
         raise UserError(f"dataset {name!r} cannot be downloaded: point --root at your own copy")
     spec.loader(root)  # validate what is now on disk

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from nfbench.errors import DatasetLayoutError
+
 SAMPLE_COLUMNS = ["path", "split", "label", "defect_type", "mask_path", "category"]
 """Columns of a sample table: ``label`` is 0 (normal) or 1 (anomalous); ``mask_path`` is
 ``None`` for normal images (an all-zero mask)."""
@@ -38,8 +40,11 @@ def make_table(rows: Sequence[dict]) -> pd.DataFrame:
 def load_image(path: str | Path, size: int) -> torch.Tensor:
     """Read an image as RGB (grayscale replicated to 3 channels), resized to ``size``² bilinearly
     with antialiasing; returns a float tensor ``[3, size, size]`` in [0, 1]."""
-    with Image.open(path) as img:
-        array = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
+    with _open_image(path, "image") as img:
+        try:
+            array = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
+        except (OSError, SyntaxError, ValueError) as exc:  # truncated or corrupt pixel data
+            raise DatasetLayoutError(f"cannot read image {path}: {exc}") from None
     tensor = torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0)
     if tensor.shape[-2:] != (size, size):
         tensor = F.interpolate(tensor, size=(size, size), mode="bilinear", align_corners=False,
@@ -47,13 +52,49 @@ def load_image(path: str | Path, size: int) -> torch.Tensor:
     return tensor[0].clamp_(0.0, 1.0)
 
 
-def load_mask(path: str | Path | None, size: int) -> np.ndarray:
+def _open_image(path: str | Path, what: str) -> Image.Image:
+    """``Image.open`` with one clear error for a missing, empty or non-image file."""
+    try:
+        return Image.open(path)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        reason = "empty file" if Path(path).is_file() and Path(path).stat().st_size == 0 \
+            else str(exc)
+        raise DatasetLayoutError(f"cannot read {what} {path}: {reason}") from None
+
+
+def image_size(path: str | Path, what: str = "image") -> tuple[int, int]:
+    """``(width, height)`` of an image file from its header (the pixels are not decoded)."""
+    with _open_image(path, what) as img:
+        return img.size
+
+
+def check_readable(path: str | Path, what: str = "image") -> tuple[int, int]:
+    """Open ``path`` once: header, size and (PNG) chunk checksums, so a 0-byte, truncated or
+    non-image file raises :class:`DatasetLayoutError` naming it. Returns ``(width, height)``."""
+    with _open_image(path, what) as img:
+        size = img.size
+        try:
+            img.verify()
+        except Exception as exc:  # PIL raises many types for damaged data
+            raise DatasetLayoutError(f"cannot read {what} {path}: {exc}") from None
+    return size
+
+
+def load_mask(path: str | Path | None, size: int, image_path: str | Path | None = None
+              ) -> np.ndarray:
     """Read a ground-truth mask binarised with ``> 0`` and resized by nearest neighbour;
-    ``None`` gives an all-false mask. Returns ``bool [size, size]``."""
+    ``None`` gives an all-false mask. Returns ``bool [size, size]``. With ``image_path``, a
+    mask whose size differs from its image's is refused (it would be stretched silently)."""
     if path is None or (isinstance(path, float) and np.isnan(path)):
         return np.zeros((size, size), dtype=bool)
-    with Image.open(path) as img:
-        binary = np.asarray(img.convert("L")) > 0
+    with _open_image(path, "mask") as img:
+        if image_path is not None and img.size != image_size(image_path):
+            raise DatasetLayoutError(f"mask {path} is {img.size[0]}x{img.size[1]} but its image "
+                                     f"{image_path} is {'x'.join(map(str, image_size(image_path)))}")
+        try:
+            binary = np.asarray(img.convert("L")) > 0
+        except (OSError, SyntaxError, ValueError) as exc:
+            raise DatasetLayoutError(f"cannot read mask {path}: {exc}") from None
     pil = Image.fromarray(binary.astype(np.uint8) * 255)
     if pil.size != (size, size):
         pil = pil.resize((size, size), Image.NEAREST)
@@ -114,7 +155,17 @@ class ImageSet:
 
     def load_masks(self) -> np.ndarray:
         """Ground-truth masks as ``bool [N, size, size]`` (all false for normal images)."""
-        return np.stack([load_mask(m, self.size) for m in self.mask_paths])
+        return np.stack([load_mask(m, self.size, image) for m, image in
+                         zip(self.mask_paths, self.paths)])
+
+    def check_masks(self) -> None:
+        """Refuse (:class:`DatasetLayoutError`) a mask whose size differs from its image's,
+        reading file headers only."""
+        for mask, image in zip(self.mask_paths, self.paths):
+            if mask is not None and image_size(mask, "mask") != image_size(image):
+                raise DatasetLayoutError(
+                    f"mask {mask} is {'x'.join(map(str, image_size(mask, 'mask')))} but its "
+                    f"image {image} is {'x'.join(map(str, image_size(image)))}")
 
     @property
     def fingerprint(self) -> str:

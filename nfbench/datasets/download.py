@@ -29,8 +29,12 @@ import shutil
 import stat
 import sys
 import tarfile
+import signal
+import threading
 import urllib.error
+import urllib.parse
 import urllib.request
+from contextlib import contextmanager
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -38,7 +42,7 @@ from datetime import datetime, timezone
 from pathlib import Path, PureWindowsPath
 from tqdm import tqdm
 
-from nfbench.errors import DownloadError
+from nfbench.errors import DownloadError, UserError
 
 MIRROR_ENV = "NFBENCH_MIRROR"
 MARKER_NAME = ".nfbench-complete.json"
@@ -71,6 +75,11 @@ def effective_url(archive: Archive) -> str:
     """The URL to fetch: ``$NFBENCH_MIRROR/<filename>`` when the variable is set, else ``url``."""
     mirror = os.environ.get(MIRROR_ENV)
     if mirror:
+        parts = urllib.parse.urlsplit(mirror)
+        if parts.scheme not in ("http", "https", "file") or \
+                (parts.scheme != "file" and not parts.netloc):
+            raise DownloadError(f"{MIRROR_ENV}={mirror!r} is not a URL; expected e.g. "
+                                "http://host/path or file:///folder")
         return mirror.rstrip("/") + "/" + archive.filename
     return archive.url
 
@@ -90,6 +99,10 @@ def sha256_of(path: Path) -> str:
 
 # --------------------------------------------------------------------------------------------
 # download
+
+
+class CorruptArchiveError(DownloadError):
+    """An archive cannot be opened or read to its end (truncated, an HTML page, damaged)."""
 
 
 class _Interrupted(Exception):
@@ -127,13 +140,46 @@ def _content_range(value: str | None) -> tuple[int | None, int | None]:
         return None, None
 
 
+def _validators_path(part: Path) -> Path:
+    return part.with_name(part.name + ".validators.json")
+
+
+def _read_validators(part: Path) -> dict | None:
+    try:
+        data = json.loads(_validators_path(part).read_text())
+        return data if isinstance(data, dict) else None
+    except (OSError, ValueError):
+        return None
+
+
+def _restart(part: Path) -> None:
+    part.unlink(missing_ok=True)
+    _validators_path(part).unlink(missing_ok=True)
+
+
 def _transfer_once(url: str, part: Path, *, expected_size: int | None, progress: bool,
                    timeout: float) -> None:
-    """One HTTP request appending to (or restarting) ``part``; returns when the body is complete."""
+    """One HTTP request appending to (or restarting) ``part``; returns when the body is complete.
+
+    A resumed request carries ``If-Range`` with the validator (strong ETag, else Last-Modified)
+    the server sent when the part file was started, kept in ``<part>.validators.json``: a
+    server whose file changed answers 200 with the whole new file, and we restart from zero;
+    a 206 whose ETag or total length differs from the recorded ones restarts too. A part file
+    without recorded validators (nothing to check it against) is restarted.
+    """
     offset = part.stat().st_size if part.exists() else 0
+    validators = _read_validators(part) if offset else None
+    if offset and validators is None:
+        _restart(part)
+        offset = 0
     headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
     if offset:
         headers["Range"] = f"bytes={offset}-"
+        etag, modified = validators.get("etag"), validators.get("last_modified")
+        if etag and not etag.startswith("W/"):  # If-Range needs a strong validator
+            headers["If-Range"] = etag
+        elif modified:
+            headers["If-Range"] = modified
     request = urllib.request.Request(url, headers=headers)
     try:
         response = urllib.request.urlopen(request, timeout=timeout)
@@ -142,8 +188,9 @@ def _transfer_once(url: str, part: Path, *, expected_size: int | None, progress:
         if exc.code == 416 and offset:
             # Nothing left to send: the part file is complete, unless the server's size disagrees.
             _, total = _content_range(exc.headers.get("Content-Range"))
-            if total is not None and total != offset:
-                part.unlink()
+            if (total is not None and total != offset) or \
+                    validators.get("total") not in (None, offset):
+                _restart(part)
                 return _transfer_once(url, part, expected_size=expected_size, progress=progress,
                                       timeout=timeout)
             return
@@ -152,24 +199,32 @@ def _transfer_once(url: str, part: Path, *, expected_size: int | None, progress:
         raise DownloadError(f"cannot download {url}: {exc.reason}") from exc
     except TimeoutError as exc:
         raise DownloadError(f"timed out after {timeout:g} s waiting for {url}") from exc
-    except (http.client.HTTPException, OSError) as exc:
+    except (http.client.HTTPException, OSError, ValueError) as exc:
         raise DownloadError(f"cannot download {url}: {exc}") from exc
 
     kept = offset  # bytes already on disk, reused or overwritten
     with response:
         length = response.headers.get("Content-Length")
         length = int(length) if length and length.isdigit() else None
+        etag = response.headers.get("ETag")
         if offset and response.status == 206:
             start, total = _content_range(response.headers.get("Content-Range"))
-            if start != offset:  # the server resumed somewhere else: start over
+            changed = ((validators.get("etag") and etag and etag != validators["etag"]) or
+                       (validators.get("total") is not None and total is not None and
+                        total != validators["total"]))
+            if start != offset or changed:  # resumed elsewhere, or another file: start over
                 response.close()
-                part.unlink()
+                _restart(part)
                 return _transfer_once(url, part, expected_size=expected_size, progress=progress,
                                       timeout=timeout)
             end = total if total is not None else (offset + length if length is not None else None)
-        else:  # 200: the server ignored the Range header (or none was sent): start from zero
+        else:  # 200: the server ignored the Range header, the file changed, or none was sent
             offset = 0
             end = length
+            part.parent.mkdir(parents=True, exist_ok=True)
+            _validators_path(part).write_text(json.dumps(
+                {"etag": etag, "last_modified": response.headers.get("Last-Modified"),
+                 "total": length}))
         total_size = end if end is not None else expected_size
         if total_size is not None:
             _check_free_space(part.parent, total_size - kept)
@@ -236,6 +291,7 @@ def _download(url: str, dest: Path, sha256: str | None, *, expected_size: int | 
         raise DownloadError(f"checksum mismatch for {url}: expected sha256 {sha256}, got {actual}; "
                             "the corrupt file was deleted, run again to download it afresh")
     os.replace(part, dest)
+    _validators_path(part).unlink(missing_ok=True)
     return actual
 
 
@@ -292,11 +348,15 @@ def _archive_kind(path: Path) -> str:
         return "zip"
     if tarfile.is_tarfile(path):
         return "tar"
-    raise DownloadError(f"{path.name}: unsupported archive format (expected .tar, .tar.gz, "
-                        ".tgz, .tar.xz or .zip)")
+    raise CorruptArchiveError(f"{path.name}: unsupported archive format (expected .tar, "
+                              ".tar.gz, .tgz, .tar.xz or .zip)")
 
 
 def _tar_members(tf: tarfile.TarFile, archive_path: Path) -> list[_Member]:
+    # Our own checks, not tarfile's filter="data" (PEP 706): we write members ourselves
+    # (extractfile) so that every member is validated before anything is written and only
+    # inner_root is unpacked; the filter acts inside extract()/extractall() only, and is
+    # missing on Pythons before 3.11.4. The checks refuse at least what "data" refuses.
     members = []
     for info in tf.getmembers():
         path = _member_path(info.name, archive_path)
@@ -376,11 +436,55 @@ def _check_target(target: Path) -> None:
                                 "another folder")
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def remove_stale_staging(target: Path) -> list[Path]:
+    """Remove the staging folders of ``target`` left by earlier runs that were killed (their
+    process is gone); returns them. Folders of a live process (a parallel run) are kept."""
+    removed = []
+    for staging in target.parent.glob(f".{target.name}.partial-*"):
+        pid = staging.name.rsplit(".partial-", 1)[1].split("-")[0]
+        if pid.isdigit() and int(pid) != os.getpid() and _pid_alive(int(pid)):
+            continue
+        if pid.isdigit() and int(pid) == os.getpid():
+            continue
+        shutil.rmtree(staging, ignore_errors=True)
+        removed.append(staging)
+    return removed
+
+
+@contextmanager
+def _cleanup_on_terminate():
+    """While the block runs, SIGTERM raises :class:`KeyboardInterrupt` (as SIGINT does), so the
+    ``finally`` clauses remove the staging folders instead of the process dying with them."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"terminated by signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _partial_dir(target: Path) -> Path:
-    """A new hidden sibling of ``target`` (same file system, so the final rename is atomic)."""
+    """A new hidden sibling of ``target`` (same file system, so the final rename is atomic),
+    named after this process so a later run knows whether it is stale."""
     target.parent.mkdir(parents=True, exist_ok=True)
     while True:
-        staging = target.parent / f".{target.name}.partial-{secrets.token_hex(4)}"
+        staging = target.parent / f".{target.name}.partial-{os.getpid()}-{secrets.token_hex(4)}"
         try:
             staging.mkdir()  # not mkdtemp: its 0700 mode would become the dataset folder's
             return staging
@@ -405,14 +509,15 @@ def safe_extract(archive_path: Path, target: Path, inner_root: str | None = None
     is renamed to ``target`` at the end, so ``target`` is never left half-filled; ``target``
     must not exist or be empty.
     """
-    archive_path, target = Path(archive_path), Path(target)
+    archive_path, target = Path(archive_path), Path(os.path.abspath(target))
     _check_target(target)
+    remove_stale_staging(target)
     kind = _archive_kind(archive_path)
     try:
         handle = (tarfile.open(archive_path, "r:*") if kind == "tar"
                   else zipfile.ZipFile(archive_path))
     except (*_CORRUPT, OSError) as exc:
-        raise DownloadError(f"cannot read archive {archive_path}: {exc}") from exc
+        raise CorruptArchiveError(f"cannot read archive {archive_path}: {exc}") from exc
 
     with handle:
         try:
@@ -423,7 +528,7 @@ def safe_extract(archive_path: Path, target: Path, inner_root: str | None = None
                 members = _zip_members(handle, archive_path)
                 opener = handle.open
         except _CORRUPT as exc:
-            raise DownloadError(f"corrupt archive {archive_path}: {exc}") from exc
+            raise CorruptArchiveError(f"corrupt archive {archive_path}: {exc}") from exc
         members, inner = _select_inner(members, inner_root, archive_path)
 
         staging = _partial_dir(target)
@@ -431,7 +536,7 @@ def safe_extract(archive_path: Path, target: Path, inner_root: str | None = None
             _extract_members(opener, members, staging, progress, f"extract {archive_path.name}")
             _move_into_place(staging / inner if inner is not None else staging, target)
         except _CORRUPT as exc:
-            raise DownloadError(f"corrupt archive {archive_path}: {exc}") from exc
+            raise CorruptArchiveError(f"corrupt archive {archive_path}: {exc}") from exc
         except OSError as exc:
             if exc.errno == errno.ENOSPC:
                 raise DownloadError(f"no space left on device while extracting {archive_path} "
@@ -473,17 +578,40 @@ def _merge_tree(source: Path, dest: Path) -> None:
             os.replace(entry, target)
 
 
+def _move_aside(path: Path) -> Path:
+    aside = path.with_name(path.name + ".corrupt")
+    os.replace(path, aside)
+    return aside
+
+
+def _install(tree: Path, root: Path) -> None:
+    """Move the finished ``tree`` to ``root`` (one rename), or, when ``root`` is an existing
+    empty folder (e.g. ``--root .``, which must not be removed), move its entries in with the
+    completion marker last."""
+    _check_target(root)
+    if not root.is_dir():
+        os.replace(tree, root)
+        return
+    for entry in tree.iterdir():
+        if entry.name != MARKER_NAME:
+            os.replace(entry, root / entry.name)
+    os.replace(tree / MARKER_NAME, root / MARKER_NAME)
+
+
 def fetch(archives: list[Archive], root: Path, *, notice: str | None = None,
-          progress: bool = True) -> bool:
+          progress: bool = True, validate=None) -> bool:
     """Download, verify and unpack ``archives`` into ``root``; ``False`` if it was already done.
 
     ``root`` is complete when its ``.nfbench-complete.json`` lists the same archives (url and
     sha256); then nothing is downloaded. Archives are cached in ``root.parent/.downloads/
     <root.name>`` and kept there after success, so interrupted downloads resume and a deleted
-    ``root`` is rebuilt offline. ``root`` appears in one rename, with the marker, only when every
-    archive is unpacked.
+    ``root`` is rebuilt offline. A cached archive that cannot be opened is moved aside
+    (``<name>.corrupt``) and fetched again, once. ``validate(tree)`` (the dataset's loader:
+    layout and counts) runs on the unpacked tree in the staging folder; ``root`` appears, with
+    the marker, only when every archive is unpacked and the tree passes it. SIGTERM and SIGINT
+    remove the staging folder; staging folders of earlier, killed runs are removed first.
     """
-    root = Path(root)
+    root = Path(os.path.abspath(root))  # "--root ." has no name and no parent otherwise
     archives = list(archives)
     if not archives:
         raise DownloadError("no archives to download")
@@ -492,42 +620,70 @@ def fetch(archives: list[Archive], root: Path, *, notice: str | None = None,
     if root.exists() and (not root.is_dir() or any(root.iterdir())):
         raise DownloadError(f"{root} exists but was not downloaded by nfbench (no matching "
                             f"{MARKER_NAME}): use it with --root, or delete it and run again")
+    urls = [effective_url(archive) for archive in archives]  # a bad mirror fails here
+    for stale in remove_stale_staging(root):
+        print(f"removed {stale}, left by an interrupted run", file=sys.stderr)
 
     if notice:
         print(notice, file=sys.stderr)
     cache = root.parent / ".downloads" / root.name
-    paths, digests = [], []
-    for archive in archives:
-        url = effective_url(archive)
+
+    def download(archive: Archive, url: str) -> tuple[Path, str]:
         if progress:
             print(f"downloading {url}", file=sys.stderr)
         dest = cache / archive.filename
-        digests.append(_download(url, dest, archive.sha256, expected_size=archive.size,
-                                 progress=progress, timeout=60, retries=2))
-        paths.append(dest)
+        return dest, _download(url, dest, archive.sha256, expected_size=archive.size,
+                               progress=progress, timeout=60, retries=2)
 
-    staging = _partial_dir(root)
-    try:
-        tree = staging / "root"
-        tree.mkdir()
-        for i, (path, archive) in enumerate(zip(paths, archives)):
-            unpacked = safe_extract(path, staging / f"archive-{i}", archive.inner_root,
-                                    progress=progress)
-            _merge_tree(unpacked, tree)
-            shutil.rmtree(unpacked)
-        record = {
-            "archives": [{**ident, "filename": a.filename, "actual_sha256": digest}
-                         for ident, a, digest in zip(_archive_ids(archives), archives, digests)],
-            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        }
-        (tree / MARKER_NAME).write_text(json.dumps(record, indent=2) + "\n")
-        _move_into_place(tree, root)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    with _cleanup_on_terminate():
+        staging = _partial_dir(root)
+        try:
+            tree = staging / "root"
+            tree.mkdir()
+            paths, digests = [], []
+            for i, (archive, url) in enumerate(zip(archives, urls)):
+                path, digest = download(archive, url)
+                try:
+                    unpacked = safe_extract(path, staging / f"archive-{i}", archive.inner_root,
+                                            progress=progress)
+                except CorruptArchiveError as exc:
+                    shutil.rmtree(staging / f"archive-{i}", ignore_errors=True)
+                    aside = _move_aside(path)
+                    print(f"cached archive {path.name} is damaged ({exc}); moved aside to "
+                          f"{aside.name}, downloading it again", file=sys.stderr)
+                    path, digest = download(archive, url)
+                    unpacked = safe_extract(path, staging / f"archive-{i}", archive.inner_root,
+                                            progress=progress)
+                _merge_tree(unpacked, tree)
+                shutil.rmtree(unpacked)
+                paths.append(path)
+                digests.append(digest)
+            if validate is not None:
+                try:
+                    validate(tree)
+                except UserError as exc:
+                    unpinned = [p for p, a in zip(paths, archives) if a.sha256 is None]
+                    for path in unpinned:
+                        _move_aside(path)
+                    again = (" the unpinned archive(s) were moved aside (.corrupt); run again to "
+                             "download them afresh") if unpinned else ""
+                    raise DownloadError(f"the downloaded {root.name} fails its checks, nothing "
+                                        f"was installed: {exc};{again}") from None
+            record = {
+                "archives": [{**ident, "filename": a.filename, "actual_sha256": digest,
+                              "actual_size": path.stat().st_size}
+                             for ident, a, digest, path in
+                             zip(_archive_ids(archives), archives, digests, paths)],
+                "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            }
+            (tree / MARKER_NAME).write_text(json.dumps(record, indent=2) + "\n")
+            _install(tree, root)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     if progress:
         print(f"archives kept in {cache} (delete to free space)", file=sys.stderr)
     return True
 
 
-__all__ = ["Archive", "effective_url", "download_file", "safe_extract", "fetch", "sha256_of",
+__all__ = ["Archive", "CorruptArchiveError", "remove_stale_staging", "effective_url", "download_file", "safe_extract", "fetch", "sha256_of",
            "MARKER_NAME", "MIRROR_ENV"]

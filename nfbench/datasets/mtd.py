@@ -27,8 +27,11 @@ COMMIT = "cc4eb530b57b9cb7225bf76023873043ffd50655"
 
 ARCHIVES = (
     # The repository has no release or checksum: pin a commit archive (original-code.md §3).
-    # GitHub does not guarantee byte-stable tarballs, so its sha256 is not pinned; the file
-    # list is checked instead (every class count and the 761 train names).
+    # GitHub does not guarantee byte-stable tarballs (they are regenerated on demand), so
+    # neither its sha256 nor its size is pinned, and nobody has measured them here (no network):
+    # the unpacked tree is verified in the staging folder instead, before it is installed and
+    # marked complete (every class count and the 761 train names, see load), and the marker
+    # records the sha256 and size actually downloaded. Resumes are checked with If-Range.
     Archive(url=f"https://github.com/abin24/Magnetic-tile-defect-datasets./archive/{COMMIT}.tar.gz",
             sha256=None, filename=f"mtd-{COMMIT}.tar.gz",
             inner_root=f"Magnetic-tile-defect-datasets.-{COMMIT}"),

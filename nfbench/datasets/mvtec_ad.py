@@ -71,9 +71,11 @@ def scan_category(root: Path, category: str) -> list[dict]:
                              defect_type=defect, mask_path=None if mask is None else str(mask),
                              category=category))
     if not any(r["split"] == "train" for r in rows):
-        raise DatasetLayoutError(f"{base / 'train/good'} holds no images")
+        raise DatasetLayoutError(f"{base / 'train/good'} holds no images (expected normal "
+                                 f"training images, {'/'.join(IMAGE_SUFFIXES)})")
     if not any(r["split"] == "test" for r in rows):
-        raise DatasetLayoutError(f"{base / 'test'} holds no images")
+        raise DatasetLayoutError(f"{base / 'test'} holds no images (expected test/good/* and "
+                                 "test/<defect type>/* images)")
     return rows
 
 
@@ -124,6 +126,7 @@ def load_folder(root: Path, categories: Sequence[str] | None = None) -> pd.DataF
         raise DatasetLayoutError(f"{root}: no category folder(s) {missing} with train/good; "
                                  f"found: {', '.join(found) or 'none'}")
     if not categories:
-        raise DatasetLayoutError(f"{root} holds no category folder with train/good")
+        raise DatasetLayoutError(f"{root} holds no category folder: expected MVTec AD layout "
+                                 "<category>/train/good/*.png and <category>/test/<type>/*.png")
     rows = [row for c in categories for row in scan_category(Path(root), c)]
     return make_table(rows)

@@ -77,6 +77,8 @@ def _coerce(value: Any, target_type: Any, default: Any, key: str) -> Any:
         if isinstance(default, tuple) and isinstance(value, list):
             return tuple(value)
         return value
+    if target_type in ("str", str):  # a string field keeps the text as given ("" is not null)
+        return value
     import yaml  # YAML reads "[3, 3]", "true", "null" the way a user means them
 
     try:
@@ -119,9 +121,10 @@ def build_config(config_cls: type, overrides: dict[str, Any]) -> Any:
     defaults = config_cls()
     kwargs = {k: _coerce(v, fields[k].type, getattr(defaults, k), k) for k, v in overrides.items()}
     try:
-        return dataclasses.replace(defaults, **kwargs)
+        config = dataclasses.replace(defaults, **kwargs)
     except (TypeError, ValueError) as exc:
         raise UserError(f"invalid setting for {config_cls.__name__}: {exc}") from None
+    return validate_config(config)
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:
@@ -146,3 +149,107 @@ def descent_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, what: str
         torch.nn.utils.clip_grad_norm_(*clip)
     optimizer.step()
     return value
+
+
+# --------------------------------------------------------------------------------------------
+# one validator for every config value
+
+_INF = float("inf")
+RANGE_RULES: tuple[tuple[str, tuple[float, float, str]], ...] = (
+    # (regex on the field name, (low, high, bounds)); bounds "()" open, "[]" closed, mixed ok.
+    (r"(^|_)lr$", (0, _INF, "()")),
+    (r"(^|_)weight_decay$", (0, _INF, "[)")),
+    (r"_fraction$", (0, 1, "(]")),
+    (r"_prob$", (0, 1, "[]")),
+    (r"(^|_)eps$", (0, _INF, "()")),
+    (r"(^|_)clamp$", (0, _INF, "()")),
+    (r"(^|_)betas$", (0, 1, "[)")),
+    (r"min_factor$", (0, 1, "[]")),
+    (r"(^|_)sigma$|(^|_)grad_clip$|width_scale$", (0, _INF, "()")),
+    (r"(warm|freeze)_epochs$|_index$|_exponent$", (0, _INF, "[)")),
+    (r"(^|_)crop_size$", (0, _INF, "[)")),  # 0: no crop
+)
+"""Ranges by field name, first match wins. Every other integer (counts and sizes: epochs,
+batch_size, hidden, input_size, n_*) must be >= 1, every float finite. A field declares its own
+range with ``field(metadata={"range": (low, high, "[)")})``, which takes precedence."""
+
+_INT_DEFAULT_RANGE = (1, _INF, "[)")
+
+
+def _describe(low: float, high: float, bounds: str) -> str:
+    if high == _INF:
+        return f"{'>=' if bounds[0] == '[' else '>'} {low:g}"
+    return f"in {bounds[0]}{low:g}, {high:g}{bounds[1]}"
+
+
+def _in_range(value: float, low: float, high: float, bounds: str) -> bool:
+    above = value >= low if bounds[0] == "[" else value > low
+    below = value <= high if bounds[1] == "]" else value < high
+    return above and below
+
+
+def _field_range(f: dataclasses.Field, integer: bool) -> tuple[float, float, str] | None:
+    import re
+
+    if "range" in f.metadata:
+        return f.metadata["range"]
+    for pattern, rule in RANGE_RULES:
+        if re.search(pattern, f.name):
+            return rule
+    return _INT_DEFAULT_RANGE if integer else None
+
+
+def _check_number(name: str, value: Any, kind: str, rule, allow_nan: bool) -> None:
+    if kind == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise UserError(f"{name} must be an integer, got {value!r}")
+    else:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UserError(f"{name} must be a number, got {value!r}")
+        if not math.isfinite(value):
+            if allow_nan and math.isnan(value):
+                return
+            raise UserError(f"{name} must be a finite number, got {value!r}")
+    if rule is not None and not _in_range(value, *rule):
+        raise UserError(f"{name} must be {_describe(*rule)}, got {value!r}")
+
+
+def validate_config(config: Any) -> Any:
+    """Check every value of a config dataclass against its annotated type and range (see
+    :data:`RANGE_RULES`); raises :class:`UserError` naming the first bad field. Returns
+    ``config``. Integers must be true integers (``96.5`` is refused, never truncated); floats
+    finite (a field whose default is NaN, an output, may stay NaN)."""
+    defaults = type(config)()
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        annotation = str(f.type).replace(" ", "")
+        optional = annotation.endswith("|None") or annotation.startswith("None|")
+        annotation = annotation.replace("|None", "").replace("None|", "")
+        if value is None and optional:
+            continue
+        default = getattr(defaults, f.name)
+        allow_nan = isinstance(default, float) and math.isnan(default)
+        if annotation in ("int", "float"):
+            _check_number(f.name, value, annotation, _field_range(f, annotation == "int"),
+                          allow_nan)
+        elif annotation == "bool" and not isinstance(value, bool):
+            raise UserError(f"{f.name} must be true or false, got {value!r}")
+        elif annotation == "str" and not isinstance(value, str):
+            raise UserError(f"{f.name} must be a string, got {value!r}")
+        elif annotation.startswith("tuple[") and annotation.rstrip("]").split("[", 1)[1]:
+            kinds = annotation[len("tuple["):-1].split(",")
+            if not isinstance(value, tuple):
+                raise UserError(f"{f.name} must be a list, got {value!r}")
+            if not value:
+                raise UserError(f"{f.name} must not be empty")
+            if kinds[-1] != "...":
+                if len(value) != len(kinds):
+                    raise UserError(f"{f.name} must have {len(kinds)} values, got {value!r}")
+            else:
+                kinds = [kinds[0]] * len(value)
+            for item, kind in zip(value, kinds):
+                if kind in ("int", "float"):
+                    _check_number(f.name, item, kind, _field_range(f, kind == "int"), False)
+                elif kind == "str" and not isinstance(item, str):
+                    raise UserError(f"{f.name} must hold strings, got {value!r}")
+    return config

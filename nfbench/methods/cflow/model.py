@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 from nfbench.backbones import FeatureExtractor, get_backbone_spec
 from nfbench.datasets.base import ImageSet
 from nfbench.errors import UserError
-from nfbench.feature_cache import cached_features, save_atomic
+from nfbench.feature_cache import cached_features, load_entry, save_entry
 from nfbench.methods import register_method
 from nfbench.methods.base import Scores, resolve_device
 from nfbench.methods.cflow.flow import (CNFSettings, anomaly_from_normal, build_flows,
@@ -181,14 +181,14 @@ class StageCache:
 
     def load(self, kind: str, key: str) -> dict | None:
         path = self.path(kind, key)
-        if not self.enabled or not path.exists():
+        if not self.enabled:
             return None
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return load_entry(path, key, what="stage cache")  # verified: key, checksum, finite
 
     def save(self, kind: str, key: str, state: dict) -> None:
         if not self.enabled:
             return
-        save_atomic(state, self.path(kind, key))
+        save_entry(self.path(kind, key), key, state)
 
 
 _FLOW_CODE = (__file__, str(Path(__file__).with_name("flow.py")))

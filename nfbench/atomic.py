@@ -1,0 +1,79 @@
+"""Atomic file writes that honour the user's umask.
+
+``tempfile.mkstemp`` creates its file with mode 0600 whatever the umask, so a record, baseline
+or cache entry renamed from it would be unreadable to the other users of a shared results or
+cache folder. Every writer here creates the temporary file beside its target (same file
+system: the final ``os.replace`` is atomic), gives it the mode a plain ``open`` would have
+(0666 minus the umask), and renames it into place; an interrupted write leaves no target and
+no temporary file.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+_UMASK_LOCK = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process umask (read by setting and restoring it)."""
+    with _UMASK_LOCK:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    """The mode ``open(path, "w")`` would give a new file: 0666 minus the umask."""
+    return 0o666 & ~current_umask()
+
+
+@contextmanager
+def atomic_path(path: Path | str, suffix: str = ".tmp") -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` (mode per umask); it replaces ``path`` when the
+    block ends without an exception, and is removed otherwise."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    try:
+        os.fchmod(handle, file_mode())
+        os.close(handle)
+        yield Path(tmp_name)
+        os.replace(tmp_name, path)
+    finally:
+        if os.path.exists(tmp_name):
+            os.remove(tmp_name)
+
+
+def write_text_atomic(path: Path | str, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (temporary file, then rename)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def check_output_file(path: Path | str, what: str = "--out") -> None:
+    """Refuse, before any work, an output path that cannot be written: a directory, a path
+    under a file, or a folder where no file can be created (read-only, no permission).
+    Creates the missing parent folders (they would be created for the write anyway)."""
+    from nfbench.errors import UserError
+
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{what} {path} is a directory; give a file name")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UserError(f"{what} {path} cannot be created: {parent} is a file")
+            break
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, probe = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".probe")
+        os.close(handle)
+        os.remove(probe)
+    except OSError as exc:
+        raise UserError(f"{what} {path} cannot be written: {exc.strerror or exc}") from None
