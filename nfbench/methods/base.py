@@ -72,9 +72,11 @@ def resolve_device(requested: str = "auto") -> torch.device:
 
 
 def _coerce(value: Any, target_type: Any, default: Any, key: str) -> Any:
-    """Convert a ``--set`` string (or YAML value) to the type of the field's default."""
+    """Convert a ``--set`` string (or YAML value) to the type of the field's default (or, for
+    an optional field whose default is None, of its annotation: a list becomes a tuple)."""
+    tuple_field = isinstance(default, tuple) or str(target_type).startswith("tuple[")
     if not isinstance(value, str):
-        if isinstance(default, tuple) and isinstance(value, list):
+        if tuple_field and isinstance(value, list):
             return tuple(value)
         return value
     if target_type in ("str", str):  # a string field keeps the text as given ("" is not null)
@@ -86,7 +88,7 @@ def _coerce(value: Any, target_type: Any, default: Any, key: str) -> Any:
     except yaml.YAMLError as exc:  # pragma: no cover - message only
         raise UserError(f"cannot parse value {value!r} for {key}: {exc}") from None
     if default is None or parsed is None:
-        return parsed
+        return tuple(parsed) if tuple_field and isinstance(parsed, list) else parsed
     if isinstance(default, bool):
         if not isinstance(parsed, bool):
             raise UserError(f"{key} expects true/false, got {value!r}")
