@@ -314,6 +314,15 @@ def cmd_check(args: argparse.Namespace) -> None:
     print(f"no regression against {args.baseline}")
 
 
+def cmd_results(args: argparse.Namespace) -> None:
+    from nfbench import results
+
+    frame = results.load(args.results, args.paper)
+    results.to_csv(frame, args.csv if args.csv else sys.stdout)
+    if args.csv:
+        print(f"{len(frame)} run(s) written to {args.csv}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nfbench", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -390,6 +399,11 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--paper", action="append", help="only this paper (repeatable)")
     check.add_argument("--update", action="store_true", help="rewrite the baseline deliberately")
     check.set_defaults(func=cmd_check)
+    tidy = sub.add_parser("results", help="every run record as one tidy CSV (one row per run)")
+    tidy.add_argument("--results", type=Path, default=Path("results"))
+    tidy.add_argument("--paper", action="append", help="only this paper (repeatable)")
+    tidy.add_argument("--csv", type=Path, help="write here instead of standard output")
+    tidy.set_defaults(func=cmd_results)
 
     run = sub.add_parser("run", help="fit and score one method on one category, write a record")
     run.add_argument("--method", help="required unless --config names it")

@@ -1,0 +1,83 @@
+"""Every run record as one tidy pandas DataFrame, for notebooks and ad-hoc analysis.
+
+One row per run record under ``<results>/<paper>/runs/<variant>/<category>/seed<k>.json``:
+what identifies the run (paper, method, variant, dataset, category, seed, profile), the
+settings that differ from the method's paper defaults, every metric, the timing and the
+environment that made it. The reports are built from the same records, so any report table
+can be rebuilt from this frame::
+
+    from nfbench import results
+    runs = results.load("results")
+    runs.query("paper == 'csflow' and variant == 'full'").groupby("category").image_auroc.mean()
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterable
+
+import pandas as pd
+
+from nfbench.errors import UserError
+
+#: Columns that come first, in this order; metrics, timing and environment follow.
+ID_COLUMNS = ("paper", "method", "variant", "dataset", "category", "seed", "profile", "run_id")
+
+
+def record_paths(results_dir: Path | str, papers: Iterable[str] | None = None) -> list[Path]:
+    """The run-record files under ``results_dir`` (optionally of some ``papers`` only)."""
+    root = Path(results_dir)
+    wanted = set(papers) if papers else None
+    return [path for path in sorted(root.glob("*/runs/*/*/seed*.json"))
+            if wanted is None or path.relative_to(root).parts[0] in wanted]
+
+
+def changed_settings(method: str, config: dict[str, Any]) -> dict[str, Any]:
+    """The entries of a record's resolved ``config`` that differ from the method's paper
+    defaults (its ``Config`` dataclass): what this run changed, profile budget included."""
+    from nfbench.methods import method_class
+    from nfbench.methods.base import config_to_dict
+
+    try:
+        defaults = config_to_dict(method_class(method).Config())
+    except UserError:  # a record of a method this installation does not have
+        return dict(config)
+    return {key: value for key, value in config.items() if defaults.get(key, object()) != value}
+
+
+def record_row(record: dict[str, Any]) -> dict[str, Any]:
+    """One tidy row of a run record (see the module docstring)."""
+    row = {key: record.get(key) for key in ID_COLUMNS}
+    row["settings"] = changed_settings(record["method"], record.get("config", {}))
+    row.update({key: value for key, value in record.get("metrics", {}).items()})
+    timing = record.get("timing", {})
+    row.update({key: timing.get(key) for key in
+                ("fit_seconds", "score_seconds", "wall_seconds", "images_per_second", "device")})
+    environment = record.get("environment", {})
+    row.update({key: environment.get(key) for key in
+                ("git_commit", "torch", "cpu_threads", "gpu", "platform")})
+    row["created"] = record.get("created")
+    return row
+
+
+def load(results_dir: Path | str = "results", papers: Iterable[str] | None = None) -> pd.DataFrame:
+    """Every run record under ``results_dir`` as one DataFrame, one row per run (empty frame
+    with the identifying columns when there is none)."""
+    rows = []
+    for path in record_paths(results_dir, papers):
+        try:
+            rows.append(record_row(json.loads(path.read_text())))
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+            raise UserError(f"{path}: not a run record ({exc})") from None
+    if not rows:
+        return pd.DataFrame(columns=[*ID_COLUMNS, "settings"])
+    return pd.DataFrame(rows).sort_values(["paper", "variant", "category", "seed"],
+                                          ignore_index=True)
+
+
+def to_csv(frame: pd.DataFrame, out) -> None:
+    """Write ``frame`` as CSV; the ``settings`` dicts become compact JSON strings."""
+    frame = frame.copy()
+    frame["settings"] = frame["settings"].map(lambda s: json.dumps(s, sort_keys=True))
+    frame.to_csv(out, index=False)
