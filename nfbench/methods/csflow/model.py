@@ -18,6 +18,7 @@ upsampled (§3.3, Fig. 7).
 from __future__ import annotations
 
 import math
+from typing import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -130,7 +131,11 @@ class CSFlowDetector:
         return build_cs_flow(shapes, **kwargs)
 
     # -- Detector protocol --------------------------------------------------------------
-    def fit(self, train: ImageSet) -> "CSFlowDetector":
+    def fit(self, train: ImageSet, evaluate: Callable[[str], None] | None = None) -> "CSFlowDetector":
+        """``evaluate(label)``, if given, is called where the original tested (every E/4
+        epochs, nfbench.protocols); it must not change the model."""
+        from nfbench.protocols import evaluation_epochs
+
         cfg = self.config
         inputs = self._flow_inputs(self._features(train))
         self._input_shapes = [tuple(x.shape[1:]) for x in inputs]
@@ -154,6 +159,10 @@ class CSFlowDetector:
                     clip=(self.flow.parameters(), cfg.grad_clip)))
             self.loss_history.append(float(np.mean(epoch_losses)))
             bar.set_postfix(loss=f"{self.loss_history[-1]:.4f}")
+            if evaluate is not None and epoch + 1 in evaluation_epochs(cfg.epochs):
+                self.flow.eval()
+                evaluate(f"epoch {epoch + 1}/{cfg.epochs}")
+                self.flow.train()
         self.flow.eval()
         return self
 
