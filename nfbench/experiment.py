@@ -129,7 +129,7 @@ def run_experiment(method: str, dataset: str, category: str, *, root: Path | Non
                    profile: str = "demo", seed: int = 0, overrides: dict[str, Any] | None = None,
                    shots: int | None = None, variant: str = "default",
                    joint: bool = False, joint_categories: list[str] | None = None,
-                   examples: dict | None = None, original_protocol: bool = True) -> dict[str, Any]:
+                   examples: dict | None = None, original_protocol: bool | None = None) -> dict[str, Any]:
     """Fit ``method`` on the normal train images of ``category`` and score its test images.
 
     ``shots`` keeps a random subset of that many training images (drawn with ``seed``).
@@ -140,8 +140,11 @@ def run_experiment(method: str, dataset: str, category: str, *, root: Path | Non
     ``examples``, if a dict, receives scores and a few maps of the first category for figures.
     ``original_protocol``: also measure, in the same run, what the original code's evaluation
     protocol would have reported (:mod:`nfbench.protocols`), stored under
-    ``record["original_protocol"]``; the record's ``metrics`` stay the honest ones.
+    ``record["original_protocol"]``; the record's ``metrics`` stay the honest ones. Default:
+    on, unless the environment sets ``NFBENCH_ORIGINAL_PROTOCOL=0``.
     """
+    if original_protocol is None:
+        original_protocol = os.environ.get("NFBENCH_ORIGINAL_PROTOCOL", "1") != "0"
     table = load_table(dataset, root, joint_categories) if joint else \
         category_table(dataset, root, category)
     seed_everything(seed)

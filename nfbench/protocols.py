@@ -39,13 +39,23 @@ DESCRIPTIONS = {
               "and the best image AUROC (with the other metrics at that epoch) is reported.",
     "patchflow": "PatchFlow's train.py kept the epoch with the best pixel AUROC on synthetic "
                  "anomalies made from 20 % of the training images, which it also trains on; "
-                 "here that selection over every epoch (the test-best epoch is stored beside it).",
+                 "here that validation after every epoch, and the test set scored once, on the "
+                 "selected epoch's weights.",
     "cflow": "CFlow-AD's train.py tested after every meta-epoch with test-set maxima (per map and "
              "final) and reported every metric's maximum over meta-epochs.",
     "clscnf": "AD-CLSCNFs (and the CLS-CNFs paper's FE_PRE-CNFs = CFlow-AD rows, `protocol: "
               "clscnf` in the spec) evaluated its last-epoch weights with n_max over the test set and w "
               "chosen per category by pixel AUPR (auc(recall, precision)) on the test set over "
               "{0.05, ..., 1.0}.",
+}
+
+
+#: What each protocol reports, in a few words (companion tables).
+REPORTED_AS = {
+    "csflow": "best of 4 test evaluations",
+    "patchflow": "epoch selected on synthetic validation",
+    "cflow": "each metric's max over meta-epochs, test-set maxima",
+    "clscnf": "last epoch, test-AUPR-best w, test-set n_max",
 }
 
 
@@ -101,10 +111,10 @@ class OriginalProtocol:
         with torch.random.fork_rng(devices=[]), torch.no_grad():
             numpy_state = np.random.get_state()
             try:
-                if self._final_is_honest(label):  # filled in by finish()
+                if self.method == "patchflow":  # the original validated here, not tested
+                    point = self._patchflow_point(label)
+                elif self._final_is_honest(label):  # filled in by finish()
                     point = {"label": label, "metrics": None}
-                    if self.method == "patchflow":
-                        point["validation_pixel_auroc"] = self._patchflow_validation()
                 else:
                     point = {"label": label, **self._evaluate_now()}
             finally:
@@ -128,10 +138,7 @@ class OriginalProtocol:
         for name, test in self.tests.items():
             scores = self.detector.score(test)
             per_test[name] = self._metrics(name, test, scores.image, scores.pixel)
-        point: dict[str, Any] = {"metrics": _mean_metrics(per_test)}
-        if self.method == "patchflow":
-            point["validation_pixel_auroc"] = self._patchflow_validation()
-        return point
+        return {"metrics": _mean_metrics(per_test)}
 
     # -- per-method scoring ------------------------------------------------------------
     def _cflow_point(self) -> dict[str, Any]:
@@ -157,6 +164,33 @@ class OriginalProtocol:
         configured = det.config.normalization
         return {"metrics": _mean_metrics(out[configured]),
                 "normalization": {mode: _mean_metrics(v) for mode, v in out.items()}}
+
+    def _patchflow_point(self, label: str) -> dict[str, Any]:
+        """Validation pixel AUROC now; the weights of the first strictly best epoch are kept
+        (as train.py does) and scored on the test set once, by :meth:`finish`."""
+        value = self._patchflow_validation()
+        best = getattr(self, "_best_validation", -math.inf)
+        if value > best:
+            self._best_validation = value
+            self._best_state = None if self._final_is_honest(label) else \
+                {k: v.detach().clone() for k, v in self.detector.net.state_dict().items()}
+            self._best_label = label
+        return {"label": label, "validation_pixel_auroc": value, "metrics": None
+                if self._final_is_honest(label) else "pending"}
+
+    def _patchflow_selected(self) -> dict[str, float] | None:
+        """Test metrics of the validation-selected weights (``None``: the final model's)."""
+        state = getattr(self, "_best_state", None)
+        if state is None:
+            return None
+        net = self.detector.net
+        final = {k: v.detach().clone() for k, v in net.state_dict().items()}
+        try:
+            net.load_state_dict(state)
+            return self._evaluate_now()["metrics"]
+        finally:
+            net.load_state_dict(final)
+            net.eval()
 
     def _patchflow_validation(self) -> float:
         """Pixel AUROC on the original's synthetic validation set (20 % of the training
@@ -220,6 +254,12 @@ class OriginalProtocol:
         result: dict[str, Any] = {"protocol": self.method, "description": DESCRIPTIONS[self.method],
                                   "honest": dict(honest)}
         points = [dict(p, metrics=dict(honest)) if p["metrics"] is None else p for p in self.points]
+        if self.method == "patchflow" and points:  # tested: the selected epoch (and the last)
+            with torch.random.fork_rng(devices=[]), torch.no_grad():
+                selected = self._patchflow_selected()
+            label = getattr(self, "_best_label", None)
+            points = [dict(p, metrics=selected or dict(honest)) if p["label"] == label else
+                      dict(p, metrics=None) if p["metrics"] == "pending" else p for p in points]
         if self.method == "clscnf":
             with torch.random.fork_rng(devices=[]), torch.no_grad():
                 final = self._clscnf_final()
@@ -229,11 +269,11 @@ class OriginalProtocol:
                 result["w"] = final["w"]
         if not points:  # no evaluation happened (e.g. a method without the hook)
             points = [{"label": "last epoch", "metrics": dict(honest)}]
-        best = max(range(len(points)),
-                   key=lambda i: _finite(points[i]["metrics"]["image_auroc"]))
+        tested = [i for i, p in enumerate(points) if p["metrics"] is not None]
+        best = max(tested, key=lambda i: _finite(points[i]["metrics"]["image_auroc"]))
         result["points"] = points
         result["selected"] = {"label": points[best]["label"], "index": best,
-                              "selection": "best image AUROC over the evaluation points (test set)",
+                              "selection": "best image AUROC over the tested evaluation points",
                               "metrics": points[best]["metrics"]}
         result["reported"], result["reported_as"] = self._reported(points, best)
         if self.method == "cflow":  # CLS-CNFs scored its FE_PRE-CNFs rows: last epoch, train u_i
@@ -254,10 +294,9 @@ class OriginalProtocol:
                        for k in keys}
             return ({k: v if math.isfinite(v) else float("nan") for k, v in best_of.items()},
                     "every metric's maximum over meta-epochs, transductive")
-        if self.method == "patchflow":
-            chosen = max(range(len(points)),  # first strictly best, as train.py
-                         key=lambda i: (points[i].get("validation_pixel_auroc", -math.inf), -i))
-            return points[chosen]["metrics"], f"{points[chosen]['label']} (best synthetic-validation pixel AUROC)"
+        if self.method == "patchflow":  # the first strictly best validation epoch, as train.py
+            chosen = next(p for p in points if p["label"] == getattr(self, "_best_label", None))
+            return chosen["metrics"], f"{chosen['label']} (best synthetic-validation pixel AUROC)"
         if self.method == "clscnf":
             return points[-1]["metrics"], "last epoch, test-AUPR-best w, transductive n_max"
         return points[best]["metrics"], f"{points[best]['label']} (best test image AUROC)"

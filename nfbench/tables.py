@@ -177,14 +177,16 @@ def build_protocol_tables(paper: str, profile: str, params: dict, results_dir: P
     honest = build_tables(paper, profile, params, results_dir)
     original = build_tables(paper, profile, params, results_dir, value=lambda r, m, c, v:
                             _original_protocol(r, m, c, protocol_of.get(v)))
+    from nfbench.protocols import REPORTED_AS
+
     runs = expand_runs(paper, profile, params)
     records = load_records(runs, results_dir)
     reported_as = {}
     for (variant, _, _), record in records.items():
         op = record.get("original_protocol") or {}
         declared = protocol_of.get(variant)
-        reported_as.setdefault(variant, f"{declared}'s protocol, last epoch" if declared
-                               else op.get("reported_as", "—"))
+        reported_as.setdefault(variant, f"{declared}'s scoring of this method: last epoch" if declared
+                               else REPORTED_AS.get(op.get("protocol"), "not measured"))
     out = {}
     for table_id, frame in honest.items():
         other = original[table_id]
