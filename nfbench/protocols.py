@@ -35,8 +35,8 @@ from nfbench import metrics
 #: One line per protocol, for reports.
 DESCRIPTIONS = {
     "csflow": "CS-Flow's train.py tested every sub_epochs (4 evaluations over the run) and printed "
-              "the best image AUROC; here the test set is scored at epochs round(k·E/4), k = 1..4, "
-              "and the best image AUROC (with the other metrics at that epoch) is reported.",
+              "the best image AUROC; here image AUROC at epochs round(k·E/4), k = 1..4, and every "
+              "metric of the best one (its weights kept and scored once).",
     "patchflow": "PatchFlow's train.py kept the epoch with the best pixel AUROC on synthetic "
                  "anomalies made from 20 % of the training images, which it also trains on; "
                  "here that validation after every epoch, and the test set scored once, on the "
@@ -57,6 +57,11 @@ REPORTED_AS = {
     "cflow": "each metric's max over meta-epochs, test-set maxima",
     "clscnf": "last epoch, test-AUPR-best w, test-set n_max",
 }
+
+
+#: Protocols that select on one value per evaluation point and test only the selected
+#: weights with every metric (the value each point records).
+SELECT_THEN_TEST = {"csflow": "image_auroc", "patchflow": "validation_pixel_auroc"}
 
 
 def evaluation_epochs(total: int, evaluations: int = 4) -> set[int]:
@@ -95,7 +100,7 @@ class OriginalProtocol:
         training (CLS-CNFs' protocol needs only the final model)."""
         return {"evaluate": self} if self.method in ("csflow", "patchflow", "cflow") else {}
 
-    def _final_is_honest(self, label: str) -> bool:
+    def _final_is_honest(self, label: str) -> bool:  # noqa: D401
         """Whether this point is the last epoch and the fitted model is that epoch's, so that
         its metrics are the run's honest ones (computed once, by the run)."""
         done, _, total = label.rpartition(" ")[2].partition("/")
@@ -111,10 +116,8 @@ class OriginalProtocol:
         with torch.random.fork_rng(devices=[]), torch.no_grad():
             numpy_state = np.random.get_state()
             try:
-                if self.method == "patchflow":  # the original validated here, not tested
-                    point = self._patchflow_point(label)
-                elif self._final_is_honest(label):  # filled in by finish()
-                    point = {"label": label, "metrics": None}
+                if self.method in SELECT_THEN_TEST:  # only the selection value here
+                    point = self._select_point(label)
                 else:
                     point = {"label": label, **self._evaluate_now()}
             finally:
@@ -165,32 +168,44 @@ class OriginalProtocol:
         return {"metrics": _mean_metrics(out[configured]),
                 "normalization": {mode: _mean_metrics(v) for mode, v in out.items()}}
 
-    def _patchflow_point(self, label: str) -> dict[str, Any]:
-        """Validation pixel AUROC now; the weights of the first strictly best epoch are kept
-        (as train.py does) and scored on the test set once, by :meth:`finish`."""
-        value = self._patchflow_validation()
-        best = getattr(self, "_best_validation", -math.inf)
-        if value > best:
-            self._best_validation = value
-            self._best_state = None if self._final_is_honest(label) else \
-                {k: v.detach().clone() for k, v in self.detector.net.state_dict().items()}
-            self._best_label = label
-        return {"label": label, "validation_pixel_auroc": value, "metrics": None
-                if self._final_is_honest(label) else "pending"}
+    def _module(self) -> torch.nn.Module:
+        return self.detector.flow if self.method == "csflow" else self.detector.net
 
-    def _patchflow_selected(self) -> dict[str, float] | None:
-        """Test metrics of the validation-selected weights (``None``: the final model's)."""
+    def _select_point(self, label: str) -> dict[str, Any]:
+        """The value the original selected on, now (CS-Flow: test image AUROC, PatchFlow:
+        synthetic-validation pixel AUROC); the weights of the first strictly best point are
+        kept and scored with every metric once, by :meth:`finish`. At a final point whose
+        model is the honest one, CS-Flow's value is the run's own (filled in by finish)."""
+        final = self._final_is_honest(label)
+        key = SELECT_THEN_TEST[self.method]
+        if self.method == "patchflow":
+            value = self._patchflow_validation()
+        elif final:
+            return {"label": label, key: None, "metrics": None}
+        else:
+            value = float(np.mean([metrics.image_auroc(self._truth_of(n, t)[0],
+                                                       self.detector.score(t).image)
+                                   for n, t in self.tests.items()]))
+        if _finite(value) > getattr(self, "_best_value", -math.inf):
+            self._best_value, self._best_label = _finite(value), label
+            self._best_state = None if final else \
+                {k: v.detach().clone() for k, v in self._module().state_dict().items()}
+        return {"label": label, key: value, "metrics": None if final else "pending"}
+
+    def _selected_metrics(self) -> dict[str, float] | None:
+        """Every metric of the kept weights (``None``: the final, honest model's)."""
         state = getattr(self, "_best_state", None)
         if state is None:
             return None
-        net = self.detector.net
-        final = {k: v.detach().clone() for k, v in net.state_dict().items()}
+        module = self._module()
+        final = {k: v.detach().clone() for k, v in module.state_dict().items()}
         try:
-            net.load_state_dict(state)
+            module.load_state_dict(state)
+            module.eval()
             return self._evaluate_now()["metrics"]
         finally:
-            net.load_state_dict(final)
-            net.eval()
+            module.load_state_dict(final)
+            module.eval()
 
     def _patchflow_validation(self) -> float:
         """Pixel AUROC on the original's synthetic validation set (20 % of the training
@@ -254,9 +269,15 @@ class OriginalProtocol:
         result: dict[str, Any] = {"protocol": self.method, "description": DESCRIPTIONS[self.method],
                                   "honest": dict(honest)}
         points = [dict(p, metrics=dict(honest)) if p["metrics"] is None else p for p in self.points]
-        if self.method == "patchflow" and points:  # tested: the selected epoch (and the last)
+        if self.method in SELECT_THEN_TEST and points:  # tested: the selected point, the last
+            key = SELECT_THEN_TEST[self.method]
+            for p in points:
+                if p[key] is None:  # CS-Flow's final point: the run's own image AUROC
+                    p[key] = honest["image_auroc"]
+            if self.method == "csflow" and _finite(points[-1][key]) > getattr(self, "_best_value", -math.inf):
+                self._best_label, self._best_state = points[-1]["label"], None
             with torch.random.fork_rng(devices=[]), torch.no_grad():
-                selected = self._patchflow_selected()
+                selected = self._selected_metrics()
             label = getattr(self, "_best_label", None)
             points = [dict(p, metrics=selected or dict(honest)) if p["label"] == label else
                       dict(p, metrics=None) if p["metrics"] == "pending" else p for p in points]
@@ -294,9 +315,11 @@ class OriginalProtocol:
                        for k in keys}
             return ({k: v if math.isfinite(v) else float("nan") for k, v in best_of.items()},
                     "every metric's maximum over meta-epochs, transductive")
-        if self.method == "patchflow":  # the first strictly best validation epoch, as train.py
+        if self.method in SELECT_THEN_TEST:  # the first strictly best point, as the original
             chosen = next(p for p in points if p["label"] == getattr(self, "_best_label", None))
-            return chosen["metrics"], f"{chosen['label']} (best synthetic-validation pixel AUROC)"
+            what = {"patchflow": "best synthetic-validation pixel AUROC",
+                    "csflow": "best test image AUROC"}[self.method]
+            return chosen["metrics"], f"{chosen['label']} ({what})"
         if self.method == "clscnf":
             return points[-1]["metrics"], "last epoch, test-AUPR-best w, transductive n_max"
         return points[best]["metrics"], f"{points[best]['label']} (best test image AUROC)"

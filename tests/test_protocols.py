@@ -61,6 +61,9 @@ def test_protocol_leaves_honest_numbers_unchanged_and_ends_at_them(method, tiny_
         assert op["reported"]["pixel_auroc"] == max(
             p["normalization"]["transductive"]["pixel_auroc"] for p in op["points"])
         assert op["by_protocol"]["clscnf"] == op["points"][-1]["normalization"]["inductive"]
+    if method == "csflow":  # CS-Flow's Score_Observer: the max of the 4 image AUROCs
+        assert op["reported"]["image_auroc"] == max(p["image_auroc"] for p in op["points"])
+        assert op["points"][-1]["image_auroc"] == with_protocol["metrics"]["image_auroc"]
     if method == "patchflow":
         validation = [p["validation_pixel_auroc"] for p in op["points"]]
         chosen = validation.index(max(validation))  # the first strictly best epoch
