@@ -228,11 +228,15 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
 def cmd_tables(args: argparse.Namespace) -> None:
     from nfbench.plan import load_params
-    from nfbench.tables import build_tables, write_tables
+    from nfbench.tables import (build_protocol_tables, build_tables, write_protocol_tables,
+                                write_tables)
 
     params = load_params()
     tables = build_tables(args.paper, _profile(args, params), params, args.results)
     for path in write_tables(tables, args.results / args.paper):
+        print(path)
+    companions = build_protocol_tables(args.paper, _profile(args, params), params, args.results)
+    for path in write_protocol_tables(companions, args.results / args.paper):
         print(path)
 
 

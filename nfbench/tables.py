@@ -4,6 +4,16 @@ A tidy row is one cell of a paper's table: ``table, variant, row, label, metric,
 std, published, delta, within_tolerance, profile``. Values are in % like the papers.
 ``mean ± std`` is over seeds; a group or average row first averages categories within each
 seed. Nothing here trains: a missing record is an error naming the run.
+
+A table may declare ``published_metric`` (one name, or ``{metric: name}``): the paper's own
+metric code that made its published numbers (a variant of :data:`nfbench.metrics.METRIC_VARIANTS`,
+e.g. ``pixel_aupr@clscnf``). ``mean``/``std`` stay the official metric; ``compared_metric``,
+``compared_mean`` and ``compared_std`` hold the paper's variant, and ``delta`` is
+``compared_mean - published``.
+
+Every table also gets an *original protocol* companion (:func:`build_protocol_tables`):
+honest (last epoch, no test labels) vs what the original code's evaluation protocol would
+have reported, from ``record["original_protocol"]`` (:mod:`nfbench.protocols`).
 """
 
 from __future__ import annotations
@@ -19,7 +29,9 @@ from nfbench.errors import UserError
 from nfbench.plan import Run, expand_runs, load_spec, profile_params, role_categories
 
 COLUMNS = ["table", "variant", "row", "label", "metric", "n", "mean", "std", "published", "delta",
-           "within_tolerance", "profile"]
+           "within_tolerance", "profile", "compared_metric", "compared_mean", "compared_std"]
+PROTOCOL_COLUMNS = ["table", "variant", "row", "label", "metric", "n", "honest", "original",
+                    "difference", "reported_as", "profile"]
 
 
 def load_records(runs: list[Run], results_dir: Path) -> dict[tuple[str, str, int], dict]:
@@ -58,8 +70,31 @@ def _cell(values_by_seed: dict[int, list[float]]) -> tuple[int, float, float]:
 
 def _metric(record: dict, metric: str, category: str | None) -> float:
     if record["category"] == "all" and category is not None:
-        return record["per_category"][category][metric]
-    return record["metrics"][metric]
+        return record["per_category"][category].get(metric, float("nan"))
+    return record["metrics"].get(metric, float("nan"))
+
+
+def _original_protocol(record: dict, metric: str, category: str | None,
+                       protocol: str | None = None) -> float:
+    """What the original's evaluation protocol reports for ``metric`` (``protocol``: the
+    variant's declared protocol where the paper scored another method its own way, e.g. the
+    CLS-CNFs paper's FE_PRE-CNFs rows of method cflow). Joint runs: the mean over categories."""
+    op = record.get("original_protocol")
+    if not op:
+        return float("nan")
+    values = op.get("by_protocol", {}).get(protocol) if protocol else None
+    return (values or op["reported"]).get(metric, float("nan"))
+
+
+def _published_metric(table: dict, metric: str) -> str:
+    declared = table.get("published_metric")
+    if isinstance(declared, dict):
+        return declared.get(metric, metric)
+    return declared if isinstance(declared, str) and len(_metrics_of(table)) == 1 else metric
+
+
+def _metrics_of(table: dict) -> list[str]:
+    return table["metric"] if isinstance(table["metric"], list) else [table["metric"]]
 
 
 def _published(entry: Any, metric: str) -> Any:
@@ -68,8 +103,10 @@ def _published(entry: Any, metric: str) -> Any:
     return entry[metric] if isinstance(entry, dict) and metric in entry else entry
 
 
-def build_tables(paper: str, profile: str, params: dict, results_dir: Path) -> dict[str, pd.DataFrame]:
-    """Every table of ``paper`` as a tidy DataFrame, keyed by table id."""
+def build_tables(paper: str, profile: str, params: dict, results_dir: Path,
+                 value=None) -> dict[str, pd.DataFrame]:
+    """Every table of ``paper`` as a tidy DataFrame, keyed by table id. ``value(record, metric,
+    category, variant)``, if given, replaces the record's honest metric (companion tables)."""
     spec = load_spec(paper)
     runs = expand_runs(paper, profile, params)
     records = load_records(runs, results_dir)
@@ -80,28 +117,35 @@ def build_tables(paper: str, profile: str, params: dict, results_dir: Path) -> d
     for table_id, table in spec["tables"].items():
         if table.get("reproducible", True) is False or table.get("layout") == "complexity":
             continue  # not reproducible, or built from the profiling stage (report.py)
-        metrics = table["metric"] if isinstance(table["metric"], list) else [table["metric"]]
+        metrics = _metrics_of(table)
         variants = table.get("columns") or table.get("rows") or {}
         role = block["datasets"][table.get("dataset", spec["variants"][next(iter(variants))].get("dataset", "mvtec_ad"))]
         categories = role_categories(role)
         rows: list[dict[str, Any]] = []
 
-        def add(row: str, label: str, metric: str, variant: str, members: list[str],
-                published: float | None) -> None:
+        def cell(metric: str, variant: str, members: list[str]) -> tuple[int, float, float]:
             by_seed = {seed: [] for seed in seeds}
             for seed in seeds:
                 joint = records.get((variant, "all", seed))
                 for category in members:
                     record = joint or records.get((variant, category, seed))
                     if record is not None:
-                        by_seed[seed].append(_metric(record, metric, category))
-            n, mean, std = _cell(by_seed)
-            delta = mean - published if published is not None else float("nan")
+                        by_seed[seed].append(_metric(record, metric, category) if value is None
+                                             else value(record, metric, category, variant))
+            return _cell(by_seed)
+
+        def add(row: str, label: str, metric: str, variant: str, members: list[str],
+                published: float | None) -> None:
+            n, mean, std = cell(metric, variant, members)
+            compared = _published_metric(table, metric)
+            c_mean, c_std = (mean, std) if compared == metric else cell(compared, variant, members)[1:]
+            delta = c_mean - published if published is not None else float("nan")
             within = (abs(delta) <= tolerance[metric]) if (
                 published is not None and metric in tolerance and profile == "paper") else None
             rows.append(dict(table=table_id, variant=variant, row=row, label=label, metric=metric,
                              n=n, mean=mean, std=std, published=published, delta=delta,
-                             within_tolerance=within, profile=profile))
+                             within_tolerance=within, profile=profile, compared_metric=compared,
+                             compared_mean=c_mean, compared_std=c_std))
 
         published = table.get("published", {})
         for metric in metrics:
@@ -121,6 +165,56 @@ def build_tables(paper: str, profile: str, params: dict, results_dir: Path) -> d
                         pub if not isinstance(pub, dict) else pub.get("average"))
         tables[table_id] = pd.DataFrame(rows, columns=COLUMNS)
     return tables
+
+
+def build_protocol_tables(paper: str, profile: str, params: dict, results_dir: Path
+                          ) -> dict[str, pd.DataFrame]:
+    """Per table, its *original protocol* companion: for every row and metric (and the
+    paper's own metric variant where the table declares one), the honest value, what the
+    original's evaluation protocol would have reported and their difference, in %."""
+    spec = load_spec(paper)
+    protocol_of = {v: d.get("protocol") for v, d in spec["variants"].items()}
+    honest = build_tables(paper, profile, params, results_dir)
+    original = build_tables(paper, profile, params, results_dir, value=lambda r, m, c, v:
+                            _original_protocol(r, m, c, protocol_of.get(v)))
+    from nfbench.protocols import REPORTED_AS
+
+    runs = expand_runs(paper, profile, params)
+    records = load_records(runs, results_dir)
+    reported_as = {}
+    for (variant, _, _), record in records.items():
+        op = record.get("original_protocol") or {}
+        declared = protocol_of.get(variant)
+        reported_as.setdefault(variant, f"{declared}'s scoring of this method: last epoch" if declared
+                               else REPORTED_AS.get(op.get("protocol"), "not measured"))
+    out = {}
+    for table_id, frame in honest.items():
+        other = original[table_id]
+        rows = []
+        for kind in ("mean", "compared"):
+            for h, o in zip(frame.itertuples(), other.itertuples()):
+                metric = h.metric if kind == "mean" else h.compared_metric
+                if kind == "compared" and metric == h.metric:
+                    continue
+                a = h.mean if kind == "mean" else h.compared_mean
+                b = o.mean if kind == "mean" else o.compared_mean
+                rows.append(dict(table=table_id, variant=h.variant, row=h.row, label=h.label,
+                                 metric=metric, n=h.n, honest=a, original=b, difference=b - a,
+                                 reported_as=reported_as.get(h.variant, "—"), profile=profile))
+        out[table_id] = pd.DataFrame(rows, columns=PROTOCOL_COLUMNS)
+    return out
+
+
+def write_protocol_tables(tables: dict[str, pd.DataFrame], paper_dir: Path) -> list[Path]:
+    """``<paper_dir>/tables/<table>.protocol.csv``, one companion per table."""
+    folder = Path(paper_dir) / "tables"
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for table_id, frame in tables.items():
+        path = folder / f"{table_id}.protocol.csv"
+        frame.to_csv(path, index=False, float_format="%.4f")
+        paths.append(path)
+    return paths
 
 
 def write_tables(tables: dict[str, pd.DataFrame], paper_dir: Path) -> list[Path]:

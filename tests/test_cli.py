@@ -20,7 +20,9 @@ def test_run_writes_complete_record(tiny_demo, tmp_path, capsys):
     for key in ("method", "dataset", "category", "variant", "seed", "profile", "config",
                 "metrics", "timing", "environment", "data"):
         assert key in record
-    assert set(record["metrics"]) == {"image_auroc", "pixel_auroc", "pixel_aupr", "aupro", "f1_max"}
+    assert set(record["metrics"]) == {"image_auroc", "pixel_auroc", "pixel_aupr", "aupro", "f1_max",
+                                      # the papers' own metric code beside the official metrics
+                                      "pixel_aupr@clscnf", "aupro@clscnf", "pixel_auroc@patchflow"}
     assert record["config"]["input_size"] == 96
     assert record["environment"]["torch"]
     assert record["data"]["train_fingerprint"] and record["timing"]["fit_seconds"] > 0

@@ -234,12 +234,16 @@ def test_compute_all_matches_individual_functions():
     labels = masks.any(axis=(1, 2)).astype(int)
     image_scores = maps.max(axis=(1, 2))
     out = metrics.compute_all(labels, image_scores, masks, maps)
-    assert set(out) == set(metrics.METRIC_KEYS)
+    assert set(out) == set(metrics.METRIC_KEYS) | set(metrics.METRIC_VARIANTS)
     assert out["image_auroc"] == metrics.image_auroc(labels, image_scores)
     assert out["pixel_auroc"] == pytest.approx(metrics.pixel_auroc(masks, maps), abs=1e-12)
     assert out["pixel_aupr"] == pytest.approx(metrics.pixel_aupr(masks, maps), abs=1e-12)
     assert out["aupro"] == pytest.approx(metrics.aupro(masks, maps), abs=1e-12)
     assert out["f1_max"] == pytest.approx(metrics.f1_max(masks, maps), abs=1e-12)
+    assert out["pixel_aupr@clscnf"] == pytest.approx(metrics.pixel_aupr_clscnf(masks, maps), abs=1e-12)
+    assert out["aupro@clscnf"] == pytest.approx(metrics.aupro_clscnf(masks, maps), abs=1e-12)
+    assert out["pixel_auroc@patchflow"] == pytest.approx(
+        metrics.pixel_auroc_patchflow(labels, masks, maps), abs=1e-12)
     assert all(isinstance(v, float) for v in out.values())
 
 
@@ -287,3 +291,110 @@ def test_input_validation():
         metrics.compute_all([0, 1, 1], [0.1, 0.2, 0.3], masks, maps)
     # 0/1 integer masks are accepted and mean the same as bool masks
     assert metrics.pixel_auroc(masks.astype(np.uint8), maps) == metrics.pixel_auroc(masks, maps)
+
+
+# --------------------------------------------------------------------------- paper variants
+# Each variant against a direct, slow transcription of the paper's own metric code.
+
+
+def slow_cdo_aupro(labeled_imgs, score_imgs, fpr_thresh=0.3, max_steps=200):
+    """AD-CLSCNFs evaluate.py ``cal_pro_metric`` (from CDO), transcribed step by step."""
+    from skimage import measure
+    from sklearn.metrics import auc
+
+    labeled_imgs = np.array(labeled_imgs, dtype=np.float64)
+    labeled_imgs[labeled_imgs <= 0.45] = 0
+    labeled_imgs[labeled_imgs > 0.45] = 1
+    labeled_imgs = labeled_imgs.astype(bool)
+    max_th, min_th = score_imgs.max(), score_imgs.min()
+    delta = (max_th - min_th) / max_steps
+    pros_mean, fprs = [], []
+    binary_score_maps = np.zeros_like(score_imgs, dtype=bool)
+    for step in range(max_steps):
+        thred = max_th - step * delta
+        binary_score_maps[score_imgs <= thred] = 0
+        binary_score_maps[score_imgs > thred] = 1
+        pro = []
+        for i in range(len(binary_score_maps)):
+            label_map = measure.label(labeled_imgs[i], connectivity=2)
+            for prop in measure.regionprops(label_map):
+                x_min, y_min, x_max, y_max = prop.bbox
+                cropped_pred_label = binary_score_maps[i][x_min:x_max, y_min:y_max]
+                cropped_mask = prop.image_filled  # filled_image in skimage < 0.26
+                intersection = np.logical_and(cropped_pred_label, cropped_mask).astype(np.float32).sum()
+                pro.append(intersection / prop.area)
+        pros_mean.append(np.array(pro).mean())
+        masks_neg = ~labeled_imgs
+        fprs.append(np.logical_and(masks_neg, binary_score_maps).sum() / masks_neg.sum())
+    pros_mean, fprs = np.array(pros_mean), np.array(fprs)
+    idx = fprs <= fpr_thresh
+    selected = fprs[idx]
+    selected = (selected - selected.min()) / (selected.max() - selected.min())
+    return auc(selected, pros_mean[idx])
+
+
+def _holed_masks(rng):
+    masks = random_masks(rng, n=5, h=24, w=24, normal=1)
+    masks[3, 4:13, 4:13] = True  # a ring: its hole is background inside a region
+    masks[3, 7:10, 7:10] = False
+    return masks
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_aupro_clscnf_matches_transcription_of_cdo_code(seed):
+    rng = np.random.default_rng(seed)
+    masks = _holed_masks(rng)
+    maps = (rng.random(masks.shape) + 0.8 * masks).astype(np.float32)
+    maps[0, :2, :2] = 2.5  # a far outlier stretches the 200 steps
+    fast = metrics.aupro_clscnf(masks, maps)
+    assert fast == pytest.approx(slow_cdo_aupro(masks, maps), abs=1e-9)
+    # float masks thresholded at 0.45, as the original does
+    soft = masks * 0.5 + (~masks) * 0.4
+    assert metrics.aupro_clscnf(soft, maps) == pytest.approx(fast, abs=1e-12)
+    # it is a different number from the official AUPRO (steps, no interpolation, rescaling)
+    assert abs(fast - metrics.aupro(masks, maps)) > 1e-4
+
+
+def test_aupro_clscnf_filled_region_overlap_can_exceed_one():
+    masks = np.zeros((1, 9, 9), dtype=bool)
+    masks[0, 1:8, 1:8] = True
+    masks[0, 3:6, 3:6] = False  # hole of 9 pixels inside a 40-pixel ring
+    maps = np.where(masks, 1.0, 0.0)
+    maps[0, 3:6, 3:6] = 1.0  # the hole scores like the defect: counted, but not in the area
+    maps[0, 0, 0] = 0.5
+    value = metrics.aupro_clscnf(masks, maps)
+    assert value == pytest.approx(slow_cdo_aupro(masks, maps), abs=1e-12)
+    # PRO = (40 + 9) / 40 from the first step below 1.0 on: FPR 9/41 there, 10/41 below 0.5,
+    # rescaled by 10/41 to 0.9 and 1.0: area 0.9 * 1.225 / 2 + 0.1 * 1.225
+    assert value == pytest.approx(0.9 * 1.225 / 2 + 0.1 * 1.225, abs=1e-12)
+
+
+def test_pixel_aupr_clscnf_is_sklearn_auc_of_pr_curve():
+    from sklearn.metrics import auc, precision_recall_curve
+
+    rng = np.random.default_rng(5)
+    masks = random_masks(rng, n=6, h=16, w=16, normal=2)
+    maps = np.round(rng.random(masks.shape) + 0.4 * masks, 2)  # ties
+    precision, recall, _ = precision_recall_curve(masks.ravel(), maps.ravel())
+    expected = auc(recall, precision)
+    assert metrics.pixel_aupr_clscnf(masks, maps) == pytest.approx(expected, abs=1e-12)
+    assert abs(expected - average_precision_score(masks.ravel(), maps.ravel())) > 1e-4
+    assert metrics.pixel_aupr_clscnf(masks, np.where(masks, 1.0, 0.0)) == pytest.approx(1.0)
+
+
+def test_pixel_auroc_patchflow_uses_defective_images_only():
+    rng = np.random.default_rng(7)
+    masks = random_masks(rng, n=6, h=16, w=16, normal=3)
+    maps = rng.random(masks.shape) + 0.5 * masks
+    maps[:3] += 0.6  # normal images score high: only the official metric sees them
+    labels = masks.any(axis=(1, 2)).astype(int)
+    defective = labels.astype(bool)
+    expected = roc_auc_score(masks[defective].ravel(), maps[defective].ravel())
+    assert metrics.pixel_auroc_patchflow(labels, masks, maps) == pytest.approx(expected, abs=1e-12)
+    assert metrics.pixel_auroc(masks, maps) < expected - 0.05
+
+
+def test_metric_variants_name_their_official_metric():
+    for name in metrics.METRIC_VARIANTS:
+        assert metrics.official_metric(name) in metrics.METRIC_KEYS
+    assert metrics.official_metric("aupro") == "aupro"

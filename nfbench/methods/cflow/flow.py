@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -226,7 +226,8 @@ def build_flows(channels: Sequence[int], settings: CNFSettings, seed: int,
 
 def train_flows(flows: nn.ModuleList, features: Sequence[Tensor], settings: CNFSettings,
                 generator: torch.Generator, device: torch.device, desc: str = "CNF fit",
-                progress: bool = True) -> list[float]:
+                progress: bool = True,
+                on_meta_epoch: Callable[[int], None] | None = None) -> list[float]:
     """Train ``flows`` on the fibers of ``features`` (one ``[N, C_i, h_i, w_i]`` tensor per map,
     normal images only; Alg. 1 lines 19-33).
 
@@ -235,6 +236,8 @@ def train_flows(flows: nn.ModuleList, features: Sequence[Tensor], settings: CNFS
     shared Adam optimizer takes one step per fiber batch. ``fiber_fraction < 1`` keeps only that
     share of each batch's shuffled fibers (a budget knob, not in the original). Raises
     :class:`TrainingDivergedError` on a non-finite loss. Returns the mean loss per meta-epoch.
+    ``on_meta_epoch(m)``, if given, is called after meta-epoch ``m`` (1-based), where the
+    original tested (nfbench.protocols).
     """
     n = features[0].shape[0]
     encodings = [positional_encoding_2d(settings.cond_dim, f.shape[2], f.shape[3]).to(device)
@@ -270,6 +273,8 @@ def train_flows(flows: nn.ModuleList, features: Sequence[Tensor], settings: CNFS
                                     f"batch {b + 1}, map {layer}"))
         history.append(float(np.mean(losses)) if losses else float("nan"))
         bar.set_postfix(loss=f"{history[-1]:.4f}")
+        if on_meta_epoch is not None:
+            on_meta_epoch(meta + 1)
     flows.eval()
     return history
 

@@ -32,7 +32,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -218,24 +218,54 @@ def frozen_features(backbone: str, layers: Sequence[str], padding: str, images: 
 _REFLECT_ENCODERS: dict[tuple, nn.Module] = {}
 
 
+#: Largest total size of the per-meta-epoch snapshots a stage-cache entry keeps (bytes).
+SNAPSHOT_LIMIT = 256 * 2**20
+
+
 def fit_cnf_stage(features: list[torch.Tensor], source: dict, settings: CNFSettings,
                   train: ImageSet, seed: int, device: torch.device, cache: StageCache,
-                  desc: str) -> nn.ModuleList:
-    """Build and train (or reuse from the cache) the conditional flows on ``features``."""
+                  desc: str, on_meta_epoch: Callable[[int, nn.ModuleList], None] | None = None
+                  ) -> nn.ModuleList:
+    """Build and train (or reuse from the cache) the conditional flows on ``features``.
+
+    ``on_meta_epoch(m, flows)`` is called (flows in eval mode) after every meta-epoch; a
+    reused stage replays it from the per-meta-epoch snapshots its entry keeps (up to
+    :data:`SNAPSHOT_LIMIT`), or is trained again if it has none."""
     channels = [f.shape[1] for f in features]
     key = StageCache.key({"stage": "cnf", "code": code_digest(*_FLOW_CODE), "source": source,
                           "settings": dataclasses.asdict(settings), "seed": seed,
                           "train": train.fingerprint})
     stored = cache.load("cnf", key)
+    if stored is not None and on_meta_epoch is not None and "snapshots" not in stored:
+        stored = None
     flows = build_flows(channels, settings, seed=seed + 1000, draw_permutations=stored is None)
     if stored is not None:
+        flows = flows.to(device).eval()
+        for meta, snapshot in enumerate(stored.get("snapshots", []) if on_meta_epoch else [], 1):
+            flows.load_state_dict(snapshot)
+            on_meta_epoch(meta, flows)
         flows.load_state_dict(stored["flows"])
-        return flows.to(device).eval()
+        return flows.eval()
     flows = flows.to(device)
+    snapshots: list[dict] = []
+    keep = settings.meta_epochs * sum(v.numel() * v.element_size()
+                                      for v in flows.state_dict().values()) <= SNAPSHOT_LIMIT
+
+    def at_meta_epoch(meta: int) -> None:
+        if keep:
+            snapshots.append({k: v.detach().cpu().clone() for k, v in flows.state_dict().items()})
+        flows.eval()
+        on_meta_epoch(meta, flows)
+        flows.train()
+
     generator = torch.Generator().manual_seed(seed + 2000)
     train_flows(flows, features, settings, generator, device, desc=desc,
-                progress=os.environ.get("NFBENCH_QUIET") != "1")
-    cache.save("cnf", key, {"flows": {k: v.cpu() for k, v in flows.state_dict().items()}})
+                progress=os.environ.get("NFBENCH_QUIET") != "1",
+                on_meta_epoch=at_meta_epoch if on_meta_epoch is not None else None)
+    entry: dict[str, Any] = {"flows": {k: v.cpu() for k, v in flows.state_dict().items()}}
+    if snapshots:
+        entry["snapshots"] = snapshots
+    cache.save("cnf", key, entry)
     return flows
 
 
@@ -327,7 +357,10 @@ class CFlowDetector:
         cfg = self.config
         return frozen_features(cfg.backbone, cfg.layers, cfg.padding, images, self.device)[0]
 
-    def fit(self, train: ImageSet) -> "CFlowDetector":
+    def fit(self, train: ImageSet, evaluate: Callable[[str], None] | None = None
+            ) -> "CFlowDetector":
+        """``evaluate(label)``, if given, is called after every meta-epoch (where CFlow-AD
+        tested, nfbench.protocols), with the detector scorable; it must not change it."""
         self.config = cfg = apply_category_settings(self.config, category_of(train))
         check_cnf_config(cfg)
         seed = int(torch.initial_seed())
@@ -335,8 +368,15 @@ class CFlowDetector:
         features, source = frozen_features(cfg.backbone, cfg.layers, cfg.padding, train,
                                            self.device)
         self._channels = [f.shape[1] for f in features]
+
+        def at_meta_epoch(meta: int, flows: nn.ModuleList) -> None:
+            self.flows, self.scorer = flows, NFScorer(flows, cfg.condition_dim, self.device)
+            self.scorer.calibrate(features, cfg.input_size)
+            evaluate(f"meta-epoch {meta}/{cfg.meta_epochs}")
+
         self.flows = fit_cnf_stage(features, source, cnf_settings(cfg), train, seed, self.device,
-                                   cache, desc="cflow fit")
+                                   cache, desc="cflow fit",
+                                   on_meta_epoch=at_meta_epoch if evaluate is not None else None)
         self.fit_info_ = {"schedule": schedule_info(cnf_settings(cfg))}
         self.scorer = NFScorer(self.flows, cfg.condition_dim, self.device)
         self.scorer.calibrate(features, cfg.input_size)

@@ -17,9 +17,10 @@ upsampled (§3.3, Fig. 7).
 
 from __future__ import annotations
 
-import math
 import dataclasses
+import math
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -148,7 +149,11 @@ class CSFlowDetector:
         return build_cs_flow(shapes, **kwargs)
 
     # -- Detector protocol --------------------------------------------------------------
-    def fit(self, train: ImageSet) -> "CSFlowDetector":
+    def fit(self, train: ImageSet, evaluate: Callable[[str], None] | None = None) -> "CSFlowDetector":
+        """``evaluate(label)``, if given, is called where the original tested (every E/4
+        epochs, nfbench.protocols); it must not change the model."""
+        from nfbench.protocols import evaluation_epochs
+
         cfg = self.config
         inputs = self._flow_inputs(self._features(train))
         self._input_shapes = [tuple(x.shape[1:]) for x in inputs]
@@ -172,6 +177,10 @@ class CSFlowDetector:
                     clip=(self.flow.parameters(), cfg.grad_clip)))
             self.loss_history.append(float(np.mean(epoch_losses)))
             bar.set_postfix(loss=f"{self.loss_history[-1]:.4f}")
+            if evaluate is not None and epoch + 1 in evaluation_epochs(cfg.epochs):
+                self.flow.eval()
+                evaluate(f"epoch {epoch + 1}/{cfg.epochs}")
+                self.flow.train()
         self.flow.eval()
         return self
 

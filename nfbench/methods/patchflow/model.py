@@ -401,7 +401,10 @@ class PatchFlowDetector:
         return _tensor_images(name, paths, torch.stack(images)), np.stack(masks)
 
     # -- Detector protocol --------------------------------------------------------------
-    def fit(self, train: ImageSet) -> "PatchFlowDetector":
+    def fit(self, train: ImageSet, evaluate: Callable[[str], None] | None = None
+            ) -> "PatchFlowDetector":
+        """``evaluate(label)``, if given, is called after every epoch (the original's
+        selection points, nfbench.protocols); it must not change the model."""
         from nfbench.metrics import pixel_auroc
 
         cfg = self.config
@@ -451,6 +454,9 @@ class PatchFlowDetector:
                     best_state = copy.deepcopy(self.net.state_dict())
                 postfix["val_pixel_auroc"] = f"{score:.4f}"
             bar.set_postfix(**postfix)
+            if evaluate is not None:
+                self.net.eval()
+                evaluate(f"epoch {epoch + 1}/{cfg.epochs}")
         if best_state is not None:
             self.net.load_state_dict(best_state)
         elif validation is None:
