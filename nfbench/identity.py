@@ -30,8 +30,8 @@ import nfbench
 PACKAGE = Path(nfbench.__file__).resolve().parent
 
 #: Modules (relative to the package) whose code every run executes.
-SHARED_CODE = ("experiment.py", "metrics.py", "backbones.py", "feature_cache.py", "profiles.py",
-               "methods/base.py", "methods/__init__.py", "datasets")
+SHARED_CODE = ("experiment.py", "metrics.py", "protocols.py", "backbones.py", "feature_cache.py",
+               "profiles.py", "methods/base.py", "methods/__init__.py", "datasets")
 
 IDENTITY_VERSION = 1
 
