@@ -187,15 +187,15 @@ def test_report_section_compares_ours_shipped_and_matched(tmp_path):
         rec(f"csflow/runs/full/brick/seed{seed}.json", value)
     rec("peers/csflow/shipped/brick/seed0.json", 0.90, status="ok",
         deviations_kept=["log_jac_batch_sum", "adam_betas", "anomaly_map_product",
-                         "soft_clamp_0636", "backbone_torchvision_b5"])
+                         "soft_clamp_0636", "permutation_per_block", "backbone_torchvision_b5"])
     for seed, value in enumerate([0.70, 0.86, 0.78]):
         rec(f"peers/csflow/matched/brick/seed{seed}.json", value, status="ok",
-            deviations_kept=["soft_clamp_0636", "backbone_torchvision_b5"])
+            deviations_kept=["soft_clamp_0636", "permutation_per_block", "backbone_torchvision_b5"])
     text = "\n".join(peers_section("csflow", tmp_path))
     assert "## Ours vs anomalib 2.7, same features" in text
     assert "| brick | 0.820 ± 0.028 (n=2) | 0.900 (n=1) | +0.080 | 0.780 ± 0.080 (n=3) | -0.040 |" \
         " above |" in text
-    assert "anomalib shipped (deviates: 1, 2, 3, 4, 5)" in text
+    assert "anomalib shipped (deviates: 1, 2, 3, 4, 5)" in text  # 6 (backbone) is n/a
     assert "anomalib matched (deviates: 4, 5)" in text
     assert "1. log-determinant summed over the batch" in text
     # ours clearly below matched beyond seed noise is flagged
@@ -232,3 +232,17 @@ def test_stage_runs_expand_the_params_block():
     assert keys == [("cflow", "matched", "brick", 0), ("csflow", "matched", "brick", 1),
                     ("csflow", "shipped", "brick", 0), ("patchflow", "shipped", "brick", 0)]
     assert stage_runs("smoke", {"peers": {"smoke": {}}}) == []
+
+
+def test_anomalib_csflow_permutes_every_scale_alike_unlike_the_original():
+    """deviations.yaml `permutation_per_block`: anomalib draws each scale's permutation from a
+    fresh default_rng(block); the original (and ours) draws one per scale from seed(block)."""
+    from anomalib.models.image.csflow.torch_model import ParallelPermute as Theirs
+
+    from nfbench.methods.csflow.flow import ParallelPermute as Ours
+
+    dims = [(16, 4, 4), (16, 2, 2), (16, 1, 1)]
+    theirs, ours = Theirs(dims, seed=1), Ours(dims, seed=1)
+    assert all(torch.equal(theirs.perm[0], p) for p in theirs.perm)
+    assert not torch.equal(ours.permutation(0), ours.permutation(1))
+    assert not torch.equal(theirs.perm[0], ours.permutation(0))
