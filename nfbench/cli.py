@@ -450,6 +450,9 @@ def build_parser() -> argparse.ArgumentParser:
     decide.add_argument("--out", type=Path, required=True,
                         help="Markdown table (a JSON record is written beside it)")
     decide.set_defaults(func=cmd_decide)
+
+    from nfbench.peers.cli import add_parsers as add_peer_parsers  # nfbench peer / peers
+    add_peer_parsers(sub)
     return parser
 
 

@@ -281,6 +281,8 @@ def write_report(paper: str, profile: str, params: dict, results_dir: Path,
                     "histogram normalised to sum 1:", "",
                     f"![pixel-score histograms](figures/{hist_png.name})", ""]
 
+    from nfbench.peers.report import peers_section  # "Ours vs anomalib 2.7, same features"
+    out += peers_section(paper, results_dir)
     out += _questions_section(spec, tables_dir)
     out += protocol_section(spec, tables_dir)
     out += _complexity_section(spec, results_dir / paper / "profile.json",

@@ -1,0 +1,73 @@
+"""The ``nfbench peer`` (one run) and ``nfbench peers`` (pipeline stage) subcommands."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from nfbench.peers import CONFIGS, METHODS
+
+
+def cmd_peer(args: argparse.Namespace) -> None:
+    from nfbench.experiment import write_record
+    from nfbench.peers.common import run_peer
+
+    record = run_peer(args.method, args.dataset, args.category, config=args.config,
+                      seed=args.seed, profile=args.profile, root=args.root)
+    write_record(record, args.out)
+    if record["status"] != "ok":
+        print(f"peer {args.method} skipped: {record['note']} -> {args.out}")
+        return
+    m = record["metrics"]
+    print(f"anomalib {args.method} ({args.config}) {args.dataset}/{args.category} seed "
+          f"{args.seed}: image AUROC {m['image_auroc']:.4f}, pixel AUROC {m['pixel_auroc']:.4f}"
+          f" -> {args.out}")
+
+
+def cmd_peers(args: argparse.Namespace) -> None:
+    import shutil
+    import time
+
+    import torch
+
+    from nfbench.experiment import write_record
+    from nfbench.peers import peer_version
+    from nfbench.peers.common import run_stage
+    from nfbench.plan import load_params
+
+    params = load_params()
+    profile = args.profile or params.get("profile", "demo")
+    out = Path(args.results) / "peers"
+    if out.exists():  # the stage's output is the whole folder: no stale records
+        shutil.rmtree(out)
+    start = time.perf_counter()
+    paths = run_stage(profile, params, Path(args.results), quiet=args.quiet)
+    seconds = time.perf_counter() - start
+    write_record({"kind": "peer_index", "profile": profile, "peer_version": peer_version(),
+                  "seconds": seconds, "threads": torch.get_num_threads(),
+                  "records": [str(p.relative_to(out)) for p in paths]}, out / "index.json")
+    print(f"peers: {len(paths)} records in {seconds:.0f} s -> {out}")
+
+
+def add_parsers(sub) -> None:
+    """Register ``peer`` and ``peers`` on the CLI's subparsers."""
+    peer = sub.add_parser("peer", help="train anomalib's implementation on our cached features "
+                                       "(independent cross-check), write a peer record")
+    peer.add_argument("--method", required=True, choices=METHODS)
+    peer.add_argument("--dataset", required=True)
+    peer.add_argument("--category", required=True)
+    peer.add_argument("--root", type=Path, help="dataset folder in its official layout")
+    peer.add_argument("--seed", type=int, default=0)
+    peer.add_argument("--config", default="shipped", choices=CONFIGS,
+                      help="shipped: anomalib's defaults; matched: set to the paper's where "
+                           "anomalib deviates")
+    peer.add_argument("--profile", default="demo", choices=["demo", "smoke", "paper"],
+                      help="whose run of the method to mirror (features, size, budget)")
+    peer.add_argument("--out", type=Path, required=True, help="peer record (JSON)")
+    peer.set_defaults(func=cmd_peer)
+
+    stage = sub.add_parser("peers", help="pipeline stage: every peer run of params.yaml `peers:`")
+    stage.add_argument("--profile", help="default: params.yaml `profile`")
+    stage.add_argument("--results", type=Path, default=Path("results"))
+    stage.add_argument("--quiet", action="store_true")
+    stage.set_defaults(func=cmd_peers)

@@ -1,0 +1,248 @@
+"""The anomalib cross-check (nfbench.peers): the CS-Flow log-determinant relation on identical
+inputs, the cached-feature encoder, end-to-end peer runs, skipped records and the report."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from nfbench.peers import deviations
+
+ROOT = Path(__file__).resolve().parents[1]
+anomalib = pytest.importorskip("anomalib", reason="the `peers` extra (anomalib 2.7) is not installed")
+
+
+def _inputs(batch: int, channels: int = 8, seed: int = 0) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(batch, channels, s, s, generator=g) for s in (4, 2, 1)]
+
+
+def _perturbed(flow):
+    """anomalib initialises each cross-convolution's output gain (gamma) at 0, so an untrained
+    flow has log|J| = 0 and the weighting would not show: move every parameter a little."""
+    with torch.no_grad():
+        for p in flow.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return flow
+
+
+def test_csflow_loss_weighs_the_log_determinant_by_the_batch_size(one_thread):
+    """anomalib's ParallelGlowCouplingLayer returns sum_b log|J_b| (a scalar), so CsFlowLoss
+    = our per-sample NLL with the log-determinant multiplied by B; matched (jac / B) = ours."""
+    from anomalib.models.image.csflow.loss import CsFlowLoss
+
+    from nfbench.methods.csflow.flow import nll_loss
+    from nfbench.peers.csflow import build_flow, loss
+
+    torch.manual_seed(0)
+    flow = _perturbed(build_flow(8, 128, n_blocks=2, clamp=3.0, hidden=16)).eval()
+    xs, batch = _inputs(5), 5
+    with torch.no_grad():
+        z, jac = flow(xs)
+        per_sample = torch.stack([flow([x[b:b + 1] for x in xs])[1] for b in range(batch)])
+    # the coupling layer returns one scalar; FrEIA's GraphINN adds it to its zeros(B), so
+    # every sample's entry is the log-determinant summed over the whole batch
+    per_sample = per_sample.reshape(batch)
+    assert jac.shape == (batch,)
+    assert torch.allclose(jac, per_sample.sum().expand(batch), rtol=1e-5, atol=1e-4)
+    assert per_sample.abs().max() > 1e-2  # a non-trivial log-determinant, so B matters
+
+    shipped = CsFlowLoss()(list(z), jac)
+    assert torch.allclose(shipped, nll_loss(z, batch * per_sample), rtol=1e-5, atol=1e-6)
+    assert torch.allclose(loss(z, jac, batch, "shipped"), shipped)
+    matched = loss(z, jac, batch, "matched")
+    assert torch.allclose(matched, nll_loss(z, per_sample), rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(shipped, matched, rtol=1e-3), "the two weightings must differ"
+    # the difference is exactly (B - 1) mean_b log|J_b| / D
+    d = sum(t[0].numel() for t in z)
+    assert float(matched - shipped) == pytest.approx(float((batch - 1) * per_sample.mean() / d),
+                                                     rel=1e-4)
+
+
+def test_csflow_gradients_of_the_two_losses_differ_by_the_log_det_weight(one_thread):
+    """The shipped gradient equals the gradient of our NLL with B * log|J|: anomalib's
+    optimiser sees a log-determinant term B times stronger than the original's."""
+    from nfbench.methods.csflow.flow import nll_loss
+    from nfbench.peers.csflow import build_flow, loss
+
+    torch.manual_seed(1)
+    flow = _perturbed(build_flow(8, 128, n_blocks=1, clamp=3.0, hidden=8))
+    xs, batch = _inputs(4, seed=1), 4
+    params = [p for p in flow.parameters() if p.requires_grad]
+
+    def grads(fn):
+        flow.zero_grad()
+        fn().backward()
+        return torch.cat([p.grad.flatten() for p in params]).clone()
+
+    def ours_weighted():
+        z, _ = flow(xs)
+        per_sample = torch.cat([flow([x[b:b + 1] for x in xs])[1] for b in range(batch)])
+        return nll_loss(z, batch * per_sample)
+
+    shipped = grads(lambda: loss(*flow(xs), batch, "shipped"))
+    assert torch.allclose(shipped, grads(ours_weighted), rtol=1e-4, atol=1e-6)
+    assert not torch.allclose(shipped, grads(lambda: loss(*flow(xs), batch, "matched")),
+                              rtol=1e-2)
+
+
+def test_cached_encoder_survives_anomalibs_bilinear_pyramid():
+    import torch.nn.functional as F
+
+    from nfbench.peers.common import CachedEncoder, index_images
+
+    feats = [[torch.randn(7, 3, 8 // 2**s, 8 // 2**s)] for s in range(3)]
+    encoder = CachedEncoder(feats, ["stride8"], 64, [8])
+    images = index_images(torch.tensor([6, 0, 3]), 64)
+    for s in range(3):
+        scaled = images if s == 0 else F.interpolate(images, size=(64 // 2**s,) * 2,
+                                                     mode="bilinear", align_corners=False)
+        assert torch.equal(encoder(scaled)["stride8"], feats[s][0][[6, 0, 3]])
+
+
+def _small_params() -> dict:
+    from nfbench.plan import load_params
+
+    params = copy.deepcopy(load_params(ROOT / "params.yaml"))
+    params["csflow"]["smoke"]["settings"].update(input_size=128, hidden_channels=8, epochs=1)
+    params["patchflow"]["smoke"]["settings"].update(input_size=128, hidden=8, epochs=1)
+    params["clscnf"]["smoke"]["settings"].update(meta_epochs=1, fiber_fraction=1.0, n_blocks=1)
+    params["peers"]["smoke"] = {"methods": {
+        "csflow": {"configs": ["shipped", "matched"], "seeds": {"shipped": [0], "matched": [1]},
+                   "categories": ["brick"]},
+        "patchflow": {"configs": ["shipped"], "seeds": [0], "categories": ["brick"]},
+        "cflow": {"configs": ["matched"], "seeds": [0], "categories": ["brick"]}}}
+    return params
+
+
+@pytest.mark.parametrize("method,config", [("csflow", "shipped"), ("csflow", "matched"),
+                                           ("patchflow", "shipped"), ("cflow", "shipped"),
+                                           ("cflow", "matched")])
+def test_peer_run_mirrors_our_settings_and_writes_a_peer_record(tiny_demo, one_thread,
+                                                                 monkeypatch, method, config):
+    from nfbench.peers.common import ours, run_peer
+
+    monkeypatch.chdir(ROOT)
+    params = _small_params()
+    record = run_peer(method, "demo", "brick", config=config, seed=3, profile="smoke",
+                      root=tiny_demo, params=params)
+    cfg, _ = ours(method, "smoke", "brick", params)
+    assert record["kind"] == "peer" and record["status"] == "ok" and record["seed"] == 3
+    assert record["peer"] == "anomalib" and record["peer_version"] == "2.7.0"
+    assert record["ours"]["config"]["input_size"] == cfg.input_size == 128
+    assert 0.0 <= record["metrics"]["image_auroc"] <= 1.0
+    assert np.isfinite(record["metrics"]["pixel_auroc"])
+    assert record["data"]["n_test"] > record["data"]["n_test_anomalous"] > 0
+    ids = {d["id"] for d in deviations()[method]["deviations"]}
+    assert set(record["deviations_applied"]) | set(record["deviations_kept"]) == ids
+    if config == "shipped":
+        assert record["deviations_applied"] == []
+    else:
+        assert record["deviations_applied"]
+    if method == "csflow":
+        assert record["peer_settings"]["betas"] == ([0.9, 0.999] if config == "matched"
+                                                    else [0.5, 0.9])
+        assert record["peer_settings"]["epochs"] == cfg.epochs
+    if method == "cflow":
+        assert record["peer_settings"]["fiber_batch_size"] == (cfg.fiber_batch
+                                                               if config == "matched" else 64)
+        assert record["peer_settings"]["epochs"] == cfg.meta_epochs * cfg.sub_epochs
+
+
+def test_peer_without_anomalib_writes_a_skipped_record_and_the_report_says_so(
+        tmp_path, monkeypatch, capsys):
+    from nfbench import peers
+    from nfbench.cli import main
+    from nfbench.peers.report import peers_section
+
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setattr(peers, "peer_version", lambda: None)
+    import nfbench.peers.common as common
+
+    monkeypatch.setattr(common, "peer_version", lambda: None)
+    out = tmp_path / "peers" / "csflow" / "shipped" / "brick" / "seed0.json"
+    assert main(["peer", "--method", "csflow", "--dataset", "demo", "--category", "brick",
+                 "--out", str(out)]) == 0
+    record = json.loads(out.read_text())
+    assert record["status"] == "skipped" and "pip install" in record["note"]
+    assert "skipped" in capsys.readouterr().out
+    text = "\n".join(peers_section("csflow", tmp_path))
+    assert "**Skipped**" in text and '.[dev,peers]' in text
+
+
+def test_report_section_compares_ours_shipped_and_matched(tmp_path):
+    from nfbench.experiment import write_record
+    from nfbench.peers.report import peers_section
+
+    def rec(path, auroc, **extra):
+        write_record({"metrics": {"image_auroc": auroc, "pixel_auroc": 0.5}, **extra},
+                     tmp_path / path)
+
+    for seed, value in enumerate([0.80, 0.84]):
+        rec(f"csflow/runs/full/brick/seed{seed}.json", value)
+    rec("peers/csflow/shipped/brick/seed0.json", 0.90, status="ok",
+        deviations_kept=["log_jac_batch_sum", "adam_betas", "anomaly_map_product",
+                         "soft_clamp_0636", "permutation_per_block", "backbone_torchvision_b5"])
+    for seed, value in enumerate([0.70, 0.86, 0.78]):
+        rec(f"peers/csflow/matched/brick/seed{seed}.json", value, status="ok",
+            deviations_kept=["soft_clamp_0636", "permutation_per_block", "backbone_torchvision_b5"])
+    text = "\n".join(peers_section("csflow", tmp_path))
+    assert "## Ours vs anomalib 2.7, same features" in text
+    assert "| brick | 0.820 ± 0.028 (n=2) | 0.900 (n=1) | +0.080 | 0.780 ± 0.080 (n=3) | -0.040 |" \
+        " above |" in text
+    assert "anomalib shipped (deviates: 1, 2, 3, 4, 5)" in text  # 6 (backbone) is n/a
+    assert "anomalib matched (deviates: 4, 5)" in text
+    assert "1. log-determinant summed over the batch" in text
+    # ours clearly below matched beyond seed noise is flagged
+    for seed in range(2):
+        rec(f"csflow/runs/full/brick/seed{seed}.json", 0.50 + 0.001 * seed)
+    assert "**below noise**" in "\n".join(peers_section("csflow", tmp_path))
+    assert "*Not run in this profile*" in "\n".join(peers_section("patchflow", tmp_path))
+    assert peers_section("unknown", tmp_path) == []
+
+
+def test_peers_stage_is_wired_into_dvc_and_params():
+    import yaml
+
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    assert "results/peers" in stages["peers"]["outs"]
+    assert "results/peers" in stages["reports"]["deps"]
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    demo = params["peers"]["demo"]["methods"]
+    assert set(demo) == {"csflow", "patchflow", "cflow"}
+    assert len(demo["csflow"]["seeds"]["matched"]) >= 3  # CS-Flow's seed spread is large
+    for method, entry in deviations().items():
+        assert entry["variant"] in yaml.safe_load(
+            (ROOT / "benchmarks" / f"{entry['paper']}.yaml").read_text())["variants"]
+        assert {d["matched"] for d in entry["deviations"]} <= {"applied", "fixed", "n/a"}
+    assert "/results/peers/" in (ROOT / ".gitignore").read_text().split()
+    assert '".[dev,peers]"' in (ROOT / "README.md").read_text()
+
+
+def test_stage_runs_expand_the_params_block():
+    from nfbench.peers.common import stage_runs
+
+    runs = stage_runs("smoke", _small_params())
+    keys = sorted((r["method"], r["config"], r["category"], r["seed"]) for r in runs)
+    assert keys == [("cflow", "matched", "brick", 0), ("csflow", "matched", "brick", 1),
+                    ("csflow", "shipped", "brick", 0), ("patchflow", "shipped", "brick", 0)]
+    assert stage_runs("smoke", {"peers": {"smoke": {}}}) == []
+
+
+def test_anomalib_csflow_permutes_every_scale_alike_unlike_the_original():
+    """deviations.yaml `permutation_per_block`: anomalib draws each scale's permutation from a
+    fresh default_rng(block); the original (and ours) draws one per scale from seed(block)."""
+    from anomalib.models.image.csflow.torch_model import ParallelPermute as Theirs
+
+    from nfbench.methods.csflow.flow import ParallelPermute as Ours
+
+    dims = [(16, 4, 4), (16, 2, 2), (16, 1, 1)]
+    theirs, ours = Theirs(dims, seed=1), Ours(dims, seed=1)
+    assert all(torch.equal(theirs.perm[0], p) for p in theirs.perm)
+    assert not torch.equal(ours.permutation(0), ours.permutation(1))
+    assert not torch.equal(theirs.perm[0], ours.permutation(0))
