@@ -205,6 +205,9 @@ def run_experiment(method: str, dataset: str, category: str, *, root: Path | Non
 UNDEFINED_REASONS = {
     "image_auroc": "the test split holds one class only",
     "pixel": "no defective pixel in the ground-truth masks (e.g. all-black masks)",
+    # CLS-CNFs' CDO-style curve: its FPRs are min-max rescaled over the points with FPR <= 0.3
+    "aupro@clscnf": "no defect region, or fewer than two of the curve's 200 score steps have "
+                    "FPR <= 0.3 (its min-max rescaling is then undefined, as in the original)",
 }
 
 

@@ -32,8 +32,12 @@ def _run(method, root, protocol=True, **extra):
                           overrides=settings, original_protocol=protocol)
 
 
-def _same(a: float, b: float) -> bool:
-    return (math.isnan(a) and math.isnan(b)) or a == pytest.approx(b, abs=1e-9)
+def _same(a: float | None, b: float | None) -> bool:
+    """Equal metrics; an undefined one (None in a record, NaN before) equals only itself."""
+    undefined = lambda v: v is None or math.isnan(v)
+    if undefined(a) or undefined(b):
+        return undefined(a) and undefined(b)
+    return a == pytest.approx(b, abs=1e-9)
 
 
 @pytest.mark.parametrize("method", ["csflow", "patchflow", "cflow"])
