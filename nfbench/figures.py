@@ -108,7 +108,7 @@ def published_vs_reproduced(frame: pd.DataFrame, title: str, path: Path,
 def _scatter(points: pd.DataFrame, metrics: list[str], title: str, path: Path,
              tolerance: dict[str, float]) -> None:
     both = points[points["published"].notna() & (points["kind"] == "method")]
-    fig, axes = plt.subplots(1, len(metrics), figsize=(3.4 * len(metrics) + 1.8, 3.6),
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.6 * len(metrics), 3.6),
                              squeeze=False)
     series = list(dict.fromkeys(both["series"]))
     palette = dict(zip(series, METHOD_PALETTE))
