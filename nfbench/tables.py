@@ -189,8 +189,8 @@ def _identical_variants(records: dict, variants: list[str], metrics: list[str],
             continue
         for other, theirs in seen:
             if other not in found and np.allclose(mine, theirs, rtol=0, atol=1e-12, equal_nan=True):
-                a = next(r for (v, _, _), r in records.items() if v == other)["config"]
-                b = next(r for (v, _, _), r in records.items() if v == variant)["config"]
+                a = next(r for (v, _, _), r in records.items() if v == other).get("config", {})
+                b = next(r for (v, _, _), r in records.items() if v == variant).get("config", {})
                 differ, same_out = _differing_config(a, b)
                 why = (f"the runs differ only in {', '.join(differ)}" if differ else
                        "the runs have the same resolved config")
