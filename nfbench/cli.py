@@ -297,7 +297,8 @@ def cmd_report(args: argparse.Namespace) -> None:
     papers = [args.paper] if args.paper else [p for p in PAPERS if p in params]
     for paper in papers:
         print(write_report(paper, _profile(args, params), params, args.results, args.reports))
-    print(write_index(args.reports, args.results, [p for p in PAPERS if p in params]))
+    print(write_index(args.reports, args.results, [p for p in PAPERS if p in params], params,
+                      _profile(args, params)))
 
 
 def cmd_check(args: argparse.Namespace) -> None:

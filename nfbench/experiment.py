@@ -47,14 +47,22 @@ def environment() -> dict[str, Any]:
     }
 
 
+#: what a run's code and specs are: a change elsewhere (dvc.lock, results/, reports/, which
+#: the pipeline itself rewrites) does not make the runs "dirty"
+CODE_PATHS = ("nfbench", "benchmarks", "params.yaml", "pyproject.toml")
+
+
 def git_commit() -> str | None:
-    """The repository's HEAD commit (with ``-dirty`` if there are uncommitted changes)."""
+    """The repository's HEAD commit, with ``-dirty`` if the code or specs (:data:`CODE_PATHS`)
+    have uncommitted changes; files the pipeline rewrites (dvc.lock, results, reports) do
+    not count."""
     try:
-        here = Path(__file__).resolve().parent
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
+        top = Path(__file__).resolve().parent.parent
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=top, capture_output=True,
                                 text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--",
+                                *CODE_PATHS], cwd=top, capture_output=True, text=True,
+                               timeout=10).stdout.strip()
         return (commit + ("-dirty" if dirty else "")) or None
     except (OSError, subprocess.SubprocessError):
         return None

@@ -99,8 +99,11 @@ def variant_settings(spec: dict[str, Any], block: dict[str, Any], variant: str) 
     then its dataset role's, then the variant's own (later ones win)."""
     declared = spec["variants"][variant]
     role = block["datasets"].get(declared.get("dataset", "mvtec_ad"), {})
-    return {**block.get("settings", {}), **role.get("settings", {}),
-            **declared.get("settings", {})}
+    inherited = {**block.get("settings", {}), **role.get("settings", {})}
+    if "profile_settings" in declared:  # a reference method (e.g. the Gaussian baseline) takes
+        # only the named profile settings (backbone, input size), not the paper method's budget
+        inherited = {k: v for k, v in inherited.items() if k in declared["profile_settings"]}
+    return {**inherited, **declared.get("settings", {})}
 
 
 def expand_runs(paper: str, profile: str, params: dict[str, Any] | None = None,

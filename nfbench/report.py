@@ -21,15 +21,24 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from nfbench import figures  # noqa: E402
 from nfbench.backbones import BACKBONES  # noqa: E402
 from nfbench.datasets import DATASETS  # noqa: E402
-from nfbench.plan import expand_runs, load_spec, main_variant  # noqa: E402
+from nfbench.plan import expand_runs, load_spec, main_variant, profile_params, role_categories  # noqa: E402
+from nfbench.tables import STAND_IN_DATASETS, backbone_label, render_label  # noqa: E402
 
-DEMO_WARNING = ("> **Demo profile.** These numbers come from the offline demo set (scikit-image "
-                "photographs with generated defects) and the bundled EfficientNet-Lite0, with "
-                "CPU budgets. They check that the code runs end to end; they are **not "
-                "comparable** to the published numbers, so Δ is shown for orientation only and "
-                "no tolerance is judged.")
+DEMO_WARNING = ("> **Demo profile.** Stand-in data, backbone and CPU budgets (the line above and "
+                "the provenance say which): the numbers check that the code runs end to end "
+                "and are **not comparable** to the published ones, so tables show the "
+                "published value for reference only, without Δ or tolerance; the reference rows "
+                "(the Gaussian baseline measured in the same run, and chance) say what a "
+                "number means here.")
+
+REFERENCE_NOTE = ("*Reference rows (not in the paper)*: *Gaussian baseline* is the suite's "
+                  "PaDiM-style Gaussian (`nfbench/methods/gaussian`, variant `{variant}`), run "
+                  "in the same pipeline on the same data, backbone and input size; *chance* is "
+                  "what a random score gets: AUROC 50, AUPRO 15 (a random map's PRO equals its "
+                  "FPR), pixel AUPR the share of defective pixels in the test set.")
 
 
 def _fmt(value: Any, digits: int = 1) -> str:
@@ -39,8 +48,13 @@ def _fmt(value: Any, digits: int = 1) -> str:
 
 
 def _cell(row: pd.Series) -> str:
+    """``mean ± std (n=k)`` over seeds; one seed: ``mean (n=1)``; chance: the level alone."""
     if row["n"] == 0 or math.isnan(row["mean"]):
         return "—"
+    if row.get("kind") == "chance":
+        return f"{row['mean']:.1f}"
+    if int(row["n"]) == 1 or pd.isna(row["std"]):
+        return f"{row['mean']:.1f} (n={int(row['n'])})"
     return f"{row['mean']:.1f} ± {row['std']:.1f} (n={int(row['n'])})"
 
 
@@ -50,33 +64,64 @@ def _within(value: Any) -> str:
     return "yes" if str(value) in ("True", "true", "1", "1.0") else "**no**"
 
 
+def _comparable(frame: pd.DataFrame) -> bool:
+    """Published and reproduced numbers of ``frame`` can be compared (no stand-in data)."""
+    if "comparable" in frame and frame["comparable"].notna().any():
+        return bool(frame["comparable"].fillna(False).astype(bool).any())
+    return bool((frame["profile"] == "paper").any())
+
+
 def table_markdown(frame: pd.DataFrame) -> str:
     """A paper table: published | reproduced | Δ | within tolerance; where the table declares
     the paper's own metric code (``published_metric``), the reproduced value under that code
-    is compared with the published one and the official value is shown beside it."""
+    is compared with the published one and the official value is shown beside it.
+
+    Where published and reproduced numbers are not comparable (stand-in data: the demo and
+    smoke profiles), Δ and tolerance are left out and the published column is for reference.
+    Reference rows (``kind`` reference/chance) are set in italics; a row whose records equal an
+    earlier row's (``same_as``) says so in a note below the table."""
+    comparable = _comparable(frame)
     variants = "compared_metric" in frame and (frame["compared_metric"].fillna(frame["metric"])
                                                != frame["metric"]).any()
+    pub = "published" if comparable else "published (for reference; not comparable)"
+    head = ["row", "metric", pub]
     if variants:
-        lines = ["| row | metric | published | reproduced, paper's metric code (mean ± std) | Δ | "
-                 "reproduced, official metric | within tolerance |", "|---|---|---|---|---|---|---|"]
+        head += ["reproduced, paper's metric code (mean ± std)"] + (["Δ"] if comparable else []) \
+            + ["reproduced, official metric"]
     else:
-        lines = ["| row | metric | published | reproduced (mean ± std) | Δ | within tolerance |",
-                 "|---|---|---|---|---|---|"]
+        head += ["reproduced (mean ± std)"] + (["Δ"] if comparable else [])
+    head += ["within tolerance"] if comparable else []
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    notes: dict[tuple[str, str], int] = {}
     for _, row in frame.iterrows():
         published = row["published"] if not pd.isna(row["published"]) else None
         delta = _fmt(row['delta']) if published is not None else '—'
+        kind = row.get("kind") if isinstance(row.get("kind"), str) else "method"
+        label = str(row["label"])
+        if kind != "method":
+            label = f"*{label}*"
+        same = row.get("same_as")
+        if isinstance(same, str) and same:
+            key = (same, str(row.get("same_reason") or ""))
+            notes.setdefault(key, len(notes) + 1)
+            label += f" [= ({notes[key]})]"
+        cells = [label, row["metric"], _fmt(published)]
         if variants and row["compared_metric"] != row["metric"]:
             compared = row.copy()
             compared["mean"], compared["std"] = row["compared_mean"], row["compared_std"]
-            lines.append(f"| {row['label']} | {row['metric']} | {_fmt(published)} | "
-                         f"{_cell(compared)} [`{row['compared_metric']}`] | {delta} | {_cell(row)} | "
-                         f"{_within(row['within_tolerance'])} |")
+            cells += [f"{_cell(compared)} [`{row['compared_metric']}`]"] + \
+                ([delta] if comparable else []) + [_cell(row)]
         elif variants:
-            lines.append(f"| {row['label']} | {row['metric']} | {_fmt(published)} | {_cell(row)} | "
-                         f"{delta} | (same) | {_within(row['within_tolerance'])} |")
+            cells += [_cell(row)] + ([delta] if comparable else []) + ["(same)"]
         else:
-            lines.append(f"| {row['label']} | {row['metric']} | {_fmt(published)} | {_cell(row)} | "
-                         f"{delta} | {_within(row['within_tolerance'])} |")
+            cells += [_cell(row)] + ([delta] if comparable else [])
+        cells += [_within(row["within_tolerance"])] if comparable else []
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    if notes:
+        lines.append("")
+        for (same, why), k in notes.items():
+            lines.append(f"({k}) Identical to \"{same}\" on every metric, category and seed of "
+                         f"this run{': ' + why if why else ''}.")
     return "\n".join(lines)
 
 
@@ -93,28 +138,6 @@ def comparison_markdown(comparison: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _bar_figure(frame: pd.DataFrame, title: str, path: Path) -> None:
-    """Published vs reproduced, one pair of bars per row; one panel per metric."""
-    metrics = list(dict.fromkeys(frame["metric"]))
-    width = max(4.0, 0.45 * frame.groupby("metric").size().max() + 2)
-    fig, axes = plt.subplots(len(metrics), 1, figsize=(width, 4.0 * len(metrics)), squeeze=False)
-    for ax, metric in zip(axes[:, 0], metrics):
-        rows = frame[frame["metric"] == metric]
-        x = np.arange(len(rows))
-        published = rows["published"].astype(float).values
-        ax.bar(x - 0.2, published, 0.4, label="published")
-        ax.bar(x + 0.2, rows["mean"], 0.4, yerr=rows["std"], label="reproduced")
-        ax.set_xticks(x, [str(r) for r in rows["label"]], rotation=45, ha="right", fontsize=7)
-        ax.set_ylabel(f"{metric} [%]", fontsize=8)
-        low = np.nanmin(np.r_[rows["mean"].values, published, [100.0]])
-        ax.set_ylim(max(0.0, low - 10), 101)
-        ax.legend(fontsize=7)
-    axes[0, 0].set_title(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
 def oracle_threshold(e: Any) -> float | None:
     """The pixel threshold with the best F1 over the whole test set, at the resolution of the
     record's pixel-score histograms (None without them). An ORACLE: it uses the test masks,
@@ -126,70 +149,6 @@ def oracle_threshold(e: Any) -> float | None:
     fp = np.cumsum(normal[::-1])[::-1]
     f1 = 2 * tp / np.maximum(2 * tp + fp + (defect.sum() - tp), 1)
     return float(np.asarray(e["pixel_hist_edges"])[int(np.argmax(f1))])
-
-
-def _maps_figure(examples: dict[str, np.lib.npyio.NpzFile], path: Path) -> None:
-    """Per category, a few test images with the ground truth outlined, their anomaly maps and,
-    when the record has pixel histograms, the prediction maps at the oracle threshold."""
-    count = max(len(e["example_index"]) for e in examples.values())
-    thresholds = {c: oracle_threshold(e) for c, e in examples.items()}
-    per = 3 if all(t is not None for t in thresholds.values()) else 2
-    fig, axes = plt.subplots(per * len(examples), count,
-                             figsize=(1.6 * count, 1.6 * per * len(examples)), squeeze=False)
-    for r, (category, e) in enumerate(examples.items()):
-        for c in range(count):
-            cells = [axes[per * r + k, c] for k in range(per)]
-            for ax in cells:
-                ax.axis("off")
-            if c >= len(e["example_index"]):
-                continue
-            mask = e["example_masks"][c]
-            cells[0].imshow(np.transpose(e["example_images"][c].astype(np.float32), (1, 2, 0)))
-            cells[1].imshow(e["example_maps"][c], cmap="jet")
-            if per == 3:
-                cells[2].imshow(e["example_maps"][c] >= thresholds[category], cmap="gray")
-            for ax in cells[::2]:
-                if mask.any():
-                    ax.contour(mask, levels=[0.5], colors="red", linewidths=0.6)
-            if c == 0:
-                cells[0].set_title(category, fontsize=8, loc="left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-def _histogram_figure(examples: dict[str, Any], path: Path) -> None:
-    """Normal vs defective pixel scores over the whole test set (as CLS-CNFs' Fig. 7)."""
-    fig, axes = plt.subplots(1, len(examples), figsize=(3.0 * len(examples), 2.6), squeeze=False)
-    for ax, (category, e) in zip(axes[0], examples.items()):
-        edges = e["pixel_hist_edges"]
-        for key, label in (("pixel_hist_normal", "normal pixels"), ("pixel_hist_defect", "defect pixels")):
-            counts = e[key].astype(float)
-            ax.stairs(counts / max(counts.sum(), 1.0), edges, label=label, fill=True, alpha=0.5)
-        ax.set_title(category, fontsize=8)
-        ax.set_xlabel("pixel anomaly score", fontsize=7)
-        ax.tick_params(labelsize=6)
-    axes[0, 0].set_ylabel("share of pixels", fontsize=7)
-    axes[0, 0].legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def _roc_figure(examples: dict[str, Any], path: Path) -> None:
-    from sklearn.metrics import roc_curve
-
-    fig, ax = plt.subplots(figsize=(3.6, 3.4))
-    for category, e in examples.items():
-        fpr, tpr, _ = roc_curve(e["labels"], e["image_scores"])
-        ax.plot(fpr, tpr, label=category)
-    ax.plot([0, 1], [0, 1], "k:", linewidth=0.8)
-    ax.set_xlabel("false positive rate"), ax.set_ylabel("true positive rate")
-    ax.set_title("image-level ROC", fontsize=9)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def _provenance(records: list[dict]) -> list[str]:
@@ -221,16 +180,111 @@ def _provenance(records: list[dict]) -> list[str]:
     return lines
 
 
+def dataset_label(name: str) -> str:
+    """A dataset's name as a reader knows it (``demo`` → "demo set")."""
+    if name == "demo":
+        return "demo set"
+    spec = DATASETS.get(name)
+    return spec.description.split(",")[0] if spec and spec.description else name
+
+
+def _paper_defaults(method: str) -> dict[str, Any]:
+    """The method's paper-default config (backbone, input size), for "X stands in for Y"."""
+    import dataclasses
+
+    from nfbench.methods import method_class
+
+    return {f.name: f.default for f in dataclasses.fields(method_class(method).Config)
+            if f.default is not dataclasses.MISSING}
+
+
+def setting_of(paper: str, profile: str, params: dict, variant: str, records: list[dict]
+               ) -> dict[str, Any]:
+    """What ``variant`` of ``paper`` ran on under ``profile``: dataset, categories, backbone and
+    input size (from its records' config), and what the paper used instead (the paper
+    profile's dataset for that role, the method's paper defaults)."""
+    spec = load_spec(paper)
+    declared = spec["variants"][variant]
+    role_name = declared.get("dataset", "mvtec_ad")
+    role = profile_params(params, paper, profile)["datasets"][role_name]
+    mine = [r for r in records if r["variant"] == variant] or records
+    config = mine[0].get("config", {}) if mine else {}
+    paper_role = (params.get(paper, {}).get("paper", {}).get("datasets", {}) or {}).get(role_name, {})
+    method = declared.get("method", spec["method"])
+    defaults = _paper_defaults(method)
+    paper_settings = {**defaults, **(paper_role.get("settings") or {})}
+    return {"dataset": role["dataset"], "categories": role_categories(role),
+            "backbone": config.get("backbone"), "input_size": config.get("input_size"),
+            "paper_dataset": paper_role.get("dataset"), "paper_backbone": paper_settings.get("backbone"),
+            "paper_input_size": paper_settings.get("input_size"),
+            "stand_in": role["dataset"] in STAND_IN_DATASETS}
+
+
+def _setting_text(s: dict[str, Any]) -> str:
+    """"demo set (brick, coin), EfficientNet-Lite0, 256 px"."""
+    parts = [f"{dataset_label(s['dataset'])} ({', '.join(s['categories'])})"]
+    if s.get("backbone"):
+        parts.append(backbone_label(s["backbone"]))
+    if s.get("input_size"):
+        parts.append(f"{s['input_size']} px")
+    return ", ".join(parts)
+
+
+def _instead_text(s: dict[str, Any]) -> str:
+    """"demo set for MVTec AD, EfficientNet-Lite0 for EfficientNet-B5, 256 px for 768 px"."""
+    pairs = [(dataset_label(s["dataset"]), dataset_label(s["paper_dataset"]) if s.get("paper_dataset") else None),
+             (backbone_label(s["backbone"]) if s.get("backbone") else None,
+              backbone_label(s["paper_backbone"]) if s.get("paper_backbone") else None),
+             (f"{s['input_size']} px" if s.get("input_size") else None,
+              f"{s['paper_input_size']} px" if s.get("paper_input_size") else None)]
+    return ", ".join(f"{a} for {b}" for a, b in pairs if a and b and a != b)
+
+
+def profile_banner(profile: str, settings: list[dict[str, Any]]) -> str:
+    """The one line a report (or the index) opens with: which profile made the numbers, on
+    what, and whether they can be compared with the papers'."""
+    stand_in = any(s["stand_in"] for s in settings)
+    datasets = sorted({dataset_label(s["dataset"]) for s in settings})
+    categories = list(dict.fromkeys(c for s in settings for c in s["categories"]))
+    backbones = sorted({backbone_label(s["backbone"]) for s in settings if s.get("backbone")})
+    sizes = sorted({int(s["input_size"]) for s in settings if s.get("input_size")})
+    what = (f"{' and '.join(datasets)} ({', '.join(categories)}), {' / '.join(backbones) or '?'}, "
+            f"{' / '.join(map(str, sizes)) or '?'} px")
+    if stand_in:
+        return (f"> **Profile `{profile}`: these numbers are NOT the papers' experiment.** They "
+                f"come from {what}, with the profile's reduced budgets; they check that the code "
+                "works and are **not comparable** with the published numbers (shown for "
+                "reference only: no Δ, no tolerance).")
+    return (f"> **Profile `{profile}`**: {what}; published and reproduced numbers are compared "
+            "(Δ, and the spec's tolerance in the paper profile).")
+
+
+def _heading(table_id: str, table: dict, setting: dict[str, Any] | None) -> list[str]:
+    """A table's heading: the paper's title, or, on stand-in data, what was actually run with
+    the paper's title beside it."""
+    title = table["title"]
+    if not setting or not setting["stand_in"]:
+        return [f"## {title}", ""]
+    short = title.split(":")[0] if ":" in title and len(title.split(":")[0]) <= 40 else title
+    lines = [f"## {short} — {_setting_text(setting)}", "", f"Paper: *{title}*."]
+    instead = _instead_text(setting)
+    if instead:
+        lines[-1] += f" Here: {instead}."
+    return lines + [""]
+
+
 def write_report(paper: str, profile: str, params: dict, results_dir: Path,
                  reports_dir: Path) -> Path:
     """Write ``reports/<paper>.md`` and its figures; returns the Markdown path."""
     spec = load_spec(paper)
     results_dir, reports_dir = Path(results_dir), Path(reports_dir)
-    figures = reports_dir / "figures"
-    figures.mkdir(parents=True, exist_ok=True)
+    figures_dir = reports_dir / "figures"
+    figures_dir.mkdir(parents=True, exist_ok=True)
     runs = expand_runs(paper, profile, params)
     records = [json.loads((results_dir / r.record_path).read_text()) for r in runs]
-    out = [f"# {spec['title']}", "",
+    main = main_variant(spec)
+    main_setting = setting_of(paper, profile, params, main, records)
+    out = [f"# {spec['title']}", "", profile_banner(profile, [main_setting]), "",
            f"Reproduction report for `{paper}` ({spec.get('source', '')}). Generated by "
            "`nfbench report` from result records and `benchmarks/" + paper + ".yaml`; "
            "do not edit by hand.", ""]
@@ -240,43 +294,63 @@ def write_report(paper: str, profile: str, params: dict, results_dir: Path,
 
     tables_dir = results_dir / paper / "tables"
     for table_id, table in spec["tables"].items():
-        out += [f"## {table['title']}", ""]
         if table.get("reproducible", True) is False:
-            out += [f"**Not reproducible here**: {table.get('reason', '')}", ""]
+            out += [f"## {table['title']}", "", f"**Not reproducible here**: {table.get('reason', '')}", ""]
             continue
         if table.get("layout") == "complexity":
+            out += [f"## {table['title']}", ""]
             out += complexity_table_markdown(table, table_id, results_dir / paper / "profile.json")
             continue
         frame = pd.read_csv(tables_dir / f"{table_id}.csv")
+        first = frame["variant"].iloc[0] if len(frame) else main
+        setting = setting_of(paper, profile, params, table.get("variant", first), records) \
+            if first in spec["variants"] else None
+        heading = _heading(table_id, table, setting)
+        out += heading
+        fig_title = heading[0][3:] + ("" if table["title"] in heading[0] else f" (paper: {table['title']})")
         out += [table_markdown(frame), ""]
+        if table.get("references"):
+            refs = [v for v in table["references"] if v != "chance"]
+            out += [REFERENCE_NOTE.format(variant="`, `".join(refs) or "—"), ""]
         if table.get("note"):
             out += [table["note"], ""]
         if table.get("comparison"):
             out += ["Published numbers of the methods the paper compares with (transcribed, "
                     "not re-run):", "", comparison_markdown(table["comparison"]), ""]
-        plotted = frame[frame["published"].notna() | (frame["n"] > 0)]
-        if len(plotted) >= 2:
-            png = figures / f"{paper}_{table_id}.png"
-            _bar_figure(plotted, table["title"], png)
-            out += [f"![{table['title']}](figures/{png.name})", ""]
+        png = figures_dir / f"{paper}_{table_id}.png"
+        stand_in = dataset_label(setting["dataset"]) if setting else "demo"
+        figure = table.get("figure") or {}
+        comparable = _comparable(frame)
+        if figure.get("kind") == "ablation":
+            drawn = figures.ablation(frame, fig_title, figure.get("x_label", ""), png,
+                                     comparable, stand_in)
+        else:
+            drawn = figures.published_vs_reproduced(frame, fig_title, png,
+                                                    spec.get("tolerance", {}), stand_in)
+        if drawn:
+            caption = ("published vs reproduced" if comparable and frame["published"].notna().any()
+                       else "reproduced per category or row; published for reference, not comparable"
+                       if frame["published"].notna().any() else "reproduced")
+            out += [f"![{table['title']}: {caption}](figures/{png.name})", ""]
 
-    main = main_variant(spec)
     examples = {r.category: np.load(results_dir / r.record_path.with_suffix(".npz"))
                 for r in runs if r.variant == main and r.seed == runs[0].seed}
     if examples:
-        maps_png, roc_png = figures / f"{paper}_maps.png", figures / f"{paper}_roc.png"
-        _maps_figure(examples, maps_png)
-        _roc_figure(examples, roc_png)
+        maps_png, roc_png = figures_dir / f"{paper}_maps.png", figures_dir / f"{paper}_roc.png"
+        figures.anomaly_maps(examples, maps_png, {c: oracle_threshold(e) for c, e in examples.items()})
+        figures.roc(examples, roc_png, f"image-level ROC, variant {main}, {_setting_text(main_setting)}")
         out += ["## Anomaly maps, ROC curves and pixel-score histograms", "",
-                f"Variant `{main}`: per category, test images (ground truth outlined in "
-                "red), the method's anomaly maps and, below them, the prediction maps at the "
+                f"Variant `{main}`: per category, rows of test images (ground truth outlined in "
+                "red), their ground truth, the method's anomaly maps (one colour scale per "
+                "category, its colour bar on the right) and the prediction maps at the "
                 "pixel threshold with the best F1 over the test set (an oracle threshold, as "
                 "the papers' prediction maps; found at the resolution of 60-bin score "
                 "histograms).", "",
-                f"![anomaly maps](figures/{maps_png.name})", "", f"![ROC](figures/{roc_png.name})", ""]
+                f"![anomaly maps](figures/{maps_png.name})", "",
+                f"![ROC curves, AUROC per category in the legend](figures/{roc_png.name})", ""]
         if all("pixel_hist_edges" in e for e in examples.values()):
-            hist_png = figures / f"{paper}_pixel_histograms.png"
-            _histogram_figure(examples, hist_png)
+            hist_png = figures_dir / f"{paper}_pixel_histograms.png"
+            figures.pixel_histograms(examples, hist_png)
             out += ["Scores of normal and defective pixels over every test image, each "
                     "histogram normalised to sum 1:", "",
                     f"![pixel-score histograms](figures/{hist_png.name})", ""]
@@ -317,6 +391,7 @@ def complexity_table_markdown(table: dict, table_id: str, profile_path: Path) ->
                 "| GMACs/image (fvcore) | fps published | fps | fps ratio published | fps ratio |",
                 "|---|---|---|---|---|---|---|---|---|---|"]
         for component, name in table["rows"].items():
+            name = render_label(name, {"backbone": first.get("backbone")})
             e, pub = rows.get(component, {}), published.get(component, {})
             size, fps = e.get("size_mb"), e.get("images_per_second")
             size_ratio = size / ref["size_mb"] if size and ref.get("size_mb") else None
@@ -436,25 +511,66 @@ def _complexity_section(spec: dict, profile_path: Path, main_records: list[dict]
     return out
 
 
-def write_index(reports_dir: Path, results_dir: Path, papers: list[str]) -> Path:
-    """``reports/README.md``: the headline numbers of every paper in one table."""
-    lines = ["# nfbench reports", "",
-             "Generated by `nfbench report`; one report per paper. Headline rows: the "
-             "average rows of each paper's first table.", "",
-             "| paper | table | row | metric | published | reproduced | Δ | profile |",
-             "|---|---|---|---|---|---|---|---|"]
+def write_index(reports_dir: Path, results_dir: Path, papers: list[str],
+                params: dict | None = None, profile: str | None = None) -> Path:
+    """``reports/README.md``: which profile made the numbers (first line), then the headline
+    numbers of every paper (the average rows of its first table) with how far each sits from
+    chance and from the Gaussian baseline measured in the same run; Δ to the published number
+    only where they are comparable."""
+    heads, settings, profiles, comparable = [], [], set(), False
     for paper in papers:
         spec = load_spec(paper)
-        first = next((t for t, v in spec["tables"].items() if v.get("reproducible", True)), None)
+        first = next((t for t, v in spec["tables"].items() if v.get("reproducible", True)
+                      and v.get("layout") != "complexity"), None)
         table = Path(results_dir) / paper / "tables" / f"{first}.csv"
         if first is None or not table.is_file():
             continue
         frame = pd.read_csv(table)
-        heads = frame[frame["row"] == "average"] if (frame["row"] == "average").any() else frame
-        for _, row in heads.iterrows():
-            lines.append(f"| [{paper}]({paper}.md) | {row['table']} | {row['label']} | "
-                         f"{row['metric']} | {_fmt(row['published'])} | {_cell(row)} | "
-                         f"{_fmt(row['delta'])} | {row['profile']} |")
+        if "kind" not in frame:
+            frame["kind"] = "method"
+        comparable |= _comparable(frame)
+        profiles |= set(frame["profile"].astype(str))
+        heads.append((paper, spec, frame))
+        if params is not None:
+            prof = profile or str(frame["profile"].iloc[0])
+            try:
+                runs = expand_runs(paper, prof, params)
+                main = main_variant(spec)
+                records = [json.loads((Path(results_dir) / r.record_path).read_text())
+                           for r in runs if r.variant == main][:1]
+                settings.append(setting_of(paper, prof, params, main, records))
+            except Exception:  # noqa: BLE001 - the index still renders without settings
+                pass
+    profile_text = ", ".join(f"`{p}`" for p in sorted(profiles)) or "?"
+    if settings:
+        banner = profile_banner(profile_text.strip("`"), settings)
+    elif comparable:
+        banner = f"> **Profile {profile_text}**: published and reproduced numbers are compared."
+    else:
+        banner = (f"> **Profile {profile_text}: these numbers are NOT the papers' experiment** "
+                  "(stand-in data and reduced budgets); they are not comparable with the "
+                  "published numbers.")
+    lines = ["# nfbench reports", "", banner, "",
+             "Generated by `nfbench report`; one report per paper. Headline rows: the average "
+             "rows of each paper's first table. *vs chance* and *vs Gaussian* are the "
+             "differences, in points, to chance (AUROC 50) and to the PaDiM-style Gaussian "
+             "baseline measured in the same run on the same data, backbone and input size.", ""]
+    head = ["paper", "table", "row", "metric", "reproduced", "chance", "vs chance",
+            "Gaussian baseline", "vs Gaussian", "published"] + (["Δ published"] if comparable else [])
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for paper, spec, frame in heads:
+        average = frame[frame["row"] == "average"] if (frame["row"] == "average").any() else frame
+        refs = {kind: average[average["kind"] == kind].set_index("metric")["mean"]
+                for kind in ("chance", "reference")}
+        for _, row in average[average["kind"] == "method"].iterrows():
+            chance = refs["chance"].get(row["metric"], float("nan"))
+            gauss = refs["reference"].get(row["metric"], float("nan"))
+            diff = lambda ref: "—" if pd.isna(ref) or pd.isna(row["mean"]) else f"{row['mean'] - ref:+.1f}"
+            cells = [f"[{paper}]({paper}.md)", row["table"], row["label"], row["metric"], _cell(row),
+                     _fmt(chance), diff(chance), _fmt(gauss), diff(gauss),
+                     _fmt(row["published"]) + ("" if comparable else " (not comparable)")]
+            cells += [_fmt(row["delta"])] if comparable else []
+            lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     path = Path(reports_dir) / "README.md"
     path.write_text("\n".join(lines) + "\n")
     return path

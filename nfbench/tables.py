@@ -29,7 +29,17 @@ from nfbench.errors import UserError
 from nfbench.plan import Run, expand_runs, load_spec, profile_params, role_categories
 
 COLUMNS = ["table", "variant", "row", "label", "metric", "n", "mean", "std", "published", "delta",
-           "within_tolerance", "profile", "compared_metric", "compared_mean", "compared_std"]
+           "within_tolerance", "profile", "compared_metric", "compared_mean", "compared_std",
+           "kind", "comparable", "same_as", "same_reason"]
+#: ``kind`` of a tidy row: the paper's method, a reference measured in the same run (the
+#: Gaussian baseline), or chance (what a random score gets)
+KINDS = ("method", "reference", "chance")
+#: chance level of a metric, in %, where it does not depend on the data (AUROC: 50; AUPRO:
+#: a random map's PRO equals its FPR, so the area up to FPR 0.3 over 0.3 is 0.15); pixel AUPR's
+#: chance is the defect-pixel fraction, read from the records' pixel histograms
+CHANCE = {"image_auroc": 50.0, "pixel_auroc": 50.0, "aupro": 15.0}
+#: datasets whose numbers are not comparable with the papers' (the offline stand-ins)
+STAND_IN_DATASETS = ("demo",)
 PROTOCOL_COLUMNS = ["table", "variant", "row", "label", "metric", "n", "honest", "original",
                     "difference", "reported_as", "profile"]
 
@@ -61,7 +71,8 @@ def _category_groups(spec_table: dict, dataset: str, categories: list[str]) -> d
 
 def _cell(values_by_seed: dict[int, list[float]]) -> tuple[int, float, float]:
     """n, mean and std (over seeds) of per-seed averages, in %."""
-    per_seed = [100.0 * float(np.mean(v)) for v in values_by_seed.values() if v]
+    per_seed = [100.0 * float(np.mean([np.nan if x is None else x for x in v]))
+                for v in values_by_seed.values() if v]
     if not per_seed:
         return 0, float("nan"), float("nan")
     std = float(np.std(per_seed, ddof=1)) if len(per_seed) > 1 else 0.0
@@ -70,8 +81,10 @@ def _cell(values_by_seed: dict[int, list[float]]) -> tuple[int, float, float]:
 
 def _metric(record: dict, metric: str, category: str | None) -> float:
     if record["category"] == "all" and category is not None:
-        return record["per_category"][category].get(metric, float("nan"))
-    return record["metrics"].get(metric, float("nan"))
+        value = record["per_category"][category].get(metric)
+    else:
+        value = record["metrics"].get(metric)
+    return float("nan") if value is None else float(value)
 
 
 def _original_protocol(record: dict, metric: str, category: str | None,
@@ -103,10 +116,105 @@ def _published(entry: Any, metric: str) -> Any:
     return entry[metric] if isinstance(entry, dict) and metric in entry else entry
 
 
+def render_label(label: str, config: dict) -> str:
+    """A spec label with the settings actually run: ``{input_size}``, ``{input_size//2}``
+    (any integer divisor) and ``{backbone}`` are replaced from the run's resolved config."""
+    import re
+
+    def size(match: "re.Match") -> str:
+        value = config.get("input_size")
+        if not isinstance(value, (int, float)):
+            return "?"
+        return str(int(value) // int(match.group(1) or 1))
+
+    label = re.sub(r"\{input_size(?://(\d+))?\}", size, label)
+    if "{backbone}" in label:
+        label = label.replace("{backbone}", backbone_label(config.get("backbone")))
+    return label
+
+
+def backbone_label(name: str | None) -> str:
+    """A backbone's name as papers write it."""
+    names = {"efficientnet_lite0": "EfficientNet-Lite0", "efficientnet_b5": "EfficientNet-B5",
+             "wide_resnet50_2": "WideResNet-50-2", "resnet18": "ResNet-18"}
+    return names.get(name or "", name or "?")
+
+
+def defect_fraction(results_dir: Path, runs: list[Run], category: str) -> float:
+    """Share of defective pixels in ``category``'s test set (chance level of pixel AUPR), from
+    the pixel-score histograms of any record of that category; nan without one."""
+    for run in runs:
+        if run.category != category:
+            continue
+        path = Path(results_dir) / run.record_path.with_suffix(".npz")
+        if path.is_file():
+            with np.load(path) as e:
+                if "pixel_hist_defect" in e:
+                    defect = float(np.sum(e["pixel_hist_defect"]))
+                    total = defect + float(np.sum(e["pixel_hist_normal"]))
+                    return defect / total if total else float("nan")
+    return float("nan")
+
+
+def _differing_config(a: dict, b: dict) -> tuple[list[str], list[str]]:
+    """Keys whose values differ between two resolved configs, and outputs (``*_chosen``)
+    that are equal."""
+    keys = sorted(set(a) | set(b))
+    differ = [k for k in keys if a.get(k) != b.get(k) and k not in ("device",)]
+    same_out = [f"{k} = {a[k]}" for k in keys if k.endswith("_chosen") and a.get(k) == b.get(k)
+                and k in a]
+    return differ, same_out
+
+
+def _identical_variants(records: dict, variants: list[str], metrics: list[str],
+                        categories: list[str], seeds: list[int]) -> dict[str, tuple[str, str]]:
+    """``{variant: (earlier variant, why)}`` for variants whose records equal an earlier
+    variant's on every metric, category and seed of a table: rows identical in this run."""
+    def values(variant: str) -> list[float] | None:
+        out = []
+        for seed in seeds:
+            joint = records.get((variant, "all", seed))
+            for category in categories:
+                record = joint or records.get((variant, category, seed))
+                if record is None:
+                    return None
+                out += [_metric(record, m, category) for m in metrics]
+        return out
+
+    found: dict[str, tuple[str, str]] = {}
+    seen: list[tuple[str, list[float]]] = []
+    for variant in variants:
+        mine = values(variant)
+        if mine is None or not mine or all(np.isnan(mine)):
+            continue
+        for other, theirs in seen:
+            if other not in found and np.allclose(mine, theirs, rtol=0, atol=1e-12, equal_nan=True):
+                a = next(r for (v, _, _), r in records.items() if v == other).get("config", {})
+                b = next(r for (v, _, _), r in records.items() if v == variant).get("config", {})
+                differ, same_out = _differing_config(a, b)
+                why = (f"the runs differ only in {', '.join(differ)}" if differ else
+                       "the runs have the same resolved config")
+                if same_out:
+                    why += f", and both ended with {', '.join(same_out)} on every category"
+                found[variant] = (other, why)
+                break
+        else:
+            seen.append((variant, mine))
+    return found
+
+
 def build_tables(paper: str, profile: str, params: dict, results_dir: Path,
-                 value=None) -> dict[str, pd.DataFrame]:
+                 value=None, references: bool = True) -> dict[str, pd.DataFrame]:
     """Every table of ``paper`` as a tidy DataFrame, keyed by table id. ``value(record, metric,
-    category, variant)``, if given, replaces the record's honest metric (companion tables)."""
+    category, variant)``, if given, replaces the record's honest metric (companion tables).
+
+    A table's ``references`` (``{variant or "chance": label}``) add reference rows measured
+    in the same run (``kind`` reference, e.g. the Gaussian baseline) and chance rows (``kind``
+    chance: :data:`CHANCE`, pixel AUPR the defect-pixel fraction); ``references=False`` leaves
+    them out. ``comparable`` says whether published and reproduced numbers can be compared
+    (the data is no stand-in: the paper profile, or a user's real data); tolerance is judged
+    only then. ``same_as``/``same_reason`` name an earlier row whose records are identical on
+    every metric, category and seed, and why (the configs' differences)."""
     spec = load_spec(paper)
     runs = expand_runs(paper, profile, params)
     records = load_records(runs, results_dir)
@@ -118,12 +226,35 @@ def build_tables(paper: str, profile: str, params: dict, results_dir: Path,
         if table.get("reproducible", True) is False or table.get("layout") == "complexity":
             continue  # not reproducible, or built from the profiling stage (report.py)
         metrics = _metrics_of(table)
-        variants = table.get("columns") or table.get("rows") or {}
+        variants = dict(table.get("columns") or table.get("rows") or {})
         role = block["datasets"][table.get("dataset", spec["variants"][next(iter(variants))].get("dataset", "mvtec_ad"))]
         categories = role_categories(role)
+        comparable = role["dataset"] not in STAND_IN_DATASETS
         rows: list[dict[str, Any]] = []
+        kind_of = {v: "method" for v in variants}
+        for ref, label in (table.get("references") or {}).items() if references else ():
+            if ref == "chance" or ref in spec["variants"]:
+                variants[ref] = label
+                kind_of[ref] = "chance" if ref == "chance" else "reference"
+        configs = {}
+        for (variant, _, _), record in records.items():
+            configs.setdefault(variant, record.get("config", {}))
+        run_settings = {run.variant: run.settings for run in runs}
+        identical = _identical_variants(records, [v for v in variants if kind_of[v] != "chance"],
+                                        metrics, categories, seeds) if value is None else {}
+        fractions = {c: defect_fraction(results_dir, runs, c) for c in categories} \
+            if "chance" in variants and "pixel_aupr" in metrics else {}
+
+        def chance(metric: str, members: list[str]) -> tuple[int, float, float]:
+            if metric == "pixel_aupr":
+                level = 100.0 * float(np.mean([fractions.get(c, np.nan) for c in members]))
+            else:
+                level = CHANCE.get(metric, float("nan"))
+            return (0, level, 0.0) if np.isnan(level) else (1, level, 0.0)
 
         def cell(metric: str, variant: str, members: list[str]) -> tuple[int, float, float]:
+            if variant == "chance":
+                return chance(metric, members)
             by_seed = {seed: [] for seed in seeds}
             for seed in seeds:
                 joint = records.get((variant, "all", seed))
@@ -137,19 +268,28 @@ def build_tables(paper: str, profile: str, params: dict, results_dir: Path,
         def add(row: str, label: str, metric: str, variant: str, members: list[str],
                 published: float | None) -> None:
             n, mean, std = cell(metric, variant, members)
-            compared = _published_metric(table, metric)
+            kind = kind_of[variant]
+            if kind == "chance" and n == 0:
+                return  # no chance level known for this metric
+            compared = metric if kind == "chance" else _published_metric(table, metric)
             c_mean, c_std = (mean, std) if compared == metric else cell(compared, variant, members)[1:]
             delta = c_mean - published if published is not None else float("nan")
             within = (abs(delta) <= tolerance[metric]) if (
-                published is not None and metric in tolerance and profile == "paper") else None
+                published is not None and metric in tolerance and comparable) else None
+            same, why = identical.get(variant, (None, None))
             rows.append(dict(table=table_id, variant=variant, row=row, label=label, metric=metric,
                              n=n, mean=mean, std=std, published=published, delta=delta,
                              within_tolerance=within, profile=profile, compared_metric=compared,
-                             compared_mean=c_mean, compared_std=c_std))
+                             compared_mean=c_mean, compared_std=c_std, kind=kind,
+                             comparable=comparable,
+                             same_as=render_label(variants[same], configs.get(same, {}))
+                             if same else None, same_reason=why))
 
         published = table.get("published", {})
         for metric in metrics:
             for variant, label in variants.items():
+                label = render_label(label, {**run_settings.get(variant, {}),
+                                             **configs.get(variant, {})})
                 pub = _published(published.get(variant, {}), metric)
                 if table.get("layout") == "per_category":
                     for category in categories:
@@ -174,9 +314,9 @@ def build_protocol_tables(paper: str, profile: str, params: dict, results_dir: P
     original's evaluation protocol would have reported and their difference, in %."""
     spec = load_spec(paper)
     protocol_of = {v: d.get("protocol") for v, d in spec["variants"].items()}
-    honest = build_tables(paper, profile, params, results_dir)
-    original = build_tables(paper, profile, params, results_dir, value=lambda r, m, c, v:
-                            _original_protocol(r, m, c, protocol_of.get(v)))
+    honest = build_tables(paper, profile, params, results_dir, references=False)
+    original = build_tables(paper, profile, params, results_dir, references=False,
+                            value=lambda r, m, c, v: _original_protocol(r, m, c, protocol_of.get(v)))
     from nfbench.protocols import REPORTED_AS
 
     runs = expand_runs(paper, profile, params)
@@ -219,23 +359,33 @@ def write_protocol_tables(tables: dict[str, pd.DataFrame], paper_dir: Path) -> l
 
 def write_tables(tables: dict[str, pd.DataFrame], paper_dir: Path) -> list[Path]:
     """Write ``<paper_dir>/tables/<table>.csv`` (one per table), ``<paper_dir>/metrics.json``
-    (table → row.metric → mean, for ``dvc metrics show``) and ``<paper_dir>/plots/<table>.csv``
-    (label, reproduced, published; for ``dvc plots show``)."""
+    (the headline numbers only, for ``dvc metrics show``: per table, its average rows as
+    ``<variant>[.average].<metric>`` → mean) and, for ``dvc plots show``,
+    ``<paper_dir>/plots/<table>.csv`` (label, metric, kind, reproduced, published) and
+    ``<paper_dir>/plots/published_vs_reproduced.csv`` (every cell with both numbers)."""
     paper_dir = Path(paper_dir)
     for sub in ("tables", "plots"):
         (paper_dir / sub).mkdir(parents=True, exist_ok=True)
-    paths, summary = [], {}
+    paths, summary, pairs = [], {}, []
     for table_id, frame in tables.items():
         path = paper_dir / "tables" / f"{table_id}.csv"
         frame.to_csv(path, index=False, float_format="%.4f")
         paths.append(path)
-        # keys: <row>.<metric>, with the variant in front where a row is a category or group
+        heads = frame[frame["row"] == "average"] if (frame["row"] == "average").any() else frame
         summary[table_id] = {
             f"{r.row if r.row == r.variant else f'{r.variant}.{r.row}'}.{r.metric}": round(r.mean, 4)
-            for r in frame.itertuples() if np.isfinite(r.mean)}
-        plot = frame[["label", "metric", "mean", "published"]].rename(columns={"mean": "reproduced"})
-        if plot["metric"].nunique() > 1:  # one x label per bar
+            for r in heads.itertuples() if np.isfinite(r.mean)}
+        plot = frame[["label", "metric", "kind", "mean", "published"]].rename(
+            columns={"mean": "reproduced"})
+        if plot["metric"].nunique() > 1:  # one y label per bar
             plot["label"] = plot["label"] + " [" + plot["metric"] + "]"
         plot.to_csv(paper_dir / "plots" / f"{table_id}.csv", index=False, float_format="%.4f")
+        both = frame[frame["published"].notna() & frame["mean"].notna()]
+        pairs += [dict(table=table_id, label=r.label, metric=r.metric, published=r.published,
+                       reproduced=r.compared_mean if r.compared_metric != r.metric else r.mean,
+                       comparable=bool(r.comparable)) for r in both.itertuples()]
+    pd.DataFrame(pairs, columns=["table", "label", "metric", "published", "reproduced",
+                                 "comparable"]).to_csv(
+        paper_dir / "plots" / "published_vs_reproduced.csv", index=False, float_format="%.4f")
     (paper_dir / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
     return paths

@@ -51,7 +51,9 @@ def test_paper_profile_plan_covers_every_csflow_table():
     assert mtd_run.settings["input_size"] == 384 and mtd_run.settings["epochs"] == 60
     shots = next(r for r in runs if r.variant == "shots16")
     assert shots.shots == 16 and shots.settings == {}
-    assert len(runs) == 15 * 3 * 13 + 3 + 3  # 13 per-category variants, MTD, joint
+    assert len(runs) == 15 * 3 * 14 + 3 + 3  # 13 per-category variants + Gaussian baseline, MTD, joint
+    gaussian = next(r for r in runs if r.variant == "baseline_gaussian")
+    assert gaussian.method == "gaussian" and gaussian.settings == {}  # no CS-Flow budget
 
 
 def _fake_results(results: Path, runs, value) -> None:
@@ -105,8 +107,22 @@ def test_tables_and_report_from_records_only(tmp_path):
                    "Adam betas", "96.20", "Demo profile", "figures/csflow_maps.png"):
         assert needle in report
     assert (tmp_path / "reports/figures/csflow_roc.png").stat().st_size > 1000
-    index = write_index(tmp_path / "reports", tmp_path, ["csflow"]).read_text()
+    index = write_index(tmp_path / "reports", tmp_path, ["csflow"], params, "smoke").read_text()
     assert "[csflow](csflow.md)" in index
+    # issue 15 §2: the profile first, reference rows, no Δ/tolerance on stand-in data, n=1
+    assert index.split("\n")[2].startswith("> **Profile `smoke`")
+    assert "| vs chance |" in index and "| vs Gaussian |" in index and "Δ published" not in index
+    assert report.split("\n")[2].startswith("> **Profile `smoke`")
+    table1 = tables["table1"].set_index(["variant", "row"])
+    assert table1.loc[("chance", "average"), "mean"] == 50.0
+    assert table1.loc[("baseline_gaussian", "average"), "kind"] == "reference"
+    assert "(n=1)" in report and "± 0.0 (n=1)" not in report and "| Δ |" not in report
+    assert "768 px" not in report.split("## Anomaly maps")[0].split("Here:")[0]
+    assert "single scale NF (256 px)" in report and "demo set (brick)" in report
+    # rows identical by construction say so (here every variant of table 3 differs in value)
+    assert set(metrics["table1"]) == {"full.average.image_auroc", "shots16.average.image_auroc",
+                                      "baseline_gaussian.average.image_auroc",
+                                      "chance.average.image_auroc"}  # headline numbers only
 
 
 def test_paper_profile_plans_of_patchflow_and_clscnf():
@@ -115,11 +131,13 @@ def test_paper_profile_plans_of_patchflow_and_clscnf():
 
     params = load_params()
     patchflow = expand_runs("patchflow", "paper", params)
-    assert len(patchflow) == 7 * 15 * 3  # full + 4 flow-step + 2 scale variants
+    assert len(patchflow) == 8 * 15 * 3  # full + 4 flow-step + 2 scale variants + Gaussian
     runs = expand_runs("clscnf", "paper", params)
-    assert len(runs) == 10 * 15 * 3 + 6 * 3 * 3  # 10 MVTec AD variants, 6 BTAD variants
-    assert {r.method for r in runs} == {"clscnf", "cflow"}
+    assert len(runs) == 11 * 15 * 3 + 7 * 3 * 3  # 10 + 6 variants, a Gaussian baseline each
+    assert {r.method for r in runs} == {"clscnf", "cflow", "gaussian"}
     for run in runs:  # every per-category override is a valid field of the run's method
+        if run.method == "gaussian":
+            continue
         config = apply_category_settings(create_method(run.method, **run.settings).config,
                                          run.category)
         if run.dataset == "btad":
@@ -159,6 +177,10 @@ def test_multi_metric_and_complexity_tables_reach_the_report(tmp_path):
     report = write_report("clscnf", "smoke", params, tmp_path, tmp_path / "reports").read_text()
     assert "| CLS-CNFs-nsFE | 1026 | 310.0 | 1.38 | 1.55 |" in report
     assert "| image_auroc | 60.0 | 90.0 | +30.0 | yes |" in report  # FE_CLS vs FE_PRE, measured
+    # rows identical in this run say why (every variant but fe_cls scores 0.6 here)
+    assert tables["table2"].set_index("variant").loc["full_w_synthetic", "same_as"].iloc[0] == \
+        "A_p (CLS)"  # the first row with the same records
+    assert "Identical to \"A_p (CLS)\" on every metric" in report
     assert (tmp_path / "reports/figures/clscnf_pixel_histograms.png").stat().st_size > 1000
 
 
@@ -225,3 +247,21 @@ def test_parallel_workers_write_the_same_records(tiny_demo, tmp_path):
         [p.relative_to(tmp_path / "parallel") for p in parallel]
     for a, b in zip(serial, parallel):
         assert json.loads(a.read_text())["metrics"] == json.loads(b.read_text())["metrics"]
+
+
+def test_commit_marker_ignores_files_the_pipeline_rewrites(monkeypatch):
+    import subprocess
+
+    from nfbench import experiment
+
+    calls = []
+
+    def fake_run(cmd, **kwargs):
+        calls.append(cmd)
+        return subprocess.CompletedProcess(cmd, 0, stdout="abc\n" if "rev-parse" in cmd else "")
+
+    monkeypatch.setattr(experiment.subprocess, "run", fake_run)
+    assert experiment.git_commit() == "abc"
+    status = next(c for c in calls if "status" in c)
+    assert status[status.index("--") + 1:] == list(experiment.CODE_PATHS)
+    assert "dvc.lock" not in status and "results" not in status and "reports" not in status
