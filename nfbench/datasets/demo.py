@@ -199,7 +199,7 @@ def _object_normal(category: str, rng: np.random.Generator, size: int
     """The object on a plain background: (RGB image, object alpha, background without it).
 
     ``coin``: one ancient coin, any in-plane rotation within ±30°, on a dark plate.
-    ``logo``: a printed disc (the scikit-image logo), aligned within ±5°, on a grey plate.
+    ``logo``: a printed disc (the scikit-image logo), aligned within ±2°, on a grey plate.
     """
     if category == "coin":
         premult, alpha = _coin_sprite()
@@ -209,11 +209,11 @@ def _object_normal(category: str, rng: np.random.Generator, size: int
     else:
         premult, alpha = _logo_sprite()
         diameter = size * rng.uniform(0.66, 0.70)
-        angle = np.deg2rad(rng.uniform(-5, 5))
+        angle = np.deg2rad(rng.uniform(-2, 2))
         level, bg_tint = 0.38, (0.95, 0.97, 1.0)
     n = alpha.shape[0]
     diameter_src = 2 * np.sqrt(alpha.sum() / np.pi)
-    reach = 0.05 if category == "coin" else 0.03
+    reach = 0.05 if category == "coin" else 0.02
     center_out = (size - 1) / 2 + rng.uniform(-reach, reach, size=2) * size
     zoom = diameter_src / diameter
     src_c = ((n - 1) / 2, (alpha.shape[1] - 1) / 2)
