@@ -228,7 +228,8 @@ def test_transductive_scores_depend_on_the_scored_set_inductive_do_not(tiny_demo
     seed_everything(0)
     detector = create_method("cflow", **{**SMOKE, "normalization": "inductive"}).fit(train)
     part = test.subset(range(5))
-    np.testing.assert_allclose(detector.score(part).pixel, detector.score(test).pixel[:5], atol=1e-5)
+    np.testing.assert_allclose(detector.score(part).pixel, detector.score(test).pixel[:5],
+                               rtol=1e-5, atol=1e-5)  # float32 batch-size noise only
     transductive = create_method("cflow", **SMOKE)
     transductive.load_state_dict(detector.state_dict())
     whole, sub = transductive.score(test), transductive.score(part)

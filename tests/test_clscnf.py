@@ -178,9 +178,14 @@ def test_transductive_and_inductive_differ_by_one_constant(fitted):
     shift = b.pixel - a.pixel
     assert np.ptp(shift) < 1e-5, "n_max must shift every score of the set by one constant"
     assert b.pixel[..., :].reshape(len(test), -1).max() >= 0  # some pixel of the set sits at n_max
-    sub = transductive.score(test.subset(range(4)))
-    assert not np.allclose(sub.pixel, b.pixel[:4])  # depends on which images are scored...
-    np.testing.assert_allclose(sub.pixel - b.pixel[:4], (sub.pixel - b.pixel[:4]).flat[0], atol=1e-5)
+    # depends on which images are scored (unless a subset holds the set's n_max: try two)...
+    differs = []
+    for index in (list(range(4)), list(range(len(test) - 4, len(test)))):
+        sub = transductive.score(test.subset(index))
+        differs.append(not np.allclose(sub.pixel, b.pixel[index]))
+        np.testing.assert_allclose(sub.pixel - b.pixel[index], (sub.pixel - b.pixel[index]).flat[0],
+                                   atol=3e-5)  # float32 batch-size noise reaches ~1.2e-5
+    assert any(differs)
 
 
 def test_inference_modules_and_components(fitted):

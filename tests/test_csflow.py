@@ -39,7 +39,7 @@ def test_nan_loss_stops_training_with_epoch_and_step(tiny_demo, monkeypatch):
 ])
 def test_scale_modes_feed_the_table3_inputs(mode, expected_inputs, tiny_demo):
     detector = create_method("csflow", **{**TINY, "epochs": 1}, scale_mode=mode, scale_index=1)
-    train, test = _sets(tiny_demo, "grass")
+    train, test = _sets(tiny_demo, "gravel")
     detector.fit(train.subset(range(4)))
     assert detector._input_shapes == expected_inputs
     scores = detector.score(test.subset(range(3)))

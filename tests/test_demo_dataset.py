@@ -13,8 +13,9 @@ from scipy import ndimage as ndi
 from scipy import stats
 
 from nfbench.datasets import demo
-from nfbench.datasets.demo import (CATEGORY_KIND, DEFECT_TYPES, DEMO_CATEGORIES, generate_demo,
-                                   make_defect_example, make_normal)
+from nfbench.datasets.demo import (AREA_RANGE, CATEGORY_DEFECTS, CATEGORY_KIND, DEFECT_TYPES,
+                                   DEMO_CATEGORIES, generate_demo, make_defect_example,
+                                   make_normal)
 
 SMALL = dict(image_size=128, n_train=6, n_test_good=3, n_test_defect_per_type=2, progress=False)
 
@@ -36,11 +37,17 @@ def _files(root: Path) -> dict[str, bytes]:
 
 
 def test_categories_and_defect_types():
-    assert len(DEMO_CATEGORIES) >= 3
-    assert {"brick", "grass", "gravel"} <= set(DEMO_CATEGORIES)
-    assert set(CATEGORY_KIND) == set(DEMO_CATEGORIES)
-    assert set(CATEGORY_KIND.values()) == {"texture", "object"}
-    assert len(DEFECT_TYPES) >= 3 and "good" not in DEFECT_TYPES
+    assert DEMO_CATEGORIES == ("brick", "gravel", "coin", "logo")
+    assert set(CATEGORY_KIND) == set(CATEGORY_DEFECTS) == set(DEMO_CATEGORIES)
+    assert [CATEGORY_KIND[c] for c in DEMO_CATEGORIES] == ["texture", "texture", "object", "object"]
+    assert "good" not in DEFECT_TYPES
+    for cat, defects in CATEGORY_DEFECTS.items():
+        assert len(defects) == 4 and len(set(defects)) == 4 and set(defects) <= set(DEFECT_TYPES)
+    # objects get the object defects of MVTec AD: missing or misplaced parts
+    assert "missing" in CATEGORY_DEFECTS["coin"]
+    assert {"missing", "misplaced"} <= set(CATEGORY_DEFECTS["logo"])
+    for defects in CATEGORY_DEFECTS.values():  # a thin line-like and a foreign-matter defect
+        assert "contamination" in defects and {"scratch", "crack", "thread"} & set(defects)
 
 
 def test_mvtec_layout_and_counts(small_demo):
@@ -48,12 +55,13 @@ def test_mvtec_layout_and_counts(small_demo):
     for cat in DEMO_CATEGORIES:
         base = small_demo / cat
         assert [p.name for p in sorted((base / "train").iterdir())] == ["good"]
-        assert sorted(p.name for p in (base / "test").iterdir()) == sorted(("good",) + DEFECT_TYPES)
-        assert sorted(p.name for p in (base / "ground_truth").iterdir()) == sorted(DEFECT_TYPES)
+        defects = CATEGORY_DEFECTS[cat]
+        assert sorted(p.name for p in (base / "test").iterdir()) == sorted(("good",) + defects)
+        assert sorted(p.name for p in (base / "ground_truth").iterdir()) == sorted(defects)
         train = sorted(p.name for p in (base / "train" / "good").iterdir())
         assert train == [f"{i:03d}.png" for i in range(6)]
         assert len(list((base / "test" / "good").iterdir())) == 3
-        for defect in DEFECT_TYPES:
+        for defect in defects:
             names = sorted(p.name for p in (base / "test" / defect).iterdir())
             assert names == ["000.png", "001.png"]
         for image in base.rglob("*.png"):
@@ -63,21 +71,22 @@ def test_mvtec_layout_and_counts(small_demo):
     manifest = json.loads((small_demo / "demo.json").read_text())
     assert manifest["seed"] == 0 and manifest["image_size"] == 128
     assert manifest["version"] == demo.GENERATOR_VERSION
-    assert manifest["counts"]["brick"] == {"train": {"good": 6},
-                                          "test": {"good": 3, **{d: 2 for d in DEFECT_TYPES}}}
+    assert manifest["counts"]["brick"] == {
+        "train": {"good": 6}, "test": {"good": 3, **{d: 2 for d in CATEGORY_DEFECTS["brick"]}}}
+    assert manifest["defect_types"] == {c: list(CATEGORY_DEFECTS[c]) for c in DEMO_CATEGORIES}
 
 
 def test_scanner_reads_the_demo_set(small_demo):
     from nfbench.datasets.mvtec_ad import load_folder
 
     table = load_folder(small_demo)
-    assert len(table) == len(DEMO_CATEGORIES) * (6 + 3 + 2 * len(DEFECT_TYPES))
+    assert len(table) == sum(6 + 3 + 2 * len(CATEGORY_DEFECTS[c]) for c in DEMO_CATEGORIES)
 
 
 def test_every_defect_has_a_nonempty_binary_mask_that_marks_a_visible_change(small_demo):
     significant = []
     for cat in DEMO_CATEGORIES:
-        for defect in DEFECT_TYPES:
+        for defect in CATEGORY_DEFECTS[cat]:
             for image_path in sorted((small_demo / cat / "test" / defect).iterdir()):
                 mask_path = (small_demo / cat / "ground_truth" / defect
                              / f"{image_path.stem}_mask.png")
@@ -89,14 +98,14 @@ def test_every_defect_has_a_nonempty_binary_mask_that_marks_a_visible_change(sma
                 ring = (ndi.binary_dilation(inside, iterations=8)
                         & ~ndi.binary_dilation(inside, iterations=2))
                 significant.append(stats.ks_2samp(image[inside], image[ring]).pvalue < 0.05)
-    # most masked regions differ in distribution from their surroundings; a few are subtle
-    assert np.mean(significant) >= 0.75
+    # the masked regions differ in distribution from their surroundings
+    assert np.mean(significant) >= 0.9
 
 
 @pytest.mark.parametrize("category", DEMO_CATEGORIES)
 def test_defects_change_only_the_masked_pixels(category):
     strengths = []
-    for defect in DEFECT_TYPES:
+    for defect in CATEGORY_DEFECTS[category]:
         for i in range(4):
             clean, defective, mask = make_defect_example(
                 category, defect, np.random.default_rng([7, i]), image_size=128)
@@ -109,8 +118,34 @@ def test_defects_change_only_the_masked_pixels(category):
             strengths.append(change[mask].mean())
             # the same generator state gives the same clean image as a normal sample
             assert np.array_equal(clean, make_normal(category, np.random.default_rng([7, i]), 128))
-    # contrast varies: subtle and obvious defects in the same category
-    assert min(strengths) < 12 and max(strengths) > 25
+    # visible, with a range of contrasts
+    assert min(strengths) > 10 and max(strengths) > 50 and max(strengths) > 1.5 * min(strengths)
+
+
+@pytest.mark.parametrize("category", DEMO_CATEGORIES)
+def test_defect_areas_are_mvtec_like_at_the_demo_size(category):
+    """At 256 px every defect covers ~1-10 % of the image (AREA_RANGE), objects' defects lie
+    on the object, and each defect type spans a range of sizes."""
+    lo, hi = AREA_RANGE
+    assert 0.005 <= lo < 0.015 and 0.08 <= hi <= 0.12
+    for defect in CATEGORY_DEFECTS[category]:
+        areas = []
+        for i in range(6):
+            rng = np.random.default_rng([11, i])
+            _, _, mask = make_defect_example(category, defect, rng, image_size=256)
+            areas.append(mask.mean())
+            if CATEGORY_KIND[category] == "object":
+                _, obj, _ = demo._normal(category, np.random.default_rng([11, i]), 256)
+                assert (obj[mask] > 0.01).all(), (defect, i)  # on the object, not beside it
+        assert lo <= min(areas) and max(areas) <= hi, (defect, areas)
+        assert max(areas) > 1.3 * min(areas), (defect, areas)
+
+
+def test_unknown_defect_type_of_a_category_is_refused():
+    from nfbench.errors import UserError
+
+    with pytest.raises(UserError, match="misplaced"):
+        make_defect_example("brick", "misplaced", np.random.default_rng(0), 64)
 
 
 def test_same_seed_is_byte_identical_other_seed_differs(small_demo, tmp_path):

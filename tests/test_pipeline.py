@@ -240,7 +240,7 @@ def test_parallel_workers_write_the_same_records(tiny_demo, tmp_path):
 
     runs = [Run(paper="demo", method="gaussian", variant="v", dataset="demo", category=c,
                 seed=0, profile="demo", settings={"input_size": 64}, root=str(tiny_demo))
-            for c in ("brick", "coin", "grass")]
+            for c in ("brick", "coin", "gravel")]
     serial = execute(runs, tmp_path / "serial", progress=False, jobs=1)
     parallel = execute(runs, tmp_path / "parallel", progress=False, jobs=2)
     assert [p.relative_to(tmp_path / "serial") for p in serial] == \

@@ -50,9 +50,10 @@ _WHOLE_IMAGE = ("transistor", "tile", "wood", "carpet", "leather", "02")
 _NO_FILL = ("grid", "metal_nut", "01")
 #: Every other MVTec AD category: a dark object, holes filled (the code's default).
 _DARK = ("bottle", "capsule", "grid", "screw", "zipper")
-#: The offline demo categories (nfbench.datasets.demo): three textures and a bright coin on a
-#: dark background. Not in the original; chosen the same way the original's lists were.
-_DEMO = {"brick": "none", "grass": "none", "gravel": "none", "coin": "bright"}
+#: The offline demo categories (nfbench.datasets.demo): two textures, a bright coin on a dark
+#: plate and a bright printed disc on a grey plate. Not in the original; chosen the same way
+#: the original's lists were.
+_DEMO = {"brick": "none", "gravel": "none", "coin": "bright", "logo": "bright"}
 
 OBJECT_MASK_RULES: dict[str, tuple[str, bool]] = {
     **{c: ("bright", c not in _NO_FILL) for c in _BRIGHT},
