@@ -12,10 +12,11 @@ import pytest
 
 from nfbench.cli import main
 from nfbench.errors import UserError
+from nfbench.datasets.demo import DEMO_CATEGORIES
 from nfbench.plan import PAPERS, Run, expand_runs
 
 
-def _runs(root, categories=("brick", "coin", "grass"), **settings):
+def _runs(root, categories=DEMO_CATEGORIES[:3], **settings):
     return [Run(paper="demo", method="gaussian", variant="v", dataset="demo", category=c,
                 seed=0, profile="demo", settings={"input_size": 64, **settings}, root=str(root))
             for c in categories]
