@@ -15,7 +15,7 @@ Images enter in [0, 1]; each backbone applies its own normalisation. Weights are
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch

@@ -133,8 +133,6 @@ def cmd_run(args: argparse.Namespace) -> None:
 
 
 def cmd_decide(args: argparse.Namespace) -> None:
-    import json
-
     from nfbench.decision import decision_markdown, decision_table
     from nfbench.experiment import write_record
     from nfbench.methods import method_class

@@ -26,11 +26,12 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from nfbench.backbones import FeatureExtractor, get_backbone_spec, resolve_layers
 from nfbench.atomic import atomic_path
+from nfbench.backbones import FeatureExtractor, get_backbone_spec, resolve_layers
 from nfbench.datasets.base import ImageSet
 from nfbench.errors import UserError
 from nfbench.paths import cache_root
+from nfbench.progress import bars_enabled
 
 CACHE_FORMAT = 1
 
@@ -85,7 +86,7 @@ def cache_key(backbone: str, layer: str, scale: int, images: ImageSet,
 @torch.no_grad()
 def compute_features(backbone: str, layers: Sequence[str], images: ImageSet,
                      scales: Sequence[int] = (0,), batch_size: int = 16,
-                     device: torch.device | str = "cpu", progress: bool = True,
+                     device: torch.device | str = "cpu", progress: bool | None = None,
                      base_size: int | None = None) -> dict[tuple[int, str], torch.Tensor]:
     """Features without the cache: ``{(scale, layer): float [N, C, h, w]}`` on the CPU, where
     scale s is the input downsampled to ``base_size // 2**s`` (default base: the input size;
@@ -97,7 +98,8 @@ def compute_features(backbone: str, layers: Sequence[str], images: ImageSet,
         (s, layer): [] for s in scales for layer in layers}
     starts = range(0, len(images), batch_size)
     for start in tqdm(starts, desc=f"features {backbone} {images.name}".strip(),
-                      disable=not progress, leave=False):
+                      disable=not (bars_enabled() if progress is None else progress),
+                      leave=False):
         batch = images.load_images(range(start, min(start + batch_size, len(images))))
         for s, scaled in enumerate(scaled_inputs(batch.to(device), n_scales, base_size)):
             if s not in scales:
@@ -209,7 +211,7 @@ def load_entry(path: Path, key: str, shape_ok=None, what: str = "feature cache")
 
 def cached_features(backbone: str, layers: Sequence[str], images: ImageSet, n_scales: int = 1,
                     batch_size: int = 16, device: torch.device | str = "cpu",
-                    progress: bool = True, root: Path | None = None,
+                    progress: bool | None = None, root: Path | None = None,
                     base_size: int | None = None) -> list[list[torch.Tensor]]:
     """Features of ``layers`` at ``n_scales`` input scales, ``result[scale][layer]``, read from
     (or computed once into) the on-disk cache, one verified entry per (layer, scale).

@@ -304,9 +304,10 @@ def anomaly_maps(examples: dict[str, Any], path: Path, thresholds: dict[str, flo
                 bar.set_ticks([0, 1], labels=["normal", "defect"])
             else:
                 bar.set_label("score", fontsize=5)
-    fig.suptitle("Anomaly maps: one colour scale per category's map row; prediction at the "
-                 "oracle pixel threshold; ground truth outlined in red", fontsize=7)
-    fig.tight_layout()
+    fig.suptitle(_wrap("Anomaly maps: one colour scale per category's map row; prediction at "
+                       "the oracle pixel threshold; ground truth outlined in red", 70), fontsize=7)
+    # tight_layout ignores the suptitle: keep half an inch above the first row for it
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / fig.get_figheight()))
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 

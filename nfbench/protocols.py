@@ -316,7 +316,9 @@ class OriginalProtocol:
             return ({k: v if math.isfinite(v) else float("nan") for k, v in best_of.items()},
                     "every metric's maximum over meta-epochs, transductive")
         if self.method in SELECT_THEN_TEST:  # the first strictly best point, as the original
-            chosen = next(p for p in points if p["label"] == getattr(self, "_best_label", None))
+            # the selected point; the last one when fit evaluated nothing (no hook was called)
+            chosen = next((p for p in points if p["label"] == getattr(self, "_best_label", None)),
+                          points[-1])
             what = {"patchflow": "best synthetic-validation pixel AUROC",
                     "csflow": "best test image AUROC"}[self.method]
             return chosen["metrics"], f"{chosen['label']} ({what})"

@@ -17,7 +17,6 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
@@ -465,7 +464,8 @@ def protocol_section(spec: dict, tables_dir: Path) -> list[str]:
         frame = frame[frame["n"] > 0]
         if frame.empty:
             continue
-        out += [f"**{spec['tables'][table_id]['title']}**", "",
+        # the paper's title names the paper's data; the rows are this profile's categories
+        out += [f"**{table_id}** (paper: *{spec['tables'][table_id]['title']}*)", "",
                 "| row | metric | honest | original protocol | difference | as the original reported |",
                 "|---|---|---|---|---|---|"]
         out += [f"| {r.label} | {r.metric} | {_fmt(r.honest)} | {_fmt(r.original)} | "

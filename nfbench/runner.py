@@ -110,7 +110,9 @@ def _summary(path: Path) -> str:
     import json
 
     record = json.loads(Path(path).read_text())
-    return (f"{record['run_id']}: image AUROC {record['metrics']['image_auroc']:.4f} "
+    auroc = record["metrics"]["image_auroc"]  # None when undefined (see the record's reason)
+    auroc = "undefined" if auroc is None else f"{auroc:.4f}"
+    return (f"{record['run_id']}: image AUROC {auroc} "
             f"({record['timing']['wall_seconds']:.1f} s, {record['timing']['device']})")
 
 

@@ -29,7 +29,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -44,6 +43,7 @@ from nfbench.datasets.base import ImageSet
 from nfbench.errors import UserError
 from nfbench.feature_cache import cached_features, load_entry, save_entry
 from nfbench.methods import register_method
+from nfbench.progress import bars_enabled
 from nfbench.methods.base import Scores, resolve_device
 from nfbench.methods.cflow.flow import (CNFSettings, anomaly_from_normal, build_flows,
                                         layer_maxima, log_likelihood_maps, normal_score_map,
@@ -143,7 +143,7 @@ def extract(encoder: nn.Module, images: ImageSet | torch.Tensor, device: torch.d
     n = len(images)
     chunks: list[list[torch.Tensor]] = []
     for start in tqdm(range(0, n, batch_size), desc=desc, leave=False,
-                      disable=os.environ.get("NFBENCH_QUIET") == "1"):
+                      disable=not bars_enabled()):
         idx = range(start, min(start + batch_size, n))
         batch = images.load_images(idx) if isinstance(images, ImageSet) else images[start:idx.stop]
         chunks.append([m.float().cpu() for m in encoder(batch.to(device))])
@@ -206,7 +206,7 @@ def frozen_features(backbone: str, layers: Sequence[str], padding: str, images: 
               "layers": list(layers), "padding": padding}
     if padding == "zeros":
         return cached_features(backbone, list(layers), images, device=device,
-                               progress=os.environ.get("NFBENCH_QUIET") != "1")[0], source
+                               progress=bars_enabled())[0], source
     key = (backbone, tuple(layers), padding, str(device))
     if key not in _REFLECT_ENCODERS:
         _REFLECT_ENCODERS[key] = build_encoder(backbone, layers, padding, trainable=False,
@@ -260,7 +260,7 @@ def fit_cnf_stage(features: list[torch.Tensor], source: dict, settings: CNFSetti
 
     generator = torch.Generator().manual_seed(seed + 2000)
     train_flows(flows, features, settings, generator, device, desc=desc,
-                progress=os.environ.get("NFBENCH_QUIET") != "1",
+                progress=bars_enabled(),
                 on_meta_epoch=at_meta_epoch if on_meta_epoch is not None else None)
     entry: dict[str, Any] = {"flows": {k: v.cpu() for k, v in flows.state_dict().items()}}
     if snapshots:

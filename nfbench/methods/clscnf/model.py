@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,6 +51,7 @@ from nfbench.backbones import get_backbone_spec
 from nfbench.datasets.base import ImageSet
 from nfbench.errors import UserError
 from nfbench.methods import register_method
+from nfbench.progress import bars_enabled
 from nfbench.methods.base import Scores, descent_step, resolve_device
 from nfbench.methods.cflow.model import (LAYERS, NFInference, NFScorer, StageCache,
                                          apply_category_settings, build_encoder, category_of,
@@ -312,7 +312,7 @@ class CLSCNFDetector:
         decoder.train()
         encoder.eval()  # BatchNorm keeps the ImageNet statistics (§IV-B)
         bar = tqdm(range(total), desc=f"clscnf FE ({cfg.finetune})", leave=False,
-                   disable=os.environ.get("NFBENCH_QUIET") == "1")
+                   disable=not bars_enabled())
         for meta in bar:
             eta_min = cfg.fe_lr * cfg.fe_lr_min_factor
             lr = eta_min + (cfg.fe_lr - eta_min) * (1 + math.cos(math.pi * meta / max(total, 1))) / 2

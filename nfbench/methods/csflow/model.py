@@ -18,7 +18,6 @@ upsampled (§3.3, Fig. 7).
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -32,6 +31,7 @@ from nfbench.datasets.base import ImageSet
 from nfbench.errors import UserError
 from nfbench.feature_cache import cached_features, get_extractor, scaled_inputs
 from nfbench.methods import register_method
+from nfbench.progress import bars_enabled
 from nfbench.methods.base import Scores, descent_step, resolve_device
 from nfbench.methods.csflow.flow import (LOG_JAC_REDUCTIONS, build_cs_flow, image_score,
                                          localization_map, nll_loss)
@@ -164,7 +164,7 @@ class CSFlowDetector:
         generator = torch.Generator().manual_seed(int(torch.initial_seed()) % 2**63)
         self.flow.train()
         self.loss_history = []
-        bar = tqdm(range(cfg.epochs), desc="csflow fit", leave=False)
+        bar = tqdm(range(cfg.epochs), desc="csflow fit", leave=False, disable=not bars_enabled())
         for epoch in bar:
             order = torch.randperm(n, generator=generator)  # shuffle=True, drop_last=False
             epoch_losses = []

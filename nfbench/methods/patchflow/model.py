@@ -22,7 +22,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import math
-import os
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -36,6 +35,7 @@ from nfbench.datasets.base import ImageSet
 from nfbench.errors import UserError
 from nfbench.feature_cache import cached_features, get_extractor, scaled_inputs
 from nfbench.methods import register_method
+from nfbench.progress import bars_enabled
 from nfbench.methods.base import Scores, descent_step, resolve_device
 from nfbench.methods.patchflow import flow as pf
 
@@ -343,7 +343,7 @@ class PatchFlowDetector:
         cfg = self.config
         return cached_features(cfg.backbone, list(cfg.layers), images, n_scales=cfg.n_scales,
                                device=self.device,
-                               progress=os.environ.get("NFBENCH_QUIET") != "1",
+                               progress=bars_enabled(),
                                base_size=self.crop if self.map_size else None)
 
     def _batch(self, maps: list[list[torch.Tensor]], index) -> list[list[torch.Tensor]]:
@@ -431,7 +431,7 @@ class PatchFlowDetector:
         self.selected_epoch = None
         best_score, best_state = -math.inf, None
         bar = tqdm(range(cfg.epochs), desc="patchflow fit", leave=False,
-                   disable=os.environ.get("NFBENCH_QUIET") == "1")
+                   disable=not bars_enabled())
         for epoch in bar:
             self.net.train()
             order = torch.randperm(n, generator=generator)  # shuffle=True, drop_last=False
