@@ -116,7 +116,7 @@ def peers_section(paper: str, results_dir: Path) -> list[str]:
     if entry.get("note"):
         lines += ["", f"Note: {entry['note']}."]
     if not peer["matched"] and peer["shipped"]:
-        lines += ["", "No *matched* run: on shared features none of the listed deviations "
-                  "arises, so *matched* would equal *shipped*; the last column compares ours "
-                  "with *shipped*."]
+        lines += ["", "No *matched* run: no listed deviation can be changed through anomalib's "
+                  "API on shared features (each is n/a or hard-coded), so *matched* would "
+                  "equal *shipped*; the last column compares ours with *shipped*."]
     return lines + [""]
