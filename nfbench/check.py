@@ -54,7 +54,9 @@ def collect(results_dir: Path, papers: list[str] | None = None) -> dict[str, dic
         if not isinstance(record, dict):
             raise UserError(f"result record {path} must be a JSON object, got "
                             f"{type(record).__name__}")
-        if papers and record.get("paper") not in papers:
+        # a record without "paper" belongs to the paper its run id names
+        if papers and (record.get("paper") or str(record.get("run_id", "")).split("/")[0]) \
+                not in papers:
             continue
         if not isinstance(record.get("run_id"), str):
             raise UserError(f"result record {path} has no run_id")

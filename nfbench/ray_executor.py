@@ -65,6 +65,11 @@ def execute_ray(todo, results_dir: Path, status, address: str | None = None,
     env = {"NFBENCH_DATA": str(datasets_root()), "NFBENCH_CACHE": str(cache_root()),
            "NFBENCH_QUIET": "1"}
     remote = ray.remote(_task).options(max_retries=1, retry_exceptions=False, **options)
+    from nfbench.identity import run_identity
+
+    # the identity is the driver's, as bench's skip test computes it: a GPU worker would read
+    # device "auto" as cuda where the (CPU) driver reads cpu, and every rerun would redo all
+    identities = {run.run_id: run_identity(run) for run in todo}
     refs = {}
     for run in todo:
         # a GPU task sees only its GPU (Ray sets CUDA_VISIBLE_DEVICES): "cuda" is that one
@@ -84,6 +89,7 @@ def execute_ray(todo, results_dir: Path, status, address: str | None = None,
             errors[run.run_id] = f"{type(cause).__name__}: {text[-1] if text else ''}"
             status.update(run.run_id, ok=False, message=errors[run.run_id])
             continue
+        record["identity"] = identities[run.run_id]
         path = store(record, examples, results_dir, run)
         status.update(run.run_id, message=_summary(path))
     if errors:

@@ -36,7 +36,8 @@ def resolve_run_args(args: argparse.Namespace) -> dict[str, Any]:
         if not isinstance(loaded, dict):
             raise UserError(f"{args.config}: expected a mapping (from --print-config)")
     for name in RUN_FIELDS:
-        if getattr(args, name, None) in (None, False) and loaded.get(name) is not None:
+        given = getattr(args, name, None)  # `is`, not `in`: --seed 0 is a value (0 == False)
+        if (given is None or given is False) and loaded.get(name) is not None:
             setattr(args, name, loaded[name])
     if args.root is None and loaded.get("root"):
         args.root = Path(loaded["root"])

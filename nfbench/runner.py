@@ -227,7 +227,6 @@ def _execute_local(todo: list[Run], results_dir: Path, status: Progress, jobs: i
         for run in todo:
             status.update(run.run_id, message=_summary(run_one(run, results_dir)))
         return
-    jobs = min(jobs, len(todo)) if slots is None else jobs
     threads = max(1, (os.cpu_count() or 1) // jobs)
     if slots is None:
         # fork starts workers at once (torch is already imported, no thread pool used yet);
@@ -242,4 +241,9 @@ def _execute_local(todo: list[Run], results_dir: Path, status: Progress, jobs: i
                              initargs=(threads, queue)) as pool:
         futures = {pool.submit(run_one, run, results_dir): run for run in todo}
         for future in as_completed(futures):
-            status.update(futures[future].run_id, message=_summary(future.result()))
+            try:
+                path = future.result()
+            except BaseException:  # stop the batch: queued runs are cancelled, not run
+                pool.shutdown(cancel_futures=True)
+                raise
+            status.update(futures[future].run_id, message=_summary(path))

@@ -209,3 +209,13 @@ def test_ray_executor_matches_local_records(tiny_demo, tmp_path, one_thread):
         assert ra["metrics"] == pytest.approx(rb["metrics"], rel=1e-9, abs=1e-12)
         assert ra["identity"] == rb["identity"]
         assert b.with_suffix(".npz").is_file()
+
+
+def test_command_line_seed_zero_wins_over_the_config_file(tmp_path, capsys):
+    """--seed 0 is a value, not "unset" (0 == False must not let the file's seed win)."""
+    assert main(["run", "--method", "gaussian", "--dataset", "demo", "--category", "brick",
+                 "--seed", "3", "--print-config"]) == 0
+    saved = tmp_path / "run.yaml"
+    saved.write_text(capsys.readouterr().out)
+    assert main(["run", "--config", str(saved), "--seed", "0", "--print-config"]) == 0
+    assert "seed: 0" in capsys.readouterr().out.splitlines()

@@ -249,3 +249,13 @@ def test_anomalib_csflow_permutes_every_scale_alike_unlike_the_original():
     assert all(torch.equal(theirs.perm[0], p) for p in theirs.perm)
     assert not torch.equal(ours.permutation(0), ours.permutation(1))
     assert not torch.equal(theirs.perm[0], ours.permutation(0))
+
+
+def test_peer_table_skips_undefined_metrics():
+    """Records store an undefined metric as None (strict JSON); the peer table ignores it."""
+    from nfbench.peers.report import _stat
+
+    records = [{"metrics": {"pixel_auroc": None}}, {"metrics": {"pixel_auroc": 0.8}},
+               {"metrics": {"pixel_auroc": 0.6}}]
+    mean, std, n = _stat(records, "pixel_auroc")
+    assert n == 2 and mean == pytest.approx(0.7)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from nfbench.peers import CONFIGS, METHODS
@@ -35,6 +36,8 @@ def cmd_peers(args: argparse.Namespace) -> None:
     from nfbench.peers.common import run_stage
     from nfbench.plan import load_params
 
+    if args.quiet:  # the one quiet switch (nfbench.progress): no bars in the workers either
+        os.environ["NFBENCH_QUIET"] = "1"
     params = load_params()
     profile = args.profile or params.get("profile", "demo")
     out = Path(args.results) / "peers"

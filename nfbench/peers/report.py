@@ -27,8 +27,9 @@ def _records(folder: Path) -> dict[str, list[dict]]:
 
 
 def _stat(records: list[dict], metric: str) -> tuple[float, float, int]:
-    values = [r["metrics"][metric] for r in records
-              if r.get("status", "ok") == "ok" and np.isfinite(r["metrics"].get(metric, np.nan))]
+    values = [r["metrics"][metric] for r in records  # an undefined metric is None in a record
+              if r.get("status", "ok") == "ok" and r["metrics"].get(metric) is not None
+              and np.isfinite(r["metrics"][metric])]
     if not values:
         return np.nan, np.nan, 0
     return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else np.nan, \
