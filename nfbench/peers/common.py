@@ -165,10 +165,6 @@ def _stage_one(run: dict, profile: str, params: dict, results_dir: str) -> tuple
                        f"seed{run['seed']}: {what}")
 
 
-def _init_worker(threads: int) -> None:
-    torch.set_num_threads(threads)
-
-
 def run_stage(profile: str, params: dict, results_dir: Path, quiet: bool = False,
               jobs: int | None = None) -> list[Path]:
     """The ``peers`` pipeline stage: every run of the profile's block, one record each,
@@ -178,17 +174,20 @@ def run_stage(profile: str, params: dict, results_dir: Path, quiet: bool = False
     from concurrent.futures import ProcessPoolExecutor, as_completed
     from multiprocessing import get_context
 
+    # the runner's worker count and initialiser (torch threads; no GPU slot here)
+    from nfbench.runner import _init_worker, default_jobs
+
     runs = stage_runs(profile, params)
     if not runs:
         return []
     if peer_version() is not None:  # import anomalib once, before the workers fork (~10 s)
         import anomalib.models.image.csflow.torch_model  # noqa: F401
-    jobs = max(1, min(jobs or min(4, os.cpu_count() or 1), len(runs)))
+    jobs = max(1, min(jobs or default_jobs(), len(runs)))
     threads = max(1, (os.cpu_count() or 1) // jobs)
     context = get_context("fork" if sys.platform == "linux" else "spawn")
     paths = []
     with ProcessPoolExecutor(jobs, mp_context=context, initializer=_init_worker,
-                             initargs=(threads,)) as pool:
+                             initargs=(threads, None)) as pool:
         futures = [pool.submit(_stage_one, run, profile, params, str(results_dir))
                    for run in runs]
         for future in as_completed(futures):
