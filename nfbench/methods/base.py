@@ -5,6 +5,15 @@
 * ``score(images) -> Scores``; higher means more anomalous, always.
 * ``state_dict()`` / ``load_state_dict()`` save and restore a fitted detector (tensors only, so
   it loads with ``torch.load(..., weights_only=True)``).
+* ``fit`` never rewrites ``config``: hyperparameters stay what the user set. What ``fit``
+  resolves for one category (per-category settings, schedules) and what it learns live in
+  attributes ending in ``_`` (scikit-learn's rule), so a second ``fit`` starts from the config.
+* ``inference_module(component=None, pretrained=True)`` is the one profiling hook: an
+  ``nn.Module`` from images ``[B, 3, S, S]`` in [0, 1] to ``(image scores [B], anomaly map
+  [B, h, w])``, the same eval forward ``score()`` runs (untrained before ``fit``; FLOPs and
+  speed do not depend on the weights). ``component`` names one of ``profiling_components``
+  (CLS-CNFs' Table 3 rows); a method or component without such a network raises
+  :class:`ProfilingNotSupported` with the reason.
 
 Metrics are never computed inside a method: :mod:`nfbench.metrics` measures every method the
 same way.
@@ -40,11 +49,27 @@ class Scores:
                              "must be [N] and [N, H, W]")
 
 
+class ProfilingNotSupported(UserError):
+    """A method (or one of its ``profiling_components``) has no images → scores network to
+    profile; the message says why. ``sized`` is a module whose parameters still count (e.g. a
+    bare feature extractor's size in CLS-CNFs' Table 3), or None."""
+
+    def __init__(self, reason: str, sized: torch.nn.Module | None = None):
+        super().__init__(reason)
+        self.sized = sized
+
+
 @runtime_checkable
 class Detector(Protocol):
-    """What the suite needs from a method."""
+    """What the suite needs from a method (see the module docstring)."""
 
     name: ClassVar[str]
+    #: the frozen, validated hyperparameter dataclass; its defaults are the paper's
+    Config: ClassVar[type]
+    #: settings for a seconds-long run (conformance tests, CI smoke)
+    smoke_settings: ClassVar[dict[str, Any]]
+    #: named sub-networks ``inference_module`` can profile besides the whole method
+    profiling_components: ClassVar[tuple[str, ...]]
     config: Any
 
     def fit(self, train, **kwargs) -> "Detector": ...
@@ -54,6 +79,9 @@ class Detector(Protocol):
     def state_dict(self) -> dict[str, Any]: ...
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+    def inference_module(self, component: str | None = None,
+                         pretrained: bool = True) -> torch.nn.Module: ...
 
 
 def seed_everything(seed: int) -> torch.Generator:
