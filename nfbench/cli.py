@@ -83,7 +83,7 @@ def cmd_methods(args: argparse.Namespace) -> None:
     from nfbench.methods import list_methods, method_class
 
     if args.settings:
-        from nfbench.settings_doc import settings_table
+        from nfbench.report.settings_doc import settings_table
 
         print(settings_table(args.settings))
         return
@@ -111,8 +111,8 @@ def _metric(value) -> str:
 
 def cmd_run(args: argparse.Namespace) -> None:
     from nfbench.atomic import check_output_file
-    from nfbench.experiment import run_experiment, write_record
-    from nfbench.run_config import print_config, resolve_run_args
+    from nfbench.pipeline.experiment import run_experiment, write_record
+    from nfbench.pipeline.run_config import print_config, resolve_run_args
 
     overrides = resolve_run_args(args)  # --config, params.yaml's block, --set, --device
     if args.print_config:
@@ -133,8 +133,8 @@ def cmd_run(args: argparse.Namespace) -> None:
 
 
 def cmd_decide(args: argparse.Namespace) -> None:
-    from nfbench.decision import decision_markdown, decision_table
-    from nfbench.experiment import write_record
+    from nfbench.pipeline.decision import decision_markdown, decision_table
+    from nfbench.pipeline.experiment import write_record
     from nfbench.methods import method_class
 
     method_class(args.method)
@@ -164,7 +164,7 @@ def _profile(args: argparse.Namespace, params: dict) -> str:
 def cmd_data_prepare(args: argparse.Namespace) -> None:
     """The pipeline's data stage: the demo set offline, every real dataset for ``paper``."""
     from nfbench.datasets import obtain
-    from nfbench.plan import load_params
+    from nfbench.pipeline.plan import load_params
 
     profile = _profile(args, load_params())
     names = ["mvtec_ad", "btad", "mtd", "dtd"] if profile == "paper" else ["demo"]
@@ -173,12 +173,12 @@ def cmd_data_prepare(args: argparse.Namespace) -> None:
 
 
 def cmd_plan(args: argparse.Namespace) -> None:
-    from nfbench.plan import PAPERS, expand_runs, load_params, load_spec
+    from nfbench.pipeline.plan import PAPERS, expand_runs, load_params, load_spec
 
     params = load_params()
     profile = _profile(args, params)
     if args.gpus is not None or args.cost:
-        from nfbench.cost import plan_table
+        from nfbench.pipeline.cost import plan_table
 
         print(plan_table(profile, params, gpus=args.gpus or 1, results=args.results,
                          papers=[args.paper] if args.paper else None))
@@ -205,9 +205,9 @@ def cmd_plan(args: argparse.Namespace) -> None:
 def cmd_bench(args: argparse.Namespace) -> None:
     import os
 
-    from nfbench.plan import (expand_runs, load_params, load_spec, parse_shard, select_runs,
+    from nfbench.pipeline.plan import (expand_runs, load_params, load_spec, parse_shard, select_runs,
                               table_variants)
-    from nfbench.runner import execute
+    from nfbench.pipeline.runner import execute
 
     params = load_params()
     variants = list(args.variant or [])
@@ -225,8 +225,8 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
 
 def cmd_tables(args: argparse.Namespace) -> None:
-    from nfbench.plan import load_params
-    from nfbench.tables import (build_protocol_tables, build_tables, write_protocol_tables,
+    from nfbench.pipeline.plan import load_params
+    from nfbench.pipeline.tables import (build_protocol_tables, build_tables, write_protocol_tables,
                                 write_tables)
 
     params = load_params()
@@ -241,11 +241,11 @@ def cmd_tables(args: argparse.Namespace) -> None:
 def cmd_profile(args: argparse.Namespace) -> None:
     import json
 
-    from nfbench.plan import (load_params, load_spec, main_variant, profile_params,
+    from nfbench.pipeline.plan import (load_params, load_spec, main_variant, profile_params,
                               variant_settings)
     from nfbench.profiling import profile_components, profile_method
 
-    from nfbench.devices import validate_device
+    from nfbench.pipeline.devices import validate_device
 
     params = load_params()
     profile = _profile(args, params)
@@ -288,8 +288,8 @@ def cmd_profile(args: argparse.Namespace) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> None:
-    from nfbench.plan import PAPERS, load_params
-    from nfbench.report import write_index, write_report
+    from nfbench.pipeline.plan import PAPERS, load_params
+    from nfbench.report.markdown import write_index, write_report
 
     params = load_params()
     papers = [args.paper] if args.paper else [p for p in PAPERS if p in params]
@@ -300,7 +300,7 @@ def cmd_report(args: argparse.Namespace) -> None:
 
 
 def cmd_check(args: argparse.Namespace) -> None:
-    from nfbench.check import check
+    from nfbench.pipeline.check import check
 
     result = check(args.baseline, args.results, update=args.update, papers=args.paper)
     if args.update:
@@ -318,7 +318,7 @@ def cmd_check(args: argparse.Namespace) -> None:
 
 
 def cmd_results(args: argparse.Namespace) -> None:
-    from nfbench import results
+    from nfbench.pipeline import results
 
     frame = results.load(args.results, args.paper)
     results.to_csv(frame, args.csv if args.csv else sys.stdout)

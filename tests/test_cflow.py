@@ -288,7 +288,7 @@ def test_inference_module_matches_inductive_scores_and_components(tiny_demo):
 
 
 def test_record_carries_the_effective_schedule(tiny_demo):
-    from nfbench.experiment import run_experiment
+    from nfbench.pipeline.experiment import run_experiment
 
     record = run_experiment("cflow", "demo", "brick", root=tiny_demo, profile="demo",
                             overrides={**{k: v for k, v in SMOKE.items() if k != "warm_epochs"},

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from nfbench.cli import main
-from nfbench.decision import confusion, holdout_split, threshold_from_normals
+from nfbench.pipeline.decision import confusion, holdout_split, threshold_from_normals
 from nfbench.errors import UserError
 
 

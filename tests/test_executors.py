@@ -13,7 +13,7 @@ import pytest
 from nfbench.cli import main
 from nfbench.errors import UserError
 from nfbench.datasets.demo import DEMO_CATEGORIES
-from nfbench.plan import PAPERS, Run, expand_runs
+from nfbench.pipeline.plan import PAPERS, Run, expand_runs
 
 
 def _runs(root, categories=DEMO_CATEGORIES[:3], **settings):
@@ -25,7 +25,7 @@ def _runs(root, categories=DEMO_CATEGORIES[:3], **settings):
 @pytest.fixture
 def counted(monkeypatch):
     """Counts the runs that really execute; ``stop_after`` simulates a kill after N runs."""
-    import nfbench.runner as runner
+    import nfbench.pipeline.runner as runner
 
     calls = {"n": 0, "stop_after": None}
     real = runner.run_one
@@ -42,7 +42,7 @@ def counted(monkeypatch):
 
 def test_interrupted_bench_resumes_with_only_the_missing_runs(tiny_demo, tmp_path, counted,
                                                               one_thread):
-    from nfbench.runner import execute
+    from nfbench.pipeline.runner import execute
 
     runs = _runs(tiny_demo)
     counted["stop_after"] = 1
@@ -63,7 +63,7 @@ def test_interrupted_bench_resumes_with_only_the_missing_runs(tiny_demo, tmp_pat
 
 def test_changed_setting_reruns_exactly_the_runs_it_changes(tiny_demo, tmp_path, counted,
                                                             one_thread):
-    from nfbench.runner import execute
+    from nfbench.pipeline.runner import execute
 
     runs = _runs(tiny_demo, categories=("brick", "coin"))
     execute(runs, tmp_path, progress=False, jobs=1)
@@ -76,7 +76,7 @@ def test_changed_setting_reruns_exactly_the_runs_it_changes(tiny_demo, tmp_path,
 
 
 def test_identity_covers_config_seed_and_code(tiny_demo):
-    from nfbench.identity import code_version, method_packages, run_identity
+    from nfbench.pipeline.identity import code_version, method_packages, run_identity
 
     run = _runs(tiny_demo, categories=("brick",))[0]
     digest = run_identity(run)["digest"]
@@ -91,7 +91,7 @@ def test_identity_covers_config_seed_and_code(tiny_demo):
 
 
 def test_selection_by_table_category_seed_and_shard():
-    from nfbench.plan import (expand_runs, load_params, load_spec, parse_shard, select_runs,
+    from nfbench.pipeline.plan import (expand_runs, load_params, load_spec, parse_shard, select_runs,
                               table_variants)
 
     assert table_variants(load_spec("csflow"), "table1") == ["full", "shots16"]
@@ -170,8 +170,8 @@ def test_plan_estimates_device_hours_and_ends_quietly_in_a_pipe(tmp_path, capsys
 
 
 def test_records_on_disk_calibrate_the_cost_model(tmp_path):
-    from nfbench.cost import estimate, load_cost_model
-    from nfbench.plan import expand_runs, load_params
+    from nfbench.pipeline.cost import estimate, load_cost_model
+    from nfbench.pipeline.plan import expand_runs, load_params
 
     runs = expand_runs("patchflow", "demo", load_params(), variants=["full"])
     model = load_cost_model()
@@ -188,8 +188,8 @@ def test_records_on_disk_calibrate_the_cost_model(tmp_path):
 
 def test_ray_executor_matches_local_records(tiny_demo, tmp_path, one_thread):
     ray = pytest.importorskip("ray")
-    from nfbench.plan import expand_runs, load_params
-    from nfbench.runner import execute
+    from nfbench.pipeline.plan import expand_runs, load_params
+    from nfbench.pipeline.runner import execute
 
     # the smoke selection of PatchFlow (its full variant) on the tiny demo set, and gaussians
     smoke = [dataclasses.replace(r, root=str(tiny_demo), settings={**r.settings, "input_size": 128})

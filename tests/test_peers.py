@@ -108,7 +108,7 @@ def test_cached_encoder_survives_anomalibs_bilinear_pyramid():
 
 
 def _small_params() -> dict:
-    from nfbench.plan import load_params
+    from nfbench.pipeline.plan import load_params
 
     params = copy.deepcopy(load_params(ROOT / "params.yaml"))
     params["csflow"]["smoke"]["settings"].update(input_size=128, hidden_channels=8, epochs=1)
@@ -178,7 +178,7 @@ def test_peer_without_anomalib_writes_a_skipped_record_and_the_report_says_so(
 
 
 def test_report_section_compares_ours_shipped_and_matched(tmp_path):
-    from nfbench.experiment import write_record
+    from nfbench.pipeline.experiment import write_record
     from nfbench.peers.report import peers_section
 
     def rec(path, auroc, **extra):

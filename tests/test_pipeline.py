@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import yaml
 
-from nfbench.check import run_check
-from nfbench.experiment import write_examples, write_record
-from nfbench.plan import expand_runs, load_params, load_spec
+from nfbench.pipeline.check import run_check
+from nfbench.pipeline.experiment import write_examples, write_record
+from nfbench.pipeline.plan import expand_runs, load_params, load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPERS_IN_PIPELINE = [p for p in ("csflow", "patchflow", "clscnf")
@@ -82,8 +82,8 @@ def _fake_results(results: Path, runs, value) -> None:
 
 
 def test_tables_and_report_from_records_only(tmp_path):
-    from nfbench.report import write_index, write_report
-    from nfbench.tables import build_tables, write_tables
+    from nfbench.report.markdown import write_index, write_report
+    from nfbench.pipeline.tables import build_tables, write_tables
 
     params = load_params()
     runs = expand_runs("csflow", "smoke", params)
@@ -148,8 +148,8 @@ def test_paper_profile_plans_of_patchflow_and_clscnf():
 
 
 def test_multi_metric_and_complexity_tables_reach_the_report(tmp_path):
-    from nfbench.report import write_report
-    from nfbench.tables import build_tables, write_tables
+    from nfbench.report.markdown import write_report
+    from nfbench.pipeline.tables import build_tables, write_tables
 
     params = load_params()
     runs = expand_runs("clscnf", "smoke", params)
@@ -186,7 +186,7 @@ def test_multi_metric_and_complexity_tables_reach_the_report(tmp_path):
 
 def test_missing_record_is_a_clear_error(tmp_path):
     from nfbench.errors import UserError
-    from nfbench.tables import build_tables
+    from nfbench.pipeline.tables import build_tables
 
     with pytest.raises(UserError, match="missing result record"):
         build_tables("csflow", "smoke", load_params(), tmp_path)
@@ -222,7 +222,7 @@ def test_check_cli_exit_code(tmp_path, capsys):
 
 
 def test_oracle_threshold_separates_histograms():
-    from nfbench.report import oracle_threshold
+    from nfbench.report.markdown import oracle_threshold
 
     edges = np.linspace(0.0, 1.0, 11)
     normal = np.r_[np.full(5, 100), np.zeros(5)]
@@ -235,8 +235,8 @@ def test_oracle_threshold_separates_histograms():
 
 
 def test_parallel_workers_write_the_same_records(tiny_demo, tmp_path):
-    from nfbench.plan import Run
-    from nfbench.runner import execute
+    from nfbench.pipeline.plan import Run
+    from nfbench.pipeline.runner import execute
 
     runs = [Run(paper="demo", method="gaussian", variant="v", dataset="demo", category=c,
                 seed=0, profile="demo", settings={"input_size": 64}, root=str(tiny_demo))
@@ -252,7 +252,7 @@ def test_parallel_workers_write_the_same_records(tiny_demo, tmp_path):
 def test_commit_marker_ignores_files_the_pipeline_rewrites(monkeypatch):
     import subprocess
 
-    from nfbench import experiment
+    from nfbench.pipeline import experiment
 
     calls = []
 

@@ -1,4 +1,4 @@
-"""The originals' evaluation protocols (nfbench.protocols), measured in the same run."""
+"""The originals' evaluation protocols (nfbench.pipeline.protocols), measured in the same run."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from nfbench.experiment import run_experiment
+from nfbench.pipeline.experiment import run_experiment
 from nfbench.methods import method_class
-from nfbench.protocols import evaluation_epochs
+from nfbench.methods.base import evaluation_epochs
 
 TINY = {
     "csflow": {"epochs": 4},
@@ -109,10 +109,10 @@ def test_protocol_tables_and_report_section(tmp_path):
     """Companion tables from records only: honest vs original protocol and the difference."""
     import json
 
-    from nfbench.experiment import write_record
-    from nfbench.plan import expand_runs, load_params
-    from nfbench.report import protocol_section
-    from nfbench.tables import build_protocol_tables, build_tables, write_protocol_tables
+    from nfbench.pipeline.experiment import write_record
+    from nfbench.pipeline.plan import expand_runs, load_params
+    from nfbench.report.markdown import protocol_section
+    from nfbench.pipeline.tables import build_protocol_tables, build_tables, write_protocol_tables
 
     params = load_params()
     runs = expand_runs("clscnf", "smoke", params)
@@ -142,7 +142,7 @@ def test_protocol_tables_and_report_section(tmp_path):
     assert frame.loc[("fe_pre", "image_auroc"), "difference"] == pytest.approx(0.0)
     assert frame.loc[("full", "pixel_aupr@clscnf"), "original"] == pytest.approx(37.0)
     write_protocol_tables(companions, tmp_path / "clscnf")
-    from nfbench.plan import load_spec
+    from nfbench.pipeline.plan import load_spec
 
     section = "\n".join(protocol_section(load_spec("clscnf"), tmp_path / "clscnf" / "tables"))
     assert "## How much the original protocol adds" in section

@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nfbench.check import DEFAULT_TOLERANCE, check
+from nfbench.pipeline.check import DEFAULT_TOLERANCE, check
 from nfbench.datasets.demo import DEMO_CATEGORIES, generate_demo
 from nfbench.methods.base import Scores
-from nfbench.plan import expand_runs, load_params
-from nfbench.runner import run_one
+from nfbench.pipeline.plan import expand_runs, load_params
+from nfbench.pipeline.runner import run_one
 
 ROOT = Path(__file__).resolve().parents[1]
 BASELINE = ROOT / "benchmarks" / "baselines" / "demo.json"

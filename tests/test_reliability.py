@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from nfbench.check import check
+from nfbench.pipeline.check import check
 from nfbench.cli import main
 from nfbench.errors import UserError
 
@@ -156,8 +156,8 @@ def test_bad_setting_is_one_line_and_writes_nothing(method, setting, message, br
 
 
 def test_every_planned_run_passes_the_config_validator():
-    from nfbench.experiment import resolve_config
-    from nfbench.plan import PAPERS, expand_runs, load_params
+    from nfbench.pipeline.experiment import resolve_config
+    from nfbench.pipeline.plan import PAPERS, expand_runs, load_params
 
     params = load_params()
     for profile in ("smoke", "demo", "paper"):
@@ -167,7 +167,7 @@ def test_every_planned_run_passes_the_config_validator():
 
 
 def test_diverged_training_is_one_line(brick, tmp_path, capsys, monkeypatch):
-    from nfbench import experiment
+    from nfbench.pipeline import experiment
     from nfbench.errors import TrainingDivergedError
 
     def diverge(*args, **kwargs):
@@ -181,7 +181,7 @@ def test_diverged_training_is_one_line(brick, tmp_path, capsys, monkeypatch):
 
 
 def test_unwritable_out_is_refused_before_any_work(brick, tmp_path, capsys, monkeypatch):
-    from nfbench import experiment
+    from nfbench.pipeline import experiment
 
     monkeypatch.setattr(experiment, "run_experiment", lambda *a, **k: pytest.fail("trained"))
     (tmp_path / "afile").write_text("x")
@@ -258,7 +258,7 @@ def test_empty_folder_message_names_the_expected_layout(tmp_path, capsys):
 
 
 def test_records_follow_the_umask(tmp_path):
-    from nfbench.experiment import write_record
+    from nfbench.pipeline.experiment import write_record
 
     old = os.umask(0o002)
     try:

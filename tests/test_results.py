@@ -1,4 +1,4 @@
-"""nfbench.results: every run record as one tidy DataFrame that rebuilds the report tables."""
+"""nfbench.pipeline.results: every run record as one tidy DataFrame that rebuilds the report tables."""
 
 from __future__ import annotations
 
@@ -6,11 +6,11 @@ import json
 
 import pytest
 
-from nfbench import results
+from nfbench.pipeline import results
 from nfbench.cli import main
 from nfbench.errors import UserError
-from nfbench.plan import expand_runs, load_params
-from nfbench.tables import build_tables
+from nfbench.pipeline.plan import expand_runs, load_params
+from nfbench.pipeline.tables import build_tables
 
 from test_pipeline import ROOT, _fake_results
 

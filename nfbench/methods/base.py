@@ -163,6 +163,13 @@ def config_to_dict(config: Any) -> dict[str, Any]:
             for k, v in dataclasses.asdict(config).items()}
 
 
+def evaluation_epochs(total: int, evaluations: int = 4) -> set[int]:
+    """1-based epochs at which an original that tests ``evaluations`` times over ``total``
+    epochs evaluates, scaled to the budget: ``round(k * total / evaluations)``, k = 1..n
+    (CS-Flow: meta_epochs 4 x sub_epochs 60 = tests at epochs 60, 120, 180, 240)."""
+    return {max(1, round(k * total / evaluations)) for k in range(1, evaluations + 1)}
+
+
 def descent_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, what: str,
                  where: Callable[[], str],
                  clip: tuple[Iterable[torch.nn.Parameter], float] | None = None) -> float:

@@ -10,7 +10,7 @@ from nfbench.peers import CONFIGS, METHODS
 
 
 def cmd_peer(args: argparse.Namespace) -> None:
-    from nfbench.experiment import write_record
+    from nfbench.pipeline.experiment import write_record
     from nfbench.peers.common import run_peer
 
     record = run_peer(args.method, args.dataset, args.category, config=args.config,
@@ -31,10 +31,10 @@ def cmd_peers(args: argparse.Namespace) -> None:
 
     import torch
 
-    from nfbench.experiment import write_record
+    from nfbench.pipeline.experiment import write_record
     from nfbench.peers import peer_version
     from nfbench.peers.common import run_stage
-    from nfbench.plan import load_params
+    from nfbench.pipeline.plan import load_params
 
     if args.quiet:  # the one quiet switch (nfbench.progress): no bars in the workers either
         os.environ["NFBENCH_QUIET"] = "1"

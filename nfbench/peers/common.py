@@ -41,8 +41,8 @@ def ours(method: str, profile: str, category: str, params: dict | None = None):
     """(our resolved config of ``method`` for ``category``, the dataset role) under ``profile``:
     the settings of the variant our report compares with (``deviations.yaml``: CS-Flow
     ``full``, PatchFlow ``full``, CLS-CNFs' ``cflow_ad``)."""
-    from nfbench.experiment import resolve_config
-    from nfbench.plan import load_params, load_spec, profile_params, variant_settings
+    from nfbench.pipeline.experiment import resolve_config
+    from nfbench.pipeline.plan import load_params, load_spec, profile_params, variant_settings
 
     if method not in METHODS:
         raise UserError(f"peer --method must be one of {', '.join(METHODS)}, got {method!r}")
@@ -81,7 +81,7 @@ def run_peer(method: str, dataset: str, category: str, *, config: str = "shipped
              params: dict | None = None) -> dict[str, Any]:
     """Train and score anomalib's ``method`` like our run of it; returns the record."""
     from nfbench.datasets import image_sets
-    from nfbench.experiment import category_table, environment
+    from nfbench.pipeline.experiment import category_table, environment
     from nfbench.methods.base import config_to_dict, seed_everything
 
     if config not in CONFIGS:
@@ -131,7 +131,7 @@ def stage_runs(profile: str, params: dict) -> list[dict[str, Any]]:
     """The peer runs of ``params['peers'][profile]`` (empty when the block is absent):
     ``{methods: {m: {configs: [...], seeds: [...], categories: all | [...]}}}``; ``all``
     means the categories of our run's dataset role."""
-    from nfbench.plan import role_categories
+    from nfbench.pipeline.plan import role_categories
 
     block = (params.get("peers") or {}).get(profile) or {}
     runs = []
@@ -150,7 +150,7 @@ def stage_runs(profile: str, params: dict) -> list[dict[str, Any]]:
 
 
 def _stage_one(run: dict, profile: str, params: dict, results_dir: str) -> tuple[str, str]:
-    from nfbench.experiment import write_record
+    from nfbench.pipeline.experiment import write_record
 
     root = Path(run["root"]) if run["root"] else None
     record = run_peer(run["method"], run["dataset"], run["category"], config=run["config"],
@@ -175,7 +175,7 @@ def run_stage(profile: str, params: dict, results_dir: Path, quiet: bool = False
     from multiprocessing import get_context
 
     # the runner's worker count and initialiser (torch threads; no GPU slot here)
-    from nfbench.runner import _init_worker, default_jobs
+    from nfbench.pipeline.runner import _init_worker, default_jobs
 
     runs = stage_runs(profile, params)
     if not runs:

@@ -152,7 +152,7 @@ class CSFlowDetector:
     def fit(self, train: ImageSet, evaluate: Callable[[str], None] | None = None) -> "CSFlowDetector":
         """``evaluate(label)``, if given, is called where the original tested (every E/4
         epochs, nfbench.protocols); it must not change the model."""
-        from nfbench.protocols import evaluation_epochs
+        from nfbench.methods.base import evaluation_epochs
 
         cfg = self.config
         inputs = self._flow_inputs(self._features(train))

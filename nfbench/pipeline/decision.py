@@ -58,7 +58,7 @@ def decision_table(method: str, dataset: str, category: str, *, root: Path | Non
                    holdout: float = 0.2, quantile: float = 1.0) -> dict[str, Any]:
     """Fit ``method`` on (1 - holdout) of the normal training images of ``category``, set the
     threshold on the held-out ones, and count the test set's confusion matrix."""
-    from nfbench.experiment import category_table, resolve_config
+    from nfbench.pipeline.experiment import category_table, resolve_config
 
     table = category_table(dataset, root, category)
     seed_everything(seed)

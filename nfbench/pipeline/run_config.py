@@ -2,7 +2,7 @@
 
 Order (later wins): the method's paper defaults, the profile's shared settings
 (:mod:`nfbench.profiles`), the profile's block in ``params.yaml`` for the paper and dataset
-role that run this method on this dataset (:func:`nfbench.plan.run_settings`), then
+role that run this method on this dataset (:func:`nfbench.pipeline.plan.run_settings`), then
 ``--config FILE.yaml`` (a file from ``--print-config``: every setting explicit), then
 ``--set`` pairs, then ``--device``.
 """
@@ -24,9 +24,9 @@ RUN_FIELDS = ("method", "dataset", "category", "profile", "seed", "shots", "join
 def resolve_run_args(args: argparse.Namespace) -> dict[str, Any]:
     """Fill ``args`` from ``--config``/defaults; return the settings overrides of the run."""
     from nfbench.cli import _parse_sets
-    from nfbench.devices import validate_device
+    from nfbench.pipeline.devices import validate_device
     from nfbench.methods import method_class
-    from nfbench.plan import load_params, run_settings
+    from nfbench.pipeline.plan import load_params, run_settings
 
     loaded: dict[str, Any] = {}
     if args.config is not None:
@@ -73,7 +73,7 @@ def resolve_run_args(args: argparse.Namespace) -> dict[str, Any]:
 
 def print_config(args: argparse.Namespace, overrides: dict[str, Any]) -> None:
     """The fully resolved run as YAML (``--config`` reads it back)."""
-    from nfbench.experiment import resolve_config
+    from nfbench.pipeline.experiment import resolve_config
     from nfbench.methods.base import config_to_dict
 
     config = config_to_dict(resolve_config(args.method, args.profile, overrides).config)

@@ -1,7 +1,7 @@
 """Execute planned runs: each writes its result record (JSON) and figure material (NPZ).
 
 A run is the unit of work. Before anything executes, each run's identity
-(:mod:`nfbench.identity`) is compared with the record already on disk: a record with the same
+(:mod:`nfbench.pipeline.identity`) is compared with the record already on disk: a record with the same
 identity is kept (the run is skipped), a missing or different one is (re)made, ``force``
 remakes all. An interrupted bench therefore resumes where it stopped.
 
@@ -15,7 +15,7 @@ Executors:
 * ``local`` on a machine with CUDA GPUs: one worker process per GPU slot (``runs_per_gpu``
   slots per visible GPU), each pinned to its GPU, so that every GPU runs
   ``runs_per_gpu`` runs at a time.
-* ``ray``: every run a Ray task (:mod:`nfbench.ray_executor`); records are written here, on
+* ``ray``: every run a Ray task (:mod:`nfbench.pipeline.ray_executor`); records are written here, on
   the driver.
 
 Progress (runs done / total, skipped, elapsed, estimated remaining) goes to stderr after every
@@ -35,8 +35,8 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from nfbench.errors import UserError
-from nfbench.experiment import run_experiment, write_examples, write_record
-from nfbench.plan import Run
+from nfbench.pipeline.experiment import run_experiment, write_examples, write_record
+from nfbench.pipeline.plan import Run
 
 #: The device a worker process was pinned to (local multi-GPU executor), else None.
 _WORKER_DEVICE: str | None = None
@@ -60,8 +60,8 @@ def run_device(run: Run) -> str:
 
 def compute(run: Run) -> tuple[dict, dict]:
     """Fit and score one run; returns its record (with identity) and figure material."""
-    from nfbench.devices import validate_device
-    from nfbench.identity import run_identity
+    from nfbench.pipeline.devices import validate_device
+    from nfbench.pipeline.identity import run_identity
 
     if _WORKER_DEVICE is not None and run_device(run) in ("auto", "cuda"):
         run = with_device(run, _WORKER_DEVICE)
@@ -98,7 +98,7 @@ def run_one(run: Run, results_dir: Path) -> Path:
 
 def pending(runs: list[Run], results_dir: Path, force: bool = False) -> list[Run]:
     """The runs whose record is missing or has another identity (all with ``force``)."""
-    from nfbench.identity import run_identity, stored_identity
+    from nfbench.pipeline.identity import run_identity, stored_identity
 
     if force:
         return list(runs)
@@ -169,7 +169,7 @@ def _init_worker(threads: int, slots) -> None:
 
 def _gpu_slots(runs: list[Run], runs_per_gpu: float) -> list[str] | None:
     """The device of every local GPU worker (None: run on the CPU)."""
-    from nfbench.devices import visible_gpus
+    from nfbench.pipeline.devices import visible_gpus
 
     devices = {run_device(r) for r in runs}
     gpus = visible_gpus()
@@ -191,7 +191,7 @@ def execute(runs: list[Run], results_dir: Path, progress: bool = True,
     :func:`default_jobs`); with CUDA GPUs, each GPU runs ``runs_per_gpu`` runs at a time. A
     failing run stops the local batch with its error (DVC then reruns the stage: finished
     runs keep their records and are skipped then)."""
-    from nfbench.devices import validate_device
+    from nfbench.pipeline.devices import validate_device
 
     validate_device(device)
     runs = [with_device(run, device) for run in runs]
@@ -204,7 +204,7 @@ def execute(runs: list[Run], results_dir: Path, progress: bool = True,
         if not todo:
             return paths
         if executor == "ray":
-            from nfbench.ray_executor import execute_ray
+            from nfbench.pipeline.ray_executor import execute_ray
 
             execute_ray(todo, results_dir, status, address=address, runs_per_gpu=runs_per_gpu)
         elif executor == "local":

@@ -1,6 +1,6 @@
 """Report figures (PNG) from the tidy tables and the records' figure material (NPZ).
 
-Statistical plots use seaborn on the tidy tables of :mod:`nfbench.tables`:
+Statistical plots use seaborn on the tidy tables of :mod:`nfbench.pipeline.tables`:
 
 - :func:`published_vs_reproduced`: where published and reproduced numbers are comparable (the
   paper profile, a user's real data), a scatter per metric with the y = x line and the

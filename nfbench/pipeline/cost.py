@@ -92,7 +92,7 @@ def wall_seconds(durations: list[float], gpus: int) -> float:
 def estimate(runs, model: dict[str, Any], results: Path | None) -> tuple[list[float], dict]:
     """Per-run seconds (measured where a record exists, else modelled and calibrated) and,
     per method, how many records calibrated it."""
-    from nfbench.identity import resolved_config
+    from nfbench.pipeline.identity import resolved_config
 
     modelled, measured = [], []
     for run in runs:
@@ -115,7 +115,7 @@ def plan_table(profile: str, params: dict[str, Any], gpus: int = 1,
                results: Path | None = Path("results"), papers: list[str] | None = None,
                model: dict[str, Any] | None = None) -> str:
     """The estimate table: per paper and table, runs, device-hours, wall hours on ``gpus``."""
-    from nfbench.plan import PAPERS, expand_runs, load_spec, table_variants
+    from nfbench.pipeline.plan import PAPERS, expand_runs, load_spec, table_variants
 
     model = model or load_cost_model()
     papers = papers or [p for p in PAPERS if p in params]
@@ -160,7 +160,7 @@ def plan_table(profile: str, params: dict[str, Any], gpus: int = 1,
 
 
 def _methods(paper: str) -> set[str]:
-    from nfbench.plan import load_spec
+    from nfbench.pipeline.plan import load_spec
 
     spec = load_spec(paper)
     return {v.get("method", spec["method"]) for v in spec["variants"].values()}

@@ -53,7 +53,7 @@ def profile_params(params: dict[str, Any], paper: str, profile: str) -> dict[str
 
 @dataclass(frozen=True)
 class Run:
-    """One fit + score: everything :func:`nfbench.experiment.run_experiment` needs."""
+    """One fit + score: everything :func:`nfbench.pipeline.experiment.run_experiment` needs."""
 
     paper: str
     method: str

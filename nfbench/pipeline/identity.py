@@ -30,7 +30,7 @@ import nfbench
 PACKAGE = Path(nfbench.__file__).resolve().parent
 
 #: Modules (relative to the package) whose code every run executes.
-SHARED_CODE = ("experiment.py", "metrics.py", "protocols.py", "backbones.py", "feature_cache.py",
+SHARED_CODE = ("pipeline/experiment.py", "metrics.py", "pipeline/protocols.py", "backbones.py", "feature_cache.py",
                "profiles.py", "methods/base.py", "methods/__init__.py", "datasets")
 
 IDENTITY_VERSION = 1
@@ -72,7 +72,7 @@ def dataset_fingerprint(dataset: str, root: str | None, category: str,
                         joint_categories: tuple[str, ...] = ()) -> str:
     """sha1 of the relative paths and sizes of every file of the run's table (images, masks)."""
     from nfbench.datasets import load_table
-    from nfbench.experiment import category_table
+    from nfbench.pipeline.experiment import category_table
 
     if category == "all":
         table = load_table(dataset, Path(root) if root else None, list(joint_categories) or None)
@@ -90,7 +90,7 @@ def dataset_fingerprint(dataset: str, root: str | None, category: str,
 
 def resolved_config(run) -> dict[str, Any]:
     """The config ``run`` trains with (as JSON-ready dict)."""
-    from nfbench.experiment import resolve_config
+    from nfbench.pipeline.experiment import resolve_config
     from nfbench.methods.base import config_to_dict
 
     return config_to_dict(resolve_config(run.method, run.profile, dict(run.settings)).config)
@@ -98,7 +98,7 @@ def resolved_config(run) -> dict[str, Any]:
 
 def run_identity(run) -> dict[str, Any]:
     """The identity of ``run``: its parts and their ``digest``."""
-    from nfbench.devices import device_type
+    from nfbench.pipeline.devices import device_type
 
     config = resolved_config(run)
     config["device"] = device_type(str(config.get("device", "auto")))

@@ -13,7 +13,7 @@ e.g. ``pixel_aupr@clscnf``). ``mean``/``std`` stay the official metric; ``compar
 
 Every table also gets an *original protocol* companion (:func:`build_protocol_tables`):
 honest (last epoch, no test labels) vs what the original code's evaluation protocol would
-have reported, from ``record["original_protocol"]`` (:mod:`nfbench.protocols`).
+have reported, from ``record["original_protocol"]`` (:mod:`nfbench.pipeline.protocols`).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from nfbench.errors import UserError
-from nfbench.plan import Run, expand_runs, load_spec, profile_params, role_categories
+from nfbench.pipeline.plan import Run, expand_runs, load_spec, profile_params, role_categories
 
 COLUMNS = ["table", "variant", "row", "label", "metric", "n", "mean", "std", "published", "delta",
            "within_tolerance", "profile", "compared_metric", "compared_mean", "compared_std",
@@ -317,7 +317,7 @@ def build_protocol_tables(paper: str, profile: str, params: dict, results_dir: P
     honest = build_tables(paper, profile, params, results_dir, references=False)
     original = build_tables(paper, profile, params, results_dir, references=False,
                             value=lambda r, m, c, v: _original_protocol(r, m, c, protocol_of.get(v)))
-    from nfbench.protocols import REPORTED_AS
+    from nfbench.pipeline.protocols import REPORTED_AS
 
     runs = expand_runs(paper, profile, params)
     records = load_records(runs, results_dir)

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from nfbench import metrics
+from nfbench.methods.base import evaluation_epochs
 
 #: One line per protocol, for reports.
 DESCRIPTIONS = {
@@ -62,13 +63,6 @@ REPORTED_AS = {
 #: Protocols that select on one value per evaluation point and test only the selected
 #: weights with every metric (the value each point records).
 SELECT_THEN_TEST = {"csflow": "image_auroc", "patchflow": "validation_pixel_auroc"}
-
-
-def evaluation_epochs(total: int, evaluations: int = 4) -> set[int]:
-    """1-based epochs at which an original that tests ``evaluations`` times over ``total``
-    epochs evaluates, scaled to the budget: ``round(k * total / evaluations)``, k = 1..n
-    (CS-Flow: meta_epochs 4 x sub_epochs 60 = tests at epochs 60, 120, 180, 240)."""
-    return {max(1, round(k * total / evaluations)) for k in range(1, evaluations + 1)}
 
 
 def _mean_metrics(per_test: dict[str, dict[str, float]]) -> dict[str, float]:

@@ -1,7 +1,7 @@
 """Markdown reports (``reports/<paper>.md``) from result records, tables and the spec only.
 
 Nothing here trains or scores: a report reads the tidy tables written by
-:mod:`nfbench.tables`, the records under ``results/<paper>/runs`` (for provenance, timing and
+:mod:`nfbench.pipeline.tables`, the records under ``results/<paper>/runs`` (for provenance, timing and
 figure material), the profiling output and ``benchmarks/<paper>.yaml`` (published numbers,
 deviations). Figures are PNGs next to the Markdown.
 """
@@ -20,11 +20,11 @@ matplotlib.use("Agg")
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from nfbench import figures  # noqa: E402
+from nfbench.report import figures  # noqa: E402
 from nfbench.backbones import BACKBONES  # noqa: E402
 from nfbench.datasets import DATASETS  # noqa: E402
-from nfbench.plan import expand_runs, load_spec, main_variant, profile_params, role_categories  # noqa: E402
-from nfbench.tables import STAND_IN_DATASETS, backbone_label, render_label  # noqa: E402
+from nfbench.pipeline.plan import expand_runs, load_spec, main_variant, profile_params, role_categories  # noqa: E402
+from nfbench.pipeline.tables import STAND_IN_DATASETS, backbone_label, render_label  # noqa: E402
 
 DEMO_WARNING = ("> **Demo profile.** Stand-in data, backbone and CPU budgets (the line above and "
                 "the provenance say which): the numbers check that the code runs end to end "
@@ -437,9 +437,9 @@ def _questions_section(spec: dict, tables_dir: Path) -> list[str]:
 def protocol_section(spec: dict, tables_dir: Path) -> list[str]:
     """"How much the original protocol adds": per table, the honest number (last epoch, no
     test labels) beside what the original code's evaluation protocol would have reported in
-    the same run (``<table>.protocol.csv``, :func:`nfbench.tables.build_protocol_tables`)."""
+    the same run (``<table>.protocol.csv``, :func:`nfbench.pipeline.tables.build_protocol_tables`)."""
     from nfbench.metrics import METRIC_VARIANTS
-    from nfbench.protocols import DESCRIPTIONS
+    from nfbench.pipeline.protocols import DESCRIPTIONS
 
     companions = {t: tables_dir / f"{t}.protocol.csv" for t in spec["tables"]}
     companions = {t: p for t, p in companions.items() if p.is_file()}

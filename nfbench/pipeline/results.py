@@ -6,7 +6,7 @@ settings that differ from the method's paper defaults, every metric, the timing 
 environment that made it. The reports are built from the same records, so any report table
 can be rebuilt from this frame::
 
-    from nfbench import results
+    from nfbench.pipeline import results
     runs = results.load("results")
     runs.query("paper == 'csflow' and variant == 'full'").groupby("category").image_auroc.mean()
 """

@@ -30,7 +30,7 @@ def _task(run, env: dict[str, str], threads: int):
 
     os.environ.update(env)
     torch.set_num_threads(threads)
-    from nfbench.runner import compute
+    from nfbench.pipeline.runner import compute
 
     return compute(run)
 
@@ -52,7 +52,7 @@ def execute_ray(todo, results_dir: Path, status, address: str | None = None,
                 runs_per_gpu: float = 1, threads: int | None = None) -> None:
     """Submit every run of ``todo`` as a Ray task; write each record here as it returns."""
     from nfbench.paths import cache_root, datasets_root
-    from nfbench.runner import _summary, run_device, store, with_device
+    from nfbench.pipeline.runner import _summary, run_device, store, with_device
 
     ray = _connect(address)
     gpus = ray.cluster_resources().get("GPU", 0)
@@ -65,7 +65,7 @@ def execute_ray(todo, results_dir: Path, status, address: str | None = None,
     env = {"NFBENCH_DATA": str(datasets_root()), "NFBENCH_CACHE": str(cache_root()),
            "NFBENCH_QUIET": "1"}
     remote = ray.remote(_task).options(max_retries=1, retry_exceptions=False, **options)
-    from nfbench.identity import run_identity
+    from nfbench.pipeline.identity import run_identity
 
     # the identity is the driver's, as bench's skip test computes it: a GPU worker would read
     # device "auto" as cuda where the (CPU) driver reads cpu, and every rerun would redo all

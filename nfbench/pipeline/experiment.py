@@ -21,7 +21,8 @@ import numpy as np
 import torch
 
 import nfbench
-from nfbench import metrics, protocols
+from nfbench import metrics
+from nfbench.pipeline import protocols
 from nfbench.atomic import write_text_atomic
 from nfbench.datasets import ImageSet, image_sets, load_table
 from nfbench.errors import UserError
@@ -147,7 +148,7 @@ def run_experiment(method: str, dataset: str, category: str, *, root: Path | Non
     ``joint_categories`` limits joint training to those categories (default: all).
     ``examples``, if a dict, receives scores and a few maps of the first category for figures.
     ``original_protocol``: also measure, in the same run, what the original code's evaluation
-    protocol would have reported (:mod:`nfbench.protocols`), stored under
+    protocol would have reported (:mod:`nfbench.pipeline.protocols`), stored under
     ``record["original_protocol"]``; the record's ``metrics`` stay the honest ones. Default:
     on, unless the environment sets ``NFBENCH_ORIGINAL_PROTOCOL=0``.
     """
