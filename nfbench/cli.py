@@ -45,38 +45,18 @@ def cmd_data_list(args: argparse.Namespace) -> None:
 
 
 def cmd_data_verify(args: argparse.Namespace) -> None:
-    from nfbench.datasets import load_table
-    from nfbench.datasets.mvtec_ad import split_counts
-
-    table = load_table(args.name, args.root, args.category and [args.category])
-    _check_files(table)
-    print(f"{'category':16s} {'train':>6s} {'test good':>10s} {'test defective':>15s}")
-    for category, rows in table.groupby("category"):
-        train, good, bad = split_counts(rows)
-        print(f"{category:16s} {train:6d} {good:10d} {bad:15d}")
-    train, good, bad = split_counts(table)
-    print(f"{'total':16s} {train:6d} {good:10d} {bad:15d}")
-
-
-def _check_files(table) -> None:
-    """Open every image and mask once (header, size, PNG checksums); name each unreadable file
-    and each mask whose size differs from its image's."""
-    from nfbench.datasets.base import check_readable
+    from nfbench.datasets import count_table, load_table
+    from nfbench.datasets.base import verify_files
     from nfbench.errors import DatasetLayoutError
 
-    bad = []
-    for image, mask in zip(table["path"], table["mask_path"]):
-        try:
-            size = check_readable(image, "image")
-            if isinstance(mask, str) and check_readable(mask, "mask") != size:
-                bad.append(f"mask {mask} is not the size of its image {image}")
-        except DatasetLayoutError as exc:
-            bad.append(str(exc))
-    for problem in bad:
+    table = load_table(args.name, args.root, args.category and [args.category])
+    problems = verify_files(table)
+    for problem in problems:
         print(f"unreadable: {problem}", file=sys.stderr)
-    if bad:
-        raise DatasetLayoutError(f"{len(bad)} unreadable or mismatched file(s) of "
+    if problems:
+        raise DatasetLayoutError(f"{len(problems)} unreadable or mismatched file(s) of "
                                  f"{len(table)} images (listed above)")
+    print(count_table(table))
 
 
 def cmd_methods(args: argparse.Namespace) -> None:
@@ -133,26 +113,21 @@ def cmd_run(args: argparse.Namespace) -> None:
 
 
 def cmd_decide(args: argparse.Namespace) -> None:
+    from nfbench.atomic import check_output_file, write_text_atomic
+    from nfbench.methods import method_class
     from nfbench.pipeline.decision import decision_markdown, decision_table
     from nfbench.pipeline.experiment import write_record
-    from nfbench.methods import method_class
 
     method_class(args.method)
     if args.out.suffix != ".md":
         raise UserError(f"--out must name a Markdown file (.md), got {args.out}")
-    from nfbench.atomic import check_output_file
-
     check_output_file(args.out)
-    category = _category(args)
-    result = decision_table(args.method, args.dataset, category, root=args.root,
+    result = decision_table(args.method, args.dataset, _category(args), root=args.root,
                             profile=args.profile, seed=args.seed,
                             overrides=_parse_sets(args.set), holdout=args.holdout,
                             quantile=args.quantile)
     write_record(result, args.out.with_suffix(".json"))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".md.tmp")
-    tmp.write_text(decision_markdown(result))
-    tmp.replace(args.out)
+    write_text_atomic(args.out, decision_markdown(result))
     print(f"accuracy {100 * result['accuracy']:.2f} %, F1 (anomalous positive) "
           f"{100 * result['f1_anomalous_positive']:.2f} % -> {args.out}")
 
@@ -162,63 +137,44 @@ def _profile(args: argparse.Namespace, params: dict) -> str:
 
 
 def cmd_data_prepare(args: argparse.Namespace) -> None:
-    """The pipeline's data stage: the demo set offline, every real dataset for ``paper``."""
+    """The pipeline's data stage: every dataset the profile's runs read."""
     from nfbench.datasets import obtain
-    from nfbench.pipeline.plan import load_params
+    from nfbench.pipeline.plan import load_params, profile_datasets
 
-    profile = _profile(args, load_params())
-    names = ["mvtec_ad", "btad", "mtd", "dtd"] if profile == "paper" else ["demo"]
-    for name in names:
+    params = load_params()
+    for name in profile_datasets(_profile(args, params), params):
         print(f"{name} ready at {obtain(name, progress=not args.quiet)}")
 
 
 def cmd_plan(args: argparse.Namespace) -> None:
-    from nfbench.pipeline.plan import PAPERS, expand_runs, load_params, load_spec
+    from nfbench.pipeline.plan import PAPERS, describe_plan, load_params
 
     params = load_params()
-    profile = _profile(args, params)
+    papers = [args.paper] if args.paper else [p for p in PAPERS if p in params]
     if args.gpus is not None or args.cost:
         from nfbench.pipeline.cost import plan_table
 
-        print(plan_table(profile, params, gpus=args.gpus or 1, results=args.results,
-                         papers=[args.paper] if args.paper else None))
+        print(plan_table(_profile(args, params), params, gpus=args.gpus or 1,
+                         results=args.results, papers=[args.paper] if args.paper else None))
         return
-    papers = [args.paper] if args.paper else [p for p in PAPERS if p in params]
-    total = 0
-    for paper in papers:
-        spec = load_spec(paper)
-        runs = expand_runs(paper, profile, params)
-        total += len(runs)
-        print(f"# {paper} ({profile}): {len(runs)} runs")
-        for table_id, table in spec["tables"].items():
-            variants = list(table.get("columns") or table.get("rows") or {})
-            state = "not reproducible" if table.get("reproducible", True) is False else \
-                f"variants {', '.join(variants)}"
-            print(f"  {table_id}: {state}")
-        if args.verbose:
-            for run in runs:
-                print(f"    {run.run_id}  dataset={run.dataset} settings={run.settings}"
-                      + (f" shots={run.shots}" if run.shots else "") + (" joint" if run.joint else ""))
-    print(f"total: {total} runs")
+    print(describe_plan(papers, _profile(args, params), params, verbose=args.verbose))
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
-    import os
-
-    from nfbench.pipeline.plan import (expand_runs, load_params, load_spec, parse_shard, select_runs,
-                              table_variants)
+    from nfbench.pipeline.plan import bench_runs, load_params
     from nfbench.pipeline.runner import execute
 
     params = load_params()
-    variants = list(args.variant or [])
-    for table_id in args.table or []:
-        variants += [v for v in table_variants(load_spec(args.paper), table_id) if v not in variants]
-    runs = expand_runs(args.paper, _profile(args, params), params, variants=variants or None)
-    runs = select_runs(runs, categories=args.category, seeds=args.seed,
-                       shard=parse_shard(args.shard) if args.shard else None)
+    runs = bench_runs(args.paper, _profile(args, params), params, variants=args.variant,
+                      tables=args.table, categories=args.category, seeds=args.seed,
+                      shard=args.shard)
     if args.quiet:
-        os.environ["NFBENCH_QUIET"] = "1"  # no per-epoch bars; the run counter stays
-    label = f"{args.paper}/{'+'.join(variants)}" if variants else args.paper
+        from nfbench.progress import silence_bars
+
+        silence_bars()  # no per-epoch bars; the run counter stays
+    names = list(dict.fromkeys(run.variant for run in runs)) if args.variant or args.table \
+        else []
+    label = f"{args.paper}/{'+'.join(names)}" if names else args.paper
     execute(runs, args.results, progress=not args.quiet, jobs=args.jobs, force=args.force,
             executor=args.executor, address=args.address, runs_per_gpu=args.runs_per_gpu,
             device=args.device, label=label)
@@ -239,52 +195,14 @@ def cmd_tables(args: argparse.Namespace) -> None:
 
 
 def cmd_profile(args: argparse.Namespace) -> None:
-    import json
-
-    from nfbench.pipeline.plan import (load_params, load_spec, main_variant, profile_params,
-                              variant_settings)
-    from nfbench.profiling import profile_components, profile_method
-
+    from nfbench.pipeline.complexity import profile_paper
     from nfbench.pipeline.devices import validate_device
+    from nfbench.pipeline.plan import load_params
 
     params = load_params()
-    profile = _profile(args, params)
-    spec = load_spec(args.paper)
-    block = profile_params(params, args.paper, profile)
-    device = {"device": validate_device(args.device)} if args.device else {}
-    configs = [dict(label="paper configuration", settings={}, batch_size=1,
-                    time_it=profile == "paper" or args.time_paper)]
-    configs += [dict(label=f"{profile} configuration",
-                     settings=variant_settings(spec, block, main_variant(spec)),
-                     batch_size=spec.get("complexity", {}).get("batch_size", 8), time_it=True)]
-    for extra in spec.get("complexity", {}).get("configs", []):  # variants of the paper's
-        configs.append(dict(label=extra["label"], settings=extra.get("settings", {}),
-                            batch_size=extra.get("batch_size", 1),
-                            time_it=profile == "paper" or args.time_paper))
-    entries = []
-    for config in configs:
-        result = profile_method(spec["method"], {**config["settings"], **device},
-                                config["batch_size"],
-                                time_it=config["time_it"])
-        entries.append({"label": config["label"], **result})
-        print(f"{config['label']}: {result['gmacs_fvcore']:.2f} GMACs, "
-              f"{result['parameters'] / 1e6:.1f} M parameters")
-    for table_id, table in spec["tables"].items():
-        if table.get("layout") != "complexity":
-            continue
-        paper_settings = spec["variants"][table["variant"]].get("settings", {})
-        for label, config_settings, time_it in (
-                ("paper configuration", paper_settings, profile == "paper" or args.time_paper),
-                (f"{profile} configuration", variant_settings(spec, block, table["variant"]),
-                 True)):
-            for entry in profile_components(spec["method"], {**config_settings, **device},
-                                            list(table["rows"]),
-                                            table.get("batch_size", 1), time_it=time_it):
-                entries.append({"label": label, "table": table_id, **entry})
-                print(f"{table_id} {label} {entry['component']}: {entry['size_mb']:.1f} MB")
-    out = args.results / args.paper / "profile.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(entries, indent=2) + "\n")
+    device = validate_device(args.device) if args.device else None
+    profile_paper(args.paper, _profile(args, params), params, args.results, device=device,
+                  time_paper=args.time_paper)
 
 
 def cmd_report(args: argparse.Namespace) -> None:
@@ -318,8 +236,11 @@ def cmd_check(args: argparse.Namespace) -> None:
 
 
 def cmd_results(args: argparse.Namespace) -> None:
+    from nfbench.atomic import check_output_file
     from nfbench.pipeline import results
 
+    if args.csv:
+        check_output_file(args.csv, "--csv")  # before reading every record
     frame = results.load(args.results, args.paper)
     results.to_csv(frame, args.csv if args.csv else sys.stdout)
     if args.csv:

@@ -119,5 +119,15 @@ def obtain(name: str, root: Path | None = None, progress: bool = True) -> Path:
     return root
 
 
-__all__ = ["SAMPLE_COLUMNS", "ImageSet", "DatasetSpec", "DATASETS", "get_dataset", "load_table",
+def count_table(table: pd.DataFrame) -> str:
+    """Per-category image counts (train, test good, test defective) and the total, as text."""
+    lines = [f"{'category':16s} {'train':>6s} {'test good':>10s} {'test defective':>15s}"]
+    groups = list(table.groupby("category")) + [("total", table)]
+    for category, rows in groups:
+        train, good, bad = mvtec_ad.split_counts(rows)
+        lines.append(f"{category:16s} {train:6d} {good:10d} {bad:15d}")
+    return "\n".join(lines)
+
+
+__all__ = ["SAMPLE_COLUMNS", "count_table", "ImageSet", "DatasetSpec", "DATASETS", "get_dataset", "load_table",
            "image_sets", "obtain", "categories_of", "make_table"]

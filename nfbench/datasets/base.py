@@ -80,6 +80,34 @@ def check_readable(path: str | Path, what: str = "image") -> tuple[int, int]:
     return size
 
 
+def mask_size_problem(mask_path: str | Path, image_path: str | Path,
+                      mask_size: tuple[int, int] | None = None) -> str | None:
+    """The one mask rule: a mask must have its image's size (a mask of another size would be
+    stretched silently). Returns the problem as a sentence, or None. Reads headers only."""
+    mask_size = mask_size or image_size(mask_path, "mask")
+    size = image_size(image_path)
+    if tuple(mask_size) == tuple(size):
+        return None
+    return (f"mask {mask_path} is {mask_size[0]}x{mask_size[1]} but its image {image_path} "
+            f"is {size[0]}x{size[1]}")
+
+
+def verify_files(table: pd.DataFrame) -> list[str]:
+    """Open every image and mask of ``table`` once (header, size, PNG checksums, see
+    :func:`check_readable`); one sentence per unreadable file or mismatched mask."""
+    problems = []
+    for image, mask in zip(table["path"], table["mask_path"]):
+        try:
+            check_readable(image, "image")
+            if isinstance(mask, str):
+                problem = mask_size_problem(mask, image, check_readable(mask, "mask"))
+                if problem:
+                    problems.append(problem)
+        except DatasetLayoutError as exc:
+            problems.append(str(exc))
+    return problems
+
+
 def load_mask(path: str | Path | None, size: int, image_path: str | Path | None = None
               ) -> np.ndarray:
     """Read a ground-truth mask binarised with ``> 0`` and resized by nearest neighbour;
@@ -88,9 +116,9 @@ def load_mask(path: str | Path | None, size: int, image_path: str | Path | None 
     if path is None or (isinstance(path, float) and np.isnan(path)):
         return np.zeros((size, size), dtype=bool)
     with _open_image(path, "mask") as img:
-        if image_path is not None and img.size != image_size(image_path):
-            raise DatasetLayoutError(f"mask {path} is {img.size[0]}x{img.size[1]} but its image "
-                                     f"{image_path} is {'x'.join(map(str, image_size(image_path)))}")
+        problem = image_path is not None and mask_size_problem(path, image_path, img.size)
+        if problem:
+            raise DatasetLayoutError(problem)
         try:
             binary = np.asarray(img.convert("L")) > 0
         except (OSError, SyntaxError, ValueError) as exc:
@@ -162,10 +190,9 @@ class ImageSet:
         """Refuse (:class:`DatasetLayoutError`) a mask whose size differs from its image's,
         reading file headers only."""
         for mask, image in zip(self.mask_paths, self.paths):
-            if mask is not None and image_size(mask, "mask") != image_size(image):
-                raise DatasetLayoutError(
-                    f"mask {mask} is {'x'.join(map(str, image_size(mask, 'mask')))} but its "
-                    f"image {image} is {'x'.join(map(str, image_size(image)))}")
+            problem = mask is not None and mask_size_problem(mask, image)
+            if problem:
+                raise DatasetLayoutError(problem)
 
     @property
     def fingerprint(self) -> str:

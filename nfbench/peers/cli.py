@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 from nfbench.peers import CONFIGS, METHODS
 
 
 def cmd_peer(args: argparse.Namespace) -> None:
-    from nfbench.pipeline.experiment import write_record
+    from nfbench.atomic import check_output_file
     from nfbench.peers.common import run_peer
+    from nfbench.pipeline.experiment import write_record
 
+    check_output_file(args.out)  # before training: a bad --out is found now
     record = run_peer(args.method, args.dataset, args.category, config=args.config,
                       seed=args.seed, profile=args.profile, root=args.root)
     write_record(record, args.out)
@@ -35,9 +36,10 @@ def cmd_peers(args: argparse.Namespace) -> None:
     from nfbench.peers import peer_version
     from nfbench.peers.common import run_stage
     from nfbench.pipeline.plan import load_params
+    from nfbench.progress import silence_bars
 
-    if args.quiet:  # the one quiet switch (nfbench.progress): no bars in the workers either
-        os.environ["NFBENCH_QUIET"] = "1"
+    if args.quiet:  # no bars in the workers either
+        silence_bars()
     params = load_params()
     profile = args.profile or params.get("profile", "demo")
     out = Path(args.results) / "peers"

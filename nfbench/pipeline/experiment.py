@@ -23,7 +23,7 @@ import torch
 import nfbench
 from nfbench import metrics
 from nfbench.pipeline import protocols
-from nfbench.atomic import write_text_atomic
+from nfbench.atomic import atomic_path, write_text_atomic
 from nfbench.datasets import ImageSet, image_sets, load_table
 from nfbench.errors import UserError
 from nfbench.methods import create_method, method_class
@@ -253,11 +253,8 @@ def _finite_or_none(value: Any) -> Any:
 
 def write_examples(examples: dict[str, np.ndarray], path: Path) -> None:
     """Save the figure material of a run (``.npz``, plain arrays: loads without pickle)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez_compressed(tmp, **examples)
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=".npz") as tmp:  # savez keeps a name ending in .npz
+        np.savez_compressed(tmp, **examples)
 
 
 def _json_default(value: Any) -> Any:

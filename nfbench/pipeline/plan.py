@@ -205,3 +205,62 @@ def run_settings(method: str, dataset: str, profile: str, variant: str | None = 
                 "joint": bool(declared.get("joint", False))}
     return {"settings": {}, "paper": None, "variant": None, "role": None, "shots": None,
             "joint": False}
+
+
+def describe_plan(papers: list[str], profile: str, params: dict[str, Any],
+                  verbose: bool = False) -> str:
+    """``nfbench plan``'s listing: per paper its run count and each table's variants (every
+    run with ``verbose``), then the total."""
+    lines, total = [], 0
+    for paper in papers:
+        spec = load_spec(paper)
+        runs = expand_runs(paper, profile, params)
+        total += len(runs)
+        lines.append(f"# {paper} ({profile}): {len(runs)} runs")
+        for table_id, table in spec["tables"].items():
+            variants = list(table.get("columns") or table.get("rows") or {})
+            state = "not reproducible" if table.get("reproducible", True) is False else \
+                f"variants {', '.join(variants)}"
+            lines.append(f"  {table_id}: {state}")
+        if verbose:
+            lines += [f"    {run.run_id}  dataset={run.dataset} settings={run.settings}"
+                      + (f" shots={run.shots}" if run.shots else "") + (" joint" if run.joint else "")
+                      for run in runs]
+    lines.append(f"total: {total} runs")
+    return "\n".join(lines)
+
+
+def bench_runs(paper: str, profile: str, params: dict[str, Any], variants: list[str] | None = None,
+               tables: list[str] | None = None, categories: list[str] | None = None,
+               seeds: list[int] | None = None, shard: str | None = None) -> list[Run]:
+    """The runs ``nfbench bench`` executes: the named variants plus those the named tables
+    need (all when neither is given), restricted to categories, seeds and shard ``i/N``."""
+    chosen = list(variants or [])
+    for table_id in tables or []:
+        chosen += [v for v in table_variants(load_spec(paper), table_id) if v not in chosen]
+    runs = expand_runs(paper, profile, params, variants=chosen or None)
+    return select_runs(runs, categories=categories, seeds=seeds,
+                       shard=parse_shard(shard) if shard else None)
+
+
+def profile_datasets(profile: str, params: dict[str, Any]) -> list[str]:
+    """The datasets the runs of ``profile`` read (``nfbench data prepare``): every dataset a
+    paper's role maps to, and DTD where a run pastes DTD textures (CLS-CNFs' synthetic
+    defects, ``foreign_source: dtd``)."""
+    from nfbench.methods import method_class
+
+    names: list[str] = []
+    for paper in [p for p in PAPERS if p in params]:
+        spec = load_spec(paper)
+        block = profile_params(params, paper, profile)
+        for name, variant in spec["variants"].items():
+            role = block["datasets"].get(variant.get("dataset", "mvtec_ad"))
+            if role is None:
+                continue
+            names.append(role["dataset"])
+            method = variant.get("method", spec["method"])
+            settings = variant_settings(spec, block, name)
+            default = getattr(method_class(method).Config(), "foreign_source", None)
+            if settings.get("foreign_source", default) == "dtd":
+                names.append("dtd")
+    return list(dict.fromkeys(names))

@@ -22,6 +22,7 @@ import os
 from pathlib import Path
 
 from nfbench.errors import UserError
+from nfbench.progress import QUIET_VARIABLE
 
 
 def _task(run, env: dict[str, str], threads: int):
@@ -63,7 +64,7 @@ def execute_ray(todo, results_dir: Path, status, address: str | None = None,
     else:
         options = {"num_cpus": threads}
     env = {"NFBENCH_DATA": str(datasets_root()), "NFBENCH_CACHE": str(cache_root()),
-           "NFBENCH_QUIET": "1"}
+           QUIET_VARIABLE: "1"}
     remote = ray.remote(_task).options(max_retries=1, retry_exceptions=False, **options)
     from nfbench.pipeline.identity import run_identity
 

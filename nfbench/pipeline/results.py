@@ -80,4 +80,10 @@ def to_csv(frame: pd.DataFrame, out) -> None:
     """Write ``frame`` as CSV; the ``settings`` dicts become compact JSON strings."""
     frame = frame.copy()
     frame["settings"] = frame["settings"].map(lambda s: json.dumps(s, sort_keys=True))
+    if isinstance(out, (str, Path)):  # a file: written whole or not at all
+        from nfbench.atomic import atomic_path
+
+        with atomic_path(out) as tmp:
+            frame.to_csv(tmp, index=False)
+        return
     frame.to_csv(out, index=False)

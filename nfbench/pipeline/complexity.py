@@ -1,0 +1,63 @@
+"""The profiling stage: FLOPs, parameters and speed of a paper's method, as ``profile.json``.
+
+For each paper it measures the paper configuration (the method's defaults: the paper's
+backbone and input size; timed only on the paper profile or with ``time_paper``, since it is
+slow on a CPU), the profile's configuration of the main variant, the spec's extra complexity
+configurations, and the rows of every ``layout: complexity`` table (CLS-CNFs' Table 3). The
+measuring itself is library code (:mod:`nfbench.profiling`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+from nfbench.atomic import write_text_atomic
+from nfbench.pipeline.plan import load_spec, main_variant, profile_params, variant_settings
+from nfbench.profiling import profile_components, profile_method
+
+
+def _configurations(spec, block, profile: str, time_paper: bool) -> list[dict[str, Any]]:
+    slow = profile == "paper" or time_paper
+    configs = [dict(label="paper configuration", settings={}, batch_size=1, time_it=slow)]
+    configs += [dict(label=f"{profile} configuration",
+                     settings=variant_settings(spec, block, main_variant(spec)),
+                     batch_size=spec.get("complexity", {}).get("batch_size", 8), time_it=True)]
+    for extra in spec.get("complexity", {}).get("configs", []):  # variants of the paper's
+        configs.append(dict(label=extra["label"], settings=extra.get("settings", {}),
+                            batch_size=extra.get("batch_size", 1), time_it=slow))
+    return configs
+
+
+def profile_paper(paper: str, profile: str, params: dict, results: Path,
+                  device: str | None = None, time_paper: bool = False,
+                  log: Callable[[str], None] = print) -> Path:
+    """Measure ``paper``'s method under ``profile``; write ``results/<paper>/profile.json``."""
+    spec = load_spec(paper)
+    block = profile_params(params, paper, profile)
+    on_device = {"device": device} if device else {}
+    entries = []
+    for config in _configurations(spec, block, profile, time_paper):
+        result = profile_method(spec["method"], {**config["settings"], **on_device},
+                                config["batch_size"], time_it=config["time_it"])
+        entries.append({"label": config["label"], **result})
+        log(f"{config['label']}: {result['gmacs_fvcore']:.2f} GMACs, "
+            f"{result['parameters'] / 1e6:.1f} M parameters")
+    slow = profile == "paper" or time_paper
+    for table_id, table in spec["tables"].items():
+        if table.get("layout") != "complexity":
+            continue
+        paper_settings = spec["variants"][table["variant"]].get("settings", {})
+        for label, settings, time_it in (
+                ("paper configuration", paper_settings, slow),
+                (f"{profile} configuration", variant_settings(spec, block, table["variant"]),
+                 True)):
+            for entry in profile_components(spec["method"], {**settings, **on_device},
+                                            list(table["rows"]), table.get("batch_size", 1),
+                                            time_it=time_it):
+                entries.append({"label": label, "table": table_id, **entry})
+                log(f"{table_id} {label} {entry['component']}: {entry['size_mb']:.1f} MB")
+    out = Path(results) / paper / "profile.json"
+    write_text_atomic(out, json.dumps(entries, indent=2) + "\n")
+    return out
