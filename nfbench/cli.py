@@ -207,7 +207,8 @@ def cmd_profile(args: argparse.Namespace) -> None:
 
 def cmd_report(args: argparse.Namespace) -> None:
     from nfbench.pipeline.plan import PAPERS, load_params
-    from nfbench.report.markdown import write_index, write_report
+    from nfbench.report.index import write_index
+    from nfbench.report.paper import write_report
 
     params = load_params()
     papers = [args.paper] if args.paper else [p for p in PAPERS if p in params]

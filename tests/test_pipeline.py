@@ -82,7 +82,8 @@ def _fake_results(results: Path, runs, value) -> None:
 
 
 def test_tables_and_report_from_records_only(tmp_path):
-    from nfbench.report.markdown import write_index, write_report
+    from nfbench.report.index import write_index
+    from nfbench.report.paper import write_report
     from nfbench.pipeline.tables import build_tables, write_tables
 
     params = load_params()
@@ -148,7 +149,7 @@ def test_paper_profile_plans_of_patchflow_and_clscnf():
 
 
 def test_multi_metric_and_complexity_tables_reach_the_report(tmp_path):
-    from nfbench.report.markdown import write_report
+    from nfbench.report.paper import write_report
     from nfbench.pipeline.tables import build_tables, write_tables
 
     params = load_params()
@@ -222,7 +223,7 @@ def test_check_cli_exit_code(tmp_path, capsys):
 
 
 def test_oracle_threshold_separates_histograms():
-    from nfbench.report.markdown import oracle_threshold
+    from nfbench.report.sections import oracle_threshold
 
     edges = np.linspace(0.0, 1.0, 11)
     normal = np.r_[np.full(5, 100), np.zeros(5)]

@@ -111,7 +111,7 @@ def test_protocol_tables_and_report_section(tmp_path):
 
     from nfbench.pipeline.experiment import write_record
     from nfbench.pipeline.plan import expand_runs, load_params
-    from nfbench.report.markdown import protocol_section
+    from nfbench.report.sections import protocol_section
     from nfbench.pipeline.tables import build_protocol_tables, build_tables, write_protocol_tables
 
     params = load_params()

@@ -14,7 +14,7 @@ they printed on the test set (original-code.md §1a-§1d, §4 "Test-set model se
   {0.05, ..., 1.0} (``--get_best_w_fe``).
 
 One run measures both: a method's ``fit(train, evaluate=...)`` calls ``evaluate(label)`` at the
-original's evaluation points (scaled to the run's budget, :func:`evaluation_epochs`);
+original's evaluation points (scaled to the run's budget, :func:`nfbench.methods.base.evaluation_epochs`);
 :class:`OriginalProtocol` scores the test set there with :func:`nfbench.metrics.compute_all`
 and, after the honest evaluation, :meth:`OriginalProtocol.finish` returns
 ``record["original_protocol"]``. Every evaluation runs under a forked RNG, so the honest
@@ -31,7 +31,6 @@ import numpy as np
 import torch
 
 from nfbench import metrics
-from nfbench.methods.base import evaluation_epochs
 
 #: One line per protocol, for reports.
 DESCRIPTIONS = {

@@ -40,6 +40,13 @@ KINDS = ("method", "reference", "chance")
 CHANCE = {"image_auroc": 50.0, "pixel_auroc": 50.0, "aupro": 15.0}
 #: datasets whose numbers are not comparable with the papers' (the offline stand-ins)
 STAND_IN_DATASETS = ("demo",)
+
+
+def comparable_dataset(dataset: str) -> bool:
+    """The one rule for comparing with a paper: numbers measured on ``dataset`` can stand
+    beside the published ones (Δ, tolerance) unless it is an offline stand-in. Tables store
+    the answer in their ``comparable`` column; reports and figures read that column."""
+    return dataset not in STAND_IN_DATASETS
 PROTOCOL_COLUMNS = ["table", "variant", "row", "label", "metric", "n", "honest", "original",
                     "difference", "reported_as", "profile"]
 
@@ -229,7 +236,7 @@ def build_tables(paper: str, profile: str, params: dict, results_dir: Path,
         variants = dict(table.get("columns") or table.get("rows") or {})
         role = block["datasets"][table.get("dataset", spec["variants"][next(iter(variants))].get("dataset", "mvtec_ad"))]
         categories = role_categories(role)
-        comparable = role["dataset"] not in STAND_IN_DATASETS
+        comparable = comparable_dataset(role["dataset"])
         rows: list[dict[str, Any]] = []
         kind_of = {v: "method" for v in variants}
         for ref, label in (table.get("references") or {}).items() if references else ():

@@ -1,0 +1,131 @@
+"""Report sections measured on this run's tables and records: the questions a spec asks,
+how much the original evaluation protocols add, complexity and speed, and the oracle
+threshold of the prediction maps."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from nfbench.report.markdown import fmt
+
+
+def oracle_threshold(e: Any) -> float | None:
+    """The pixel threshold with the best F1 over the whole test set, at the resolution of the
+    record's pixel-score histograms (None without them). An ORACLE: it uses the test masks,
+    as the papers' prediction maps do (CLS-CNFs Fig. 5-9)."""
+    if "pixel_hist_edges" not in e:
+        return None
+    normal, defect = np.asarray(e["pixel_hist_normal"]), np.asarray(e["pixel_hist_defect"])
+    tp = np.cumsum(defect[::-1])[::-1]  # defective pixels scoring >= edges[k]
+    fp = np.cumsum(normal[::-1])[::-1]
+    f1 = 2 * tp / np.maximum(2 * tp + fp + (defect.sum() - tp), 1)
+    return float(np.asarray(e["pixel_hist_edges"])[int(np.argmax(f1))])
+
+def questions_section(spec: dict, tables_dir: Path) -> list[str]:
+    """Answers, measured on this run's tables, to the questions a spec asks (``questions``:
+    does variant ``better`` beat ``than`` in ``table`` (on its ``row``, for per-category
+    tables), metric by metric?)."""
+    questions = spec.get("questions", [])
+    if not questions:
+        return []
+    out = ["## Questions answered by this run", ""]
+    for q in questions:
+        frame = pd.read_csv(tables_dir / f"{q['table']}.csv")
+        if "row" in q:  # per-category tables: which row (e.g. average); else one row a variant
+            frame = frame[frame["row"] == q["row"]]
+        lines = []
+        for metric in dict.fromkeys(frame["metric"]):
+            by_variant = frame[frame["metric"] == metric].set_index("variant")["mean"]
+            a, b = by_variant.get(q["better"]), by_variant.get(q["than"])
+            if a is None or b is None or math.isnan(a) or math.isnan(b):
+                continue
+            verdict = "yes" if a > b else "no"
+            lines.append(f"| {metric} | {b:.1f} | {a:.1f} | {a - b:+.1f} | {verdict} |")
+        where = f"{q['row']} row of {q['table']}" if "row" in q else q["table"]
+        out += [f"**{q['question']}** ({q['than']} → {q['better']}, {where})", "",
+                f"| metric | {q['than']} | {q['better']} | Δ | helps? |", "|---|---|---|---|---|",
+                *lines, ""]
+        if q.get("note"):
+            out += [q["note"], ""]
+    return out
+
+def protocol_section(spec: dict, tables_dir: Path) -> list[str]:
+    """"How much the original protocol adds": per table, the honest number (last epoch, no
+    test labels) beside what the original code's evaluation protocol would have reported in
+    the same run (``<table>.protocol.csv``, :func:`nfbench.pipeline.tables.build_protocol_tables`)."""
+    from nfbench.metrics import METRIC_VARIANTS
+    from nfbench.pipeline.protocols import DESCRIPTIONS
+
+    companions = {t: tables_dir / f"{t}.protocol.csv" for t in spec["tables"]}
+    companions = {t: p for t, p in companions.items() if p.is_file()}
+    if not companions:
+        return []
+    methods = {spec.get("method")} | {v.get("method", spec.get("method"))
+                                      for v in spec["variants"].values()}
+    protocols = methods | {v["protocol"] for v in spec["variants"].values() if v.get("protocol")}
+    out = ["## How much the original protocol adds", "",
+           "Our numbers are honest: the last epoch, scored without test labels. The original "
+           "codes chose what they printed on the test set. Each run also measured, on the same "
+           "model and test set, what the original's protocol would have reported:", ""]
+    out += [f"- **{name}**: {DESCRIPTIONS[name]}" for name in sorted(protocols) if name in DESCRIPTIONS]
+    variants = sorted({m for f in companions.values() for m in pd.read_csv(f)["metric"]
+                       if m in METRIC_VARIANTS})
+    out += [f"- `{m}`: {METRIC_VARIANTS[m]}" for m in variants]
+    out += ["", "Difference = original protocol − honest, in points (%). Selection points, both "
+            "normalisations and the chosen w of every run are in its record "
+            "(`original_protocol`).", ""]
+    for table_id, path in companions.items():
+        frame = pd.read_csv(path)
+        frame = frame[frame["n"] > 0]
+        if frame.empty:
+            continue
+        # the paper's title names the paper's data; the rows are this profile's categories
+        out += [f"**{table_id}** (paper: *{spec['tables'][table_id]['title']}*)", "",
+                "| row | metric | honest | original protocol | difference | as the original reported |",
+                "|---|---|---|---|---|---|"]
+        out += [f"| {r.label} | {r.metric} | {fmt(r.honest)} | {fmt(r.original)} | "
+                f"{'—' if pd.isna(r.difference) else f'{r.difference:+.1f}'} | {r.reported_as} |"
+                for r in frame.itertuples()]
+        out.append("")
+    return out
+
+def complexity_section(spec: dict, profile_path: Path, main_records: list[dict]) -> list[str]:
+    out = ["## Complexity and speed", ""]
+    published = spec.get("complexity", {}).get("published", {})
+    if published:
+        out += ["Published: " + ", ".join(f"{k} = {v}" for k, v in published.items()), ""]
+    if profile_path.is_file():
+        entries = json.loads(profile_path.read_text())
+        out += ["FLOPs per image: fvcore counts one multiply-add as one flop (so its column is "
+                "GMACs); torch's FlopCounterMode counts two. Operators neither counts "
+                "(element-wise: exp, atan, add, ...) are listed below the table.", "",
+                "| configuration | input | GMACs (fvcore) | GFLOPs (torch) | parameters [M] | size [MB] | images/s | batch | device |",
+                "|---|---|---|---|---|---|---|---|---|"]
+        skipped = set()
+        entries = [e for e in entries if "table" not in e]  # network tables are rendered above
+        for e in entries:
+            skipped.update(e.get("fvcore_skipped_ops", []))
+            out.append(f"| {e['label']} | {e['input_size']} | {e['gmacs_fvcore']:.2f} | "
+                       f"{e['gflops_torch']:.2f} | {e['parameters'] / 1e6:.1f} | {e['size_mb']:.1f} | "
+                       f"{fmt(e.get('images_per_second'), 2)} | {e['batch_size']} | "
+                       f"{e.get('device_name', '—')} |")
+        out += ["", f"Not counted by fvcore: {', '.join(sorted(skipped)) or 'none'}.", ""]
+        paper_entry = next((e for e in entries if e["label"] == "paper configuration"), None)
+        if published.get("flops_per_image") and paper_entry:
+            flops = float(published["flops_per_image"]) / 1e9
+            out += [f"Published {flops:.2f} G FLOPs per image vs the paper configuration here: "
+                    f"{paper_entry['gmacs_fvcore']:.2f} GMACs ({paper_entry['gmacs_fvcore'] / flops:.2f}× "
+                    f"if the paper counted multiply-adds once) or {paper_entry['gflops_torch']:.2f} "
+                    f"GFLOPs ({paper_entry['gflops_torch'] / flops:.2f}× if twice). The deviations "
+                    "below say what we know of the gap.", ""]
+    if main_records:
+        fits = [r["timing"]["fit_seconds"] for r in main_records]
+        out += [f"Training time per category (this run, {main_records[0]['timing']['device']}): "
+                f"median {np.median(fits):.1f} s over {len(fits)} runs.", ""]
+    return out
