@@ -14,8 +14,6 @@ only matmul/conv/attention-like ops), which :func:`count_flops` lists.
 
 from __future__ import annotations
 
-import statistics
-import time
 from typing import Any, Callable
 
 import torch
@@ -55,39 +53,23 @@ def count_flops(module: nn.Module, example: Any) -> dict[str, Any]:
 
 
 def time_inference(function: Callable[[], Any], device: torch.device | str = "cpu",
-                   warmup: int = 3, repeats: int = 20) -> dict[str, float]:
-    """Median and spread of ``function()``'s wall time in seconds.
+                   warmup: int = 3, min_run_time: float = 1.0) -> dict[str, float]:
+    """Median and spread of ``function()``'s wall time in seconds, by
+    :meth:`torch.utils.benchmark.Timer.blocked_autorange`: it picks the number of calls per
+    block, synchronises CUDA around each block itself and runs for at least
+    ``min_run_time`` seconds, on the current thread count."""
+    from torch.utils.benchmark import Timer
 
-    On CUDA each repetition is timed with CUDA events after a synchronisation; on CPU with
-    :class:`torch.utils.benchmark.Timer` (which handles thread settings and repeats).
-    """
     device = torch.device(device)
     with torch.no_grad():
         for _ in range(warmup):
             function()
-        if device.type == "cuda":
-            times = []
-            for _ in range(repeats):
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                torch.cuda.synchronize()
-                start.record()
-                function()
-                end.record()
-                torch.cuda.synchronize()
-                times.append(start.elapsed_time(end) / 1000.0)
-        else:
-            from torch.utils.benchmark import Timer
-
-            timer = Timer(stmt="function()", globals={"function": function},
-                          num_threads=torch.get_num_threads())
-            start = time.perf_counter()
-            function()
-            number = max(1, int(0.05 / max(time.perf_counter() - start, 1e-6)))
-            times = [timer.timeit(number).mean for _ in range(repeats)]
-    times.sort()
-    q1, q3 = times[len(times) // 4], times[(3 * len(times)) // 4]
-    return {"median_s": statistics.median(times), "iqr_s": q3 - q1, "min_s": times[0],
-            "repeats": len(times), "device": str(device)}
+        timer = Timer(stmt="function()", globals={"function": function},
+                      num_threads=torch.get_num_threads())
+        measurement = timer.blocked_autorange(min_run_time=min_run_time)
+    return {"median_s": measurement.median, "iqr_s": measurement.iqr,
+            "min_s": min(measurement.times), "repeats": len(measurement.times),
+            "device": str(device)}
 
 
 def measure_module(module: nn.Module, size: int, batch_size: int, device: torch.device,
@@ -97,7 +79,8 @@ def measure_module(module: nn.Module, size: int, batch_size: int, device: torch.
     result = count_flops(module, torch.rand(1, 3, size, size, device=device))
     if time_it:
         batch = torch.rand(batch_size, 3, size, size, device=device)
-        timing = time_inference(lambda: module(batch), device=device, warmup=1, repeats=repeats)
+        timing = time_inference(lambda: module(batch), device=device, warmup=1,
+                                min_run_time=0.2 * repeats)
         result.update({"timing": timing, "images_per_second": batch_size / timing["median_s"],
                        "device_name": _device_name(device)})
     return result

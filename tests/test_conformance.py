@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -66,3 +68,74 @@ def test_set_values_are_read_as_a_user_means_them():
     detector = create_method("csflow", lr="1e-3", epochs="12", kernel_sizes="[3, 3, 3, 5]")
     assert detector.config.lr == 1e-3 and isinstance(detector.config.lr, float)
     assert detector.config.epochs == 12 and detector.config.kernel_sizes == (3, 3, 3, 5)
+
+
+def _smoke(name):
+    return dict(getattr(method_class(name), "smoke_settings", {}))
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_protocol_declares_what_the_suite_uses(name):
+    """Config, smoke_settings, profiling_components and the one profiling hook (base.py)."""
+    from nfbench.methods.base import Detector
+
+    cls = method_class(name)
+    assert isinstance(cls.smoke_settings, dict)
+    assert isinstance(cls.profiling_components, tuple)
+    assert dataclasses.is_dataclass(cls.Config) and cls.Config.__dataclass_params__.frozen
+    assert isinstance(create_method(name, **_smoke(name)), Detector)
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_profiling_hook_runs_untrained_and_is_counted(name, one_thread):
+    """Every method (the Gaussian baseline included) gives an images -> (scores, map) module
+    before fit, and the profiling stage counts it; each named component either profiles the
+    same way or declares why not."""
+    from nfbench.methods.base import ProfilingNotSupported
+    from nfbench.profiling import profile_method
+
+    detector = create_method(name, **_smoke(name))
+    size = detector.config.input_size
+    module = detector.inference_module(pretrained=False).eval()
+    with torch.no_grad():
+        scores, maps = module(torch.rand(2, 3, size, size))
+    assert scores.shape == (2,) and maps.ndim == 3 and maps.shape[0] == 2
+    assert torch.isfinite(scores).all() and torch.isfinite(maps).all()
+    result = profile_method(name, _smoke(name), time_it=False)
+    assert result["gmacs_fvcore"] > 0 and result["parameters"] >= 0
+    for component in detector.profiling_components:
+        try:
+            part = detector.inference_module(component, pretrained=False).eval()
+        except ProfilingNotSupported as skip:
+            assert str(skip), f"{name}/{component}: a skip must say why"
+            continue
+        with torch.no_grad():
+            scores, maps = part(torch.rand(1, 3, size, size))
+        assert scores.shape == (1,) and maps.shape[0] == 1
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_fit_leaves_the_config_and_a_refit_inherits_nothing(name, tiny_demo):
+    """scikit-learn's rule: fit does not rewrite hyperparameters. A detector fitted on one
+    category (with a per-category override where the method has them) and then on a second
+    scores the second exactly like a fresh detector fitted on the second only."""
+    table = load_table("demo", tiny_demo)
+    first, second = sorted(table["category"].unique())[:2]
+    settings = _smoke(name)
+    fields = {f.name for f in dataclasses.fields(method_class(name).Config)}
+    if {"category_settings", "lr"} <= fields:
+        base_lr = create_method(name, **settings).config.lr
+        settings["category_settings"] = {first: {"lr": base_lr * 3}}
+    detector = create_method(name, **settings)
+    before = detector.config
+    train, _ = image_sets(table, first, before.input_size)
+    seed_everything(0)
+    detector.fit(train.subset(range(8)))
+    assert detector.config == before, "fit must leave config as the user set it"
+    train, test = image_sets(table, second, before.input_size)
+    seed_everything(0)
+    refitted = detector.fit(train.subset(range(8))).score(test)
+    fresh = create_method(name, **settings)
+    seed_everything(0)
+    expected = fresh.fit(train.subset(range(8))).score(test)
+    np.testing.assert_allclose(refitted.image, expected.image, rtol=1e-5, atol=1e-6)
