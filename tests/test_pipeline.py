@@ -11,10 +11,11 @@ import yaml
 
 from nfbench.check import run_check
 from nfbench.experiment import write_examples, write_record
-from nfbench.plan import expand_runs, load_params, load_spec
+from nfbench.plan import expand_runs, load_params
+from nfbench.spec import load_spec, papers
 
 ROOT = Path(__file__).resolve().parents[1]
-PAPERS_IN_PIPELINE = [p for p in ("csflow", "patchflow", "clscnf")
+PAPERS_IN_PIPELINE = [p for p in papers()
                       if p in yaml.safe_load((ROOT / "params.yaml").read_text())]
 
 
@@ -27,16 +28,16 @@ def at_repo_top(monkeypatch):
 def test_every_table_is_declared_and_wired_into_dvc(paper):
     spec = load_spec(paper)
     dvc = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-    for table_id, table in spec["tables"].items():
-        if table.get("layout") == "complexity":  # rows are networks of one declared variant
-            assert table["variant"] in spec["variants"] and table["reference"] in table["rows"]
+    for table_id, table in spec.tables.items():
+        if table.layout == "complexity":  # rows are networks of one declared variant
+            assert table.variant in spec.variants and table.reference in table.labels
             continue
-        for variant in table.get("columns") or table.get("rows") or {}:
-            assert variant in spec["variants"], f"{table_id} uses undeclared variant {variant}"
-    assert sorted(dvc[f"{paper}_runs"]["foreach"]) == sorted(spec["variants"])
+        for variant in table.variants:
+            assert variant in spec.variants, f"{table_id} uses undeclared variant {variant}"
+    assert sorted(dvc[f"{paper}_runs"]["foreach"]) == sorted(spec.variants)
     table_deps = {d for d in dvc[f"{paper}_tables"]["deps"] if d.startswith("results/")}
-    assert table_deps == {f"results/{paper}/runs/{v}" for v in spec["variants"]}
-    assert spec.get("deviations"), "every paper lists its deviations"
+    assert table_deps == {f"results/{paper}/runs/{v}" for v in spec.variants}
+    assert spec.deviations, "every paper lists its deviations"
 
 
 def test_paper_profile_plan_covers_every_csflow_table():
