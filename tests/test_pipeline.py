@@ -266,3 +266,37 @@ def test_commit_marker_ignores_files_the_pipeline_rewrites(monkeypatch):
     status = next(c for c in calls if "status" in c)
     assert status[status.index("--") + 1:] == list(experiment.CODE_PATHS)
     assert "dvc.lock" not in status and "results" not in status and "reports" not in status
+
+
+def test_spec_errors_name_the_file_and_the_key_path(tmp_path):
+    from nfbench.errors import UserError
+    from nfbench.spec import parse_spec
+
+    data = yaml.safe_load((ROOT / "benchmarks" / "csflow.yaml").read_text())
+    data["tables"]["table1"]["metric"] = "x"
+    with pytest.raises(UserError, match=r"^benchmarks/csflow.yaml: tables.table1.metric: "
+                                        r"unknown metric 'x'"):
+        parse_spec(data, ROOT / "benchmarks" / "csflow.yaml")
+    data = yaml.safe_load((ROOT / "benchmarks" / "csflow.yaml").read_text())
+    data["tables"]["table2"]["rows"]["nope"] = "?"
+    with pytest.raises(UserError, match=r"tables.table2.rows.nope: undeclared variant 'nope'"):
+        parse_spec(data, ROOT / "benchmarks" / "csflow.yaml")
+
+
+def test_spec_defaults_live_in_the_dataclasses():
+    from nfbench.spec import papers
+
+    assert papers() == ("csflow", "patchflow", "clscnf")  # by each spec's `order:`
+    spec = load_spec("csflow")
+    assert spec.variants["full"].dataset == "mvtec_ad" and spec.variants["full"].method == "csflow"
+    assert spec.variants["baseline_gaussian"].method == "gaussian"
+    assert spec.tables["table3"].dataset == "mvtec_ad_ablation"
+    assert spec.tables["table2"].dataset == "mtd" and spec.tables["table1"].reproducible
+    assert spec.complexity.batch_size == 8 and spec.main_variant == "full"
+    patchflow = load_spec("patchflow")
+    assert not patchflow.tables["table2"].reproducible
+    assert patchflow.complexity.configs[0].batch_size == 1
+    clscnf = load_spec("clscnf")
+    assert clscnf.tables["table3"].batch_size == 32 and clscnf.tables["table3"].variants == ("full",)
+    assert clscnf.tables["table1"].compared_metric("aupro") == "aupro@clscnf"
+    assert clscnf.tables["table1"].compared_metric("image_auroc") == "image_auroc"
