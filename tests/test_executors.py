@@ -13,7 +13,8 @@ import pytest
 from nfbench.cli import main
 from nfbench.errors import UserError
 from nfbench.datasets.demo import DEMO_CATEGORIES
-from nfbench.pipeline.plan import PAPERS, Run, expand_runs
+from nfbench.pipeline.plan import Run, expand_runs
+from nfbench.pipeline.spec import papers
 
 
 def _runs(root, categories=DEMO_CATEGORIES[:3], **settings):
@@ -161,7 +162,7 @@ def test_plan_estimates_device_hours_and_ends_quietly_in_a_pipe(tmp_path, capsys
     assert main(["plan", "--profile", "paper", "--gpus", "8", "--results", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     total = next(l for l in out.splitlines() if l.startswith("total")).split()
-    planned = sum(len(expand_runs(paper, "paper")) for paper in PAPERS)
+    planned = sum(len(expand_runs(paper, "paper")) for paper in papers())
     assert int(total[1]) == planned and float(total[2]) > 1000 and float(total[3]) < float(total[2])
     assert "45 min per MVTec AD class" in out and "37.94 fps" in out and "2.7 FPS" in out
     piped = subprocess.run(f"{sys.executable} -m nfbench plan --profile paper --gpus 8 | head -2",

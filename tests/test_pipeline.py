@@ -11,10 +11,11 @@ import yaml
 
 from nfbench.pipeline.check import run_check
 from nfbench.pipeline.experiment import write_examples, write_record
-from nfbench.pipeline.plan import expand_runs, load_params, load_spec
+from nfbench.pipeline.plan import expand_runs, load_params
+from nfbench.pipeline.spec import load_spec, papers
 
 ROOT = Path(__file__).resolve().parents[1]
-PAPERS_IN_PIPELINE = [p for p in ("csflow", "patchflow", "clscnf")
+PAPERS_IN_PIPELINE = [p for p in papers()
                       if p in yaml.safe_load((ROOT / "params.yaml").read_text())]
 
 
@@ -27,16 +28,16 @@ def at_repo_top(monkeypatch):
 def test_every_table_is_declared_and_wired_into_dvc(paper):
     spec = load_spec(paper)
     dvc = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-    for table_id, table in spec["tables"].items():
-        if table.get("layout") == "complexity":  # rows are networks of one declared variant
-            assert table["variant"] in spec["variants"] and table["reference"] in table["rows"]
+    for table_id, table in spec.tables.items():
+        if table.layout == "complexity":  # rows are networks of one declared variant
+            assert table.variant in spec.variants and table.reference in table.labels
             continue
-        for variant in table.get("columns") or table.get("rows") or {}:
-            assert variant in spec["variants"], f"{table_id} uses undeclared variant {variant}"
-    assert sorted(dvc[f"{paper}_runs"]["foreach"]) == sorted(spec["variants"])
+        for variant in table.variants:
+            assert variant in spec.variants, f"{table_id} uses undeclared variant {variant}"
+    assert sorted(dvc[f"{paper}_runs"]["foreach"]) == sorted(spec.variants)
     table_deps = {d for d in dvc[f"{paper}_tables"]["deps"] if d.startswith("results/")}
-    assert table_deps == {f"results/{paper}/runs/{v}" for v in spec["variants"]}
-    assert spec.get("deviations"), "every paper lists its deviations"
+    assert table_deps == {f"results/{paper}/runs/{v}" for v in spec.variants}
+    assert spec.deviations, "every paper lists its deviations"
 
 
 def test_paper_profile_plan_covers_every_csflow_table():
@@ -266,3 +267,37 @@ def test_commit_marker_ignores_files_the_pipeline_rewrites(monkeypatch):
     status = next(c for c in calls if "status" in c)
     assert status[status.index("--") + 1:] == list(experiment.CODE_PATHS)
     assert "dvc.lock" not in status and "results" not in status and "reports" not in status
+
+
+def test_spec_errors_name_the_file_and_the_key_path(tmp_path):
+    from nfbench.errors import UserError
+    from nfbench.pipeline.spec import parse_spec
+
+    data = yaml.safe_load((ROOT / "benchmarks" / "csflow.yaml").read_text())
+    data["tables"]["table1"]["metric"] = "x"
+    with pytest.raises(UserError, match=r"^benchmarks/csflow.yaml: tables.table1.metric: "
+                                        r"unknown metric 'x'"):
+        parse_spec(data, ROOT / "benchmarks" / "csflow.yaml")
+    data = yaml.safe_load((ROOT / "benchmarks" / "csflow.yaml").read_text())
+    data["tables"]["table2"]["rows"]["nope"] = "?"
+    with pytest.raises(UserError, match=r"tables.table2.rows.nope: undeclared variant 'nope'"):
+        parse_spec(data, ROOT / "benchmarks" / "csflow.yaml")
+
+
+def test_spec_defaults_live_in_the_dataclasses():
+    from nfbench.pipeline.spec import papers
+
+    assert papers() == ("csflow", "patchflow", "clscnf")  # by each spec's `order:`
+    spec = load_spec("csflow")
+    assert spec.variants["full"].dataset == "mvtec_ad" and spec.variants["full"].method == "csflow"
+    assert spec.variants["baseline_gaussian"].method == "gaussian"
+    assert spec.tables["table3"].dataset == "mvtec_ad_ablation"
+    assert spec.tables["table2"].dataset == "mtd" and spec.tables["table1"].reproducible
+    assert spec.complexity.batch_size == 8 and spec.main_variant == "full"
+    patchflow = load_spec("patchflow")
+    assert not patchflow.tables["table2"].reproducible
+    assert patchflow.complexity.configs[0].batch_size == 1
+    clscnf = load_spec("clscnf")
+    assert clscnf.tables["table3"].batch_size == 32 and clscnf.tables["table3"].variants == ("full",)
+    assert clscnf.tables["table1"].compared_metric("aupro") == "aupro@clscnf"
+    assert clscnf.tables["table1"].compared_metric("image_auroc") == "image_auroc"

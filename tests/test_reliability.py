@@ -157,11 +157,12 @@ def test_bad_setting_is_one_line_and_writes_nothing(method, setting, message, br
 
 def test_every_planned_run_passes_the_config_validator():
     from nfbench.pipeline.experiment import resolve_config
-    from nfbench.pipeline.plan import PAPERS, expand_runs, load_params
+    from nfbench.pipeline.plan import expand_runs, load_params
+    from nfbench.pipeline.spec import papers, profile_names
 
     params = load_params()
-    for profile in ("smoke", "demo", "paper"):
-        for paper in (p for p in PAPERS if p in params):
+    for profile in profile_names(params):
+        for paper in (p for p in papers() if p in params):
             for run in expand_runs(paper, profile, params)[:40]:
                 resolve_config(run.method, run.profile, dict(run.settings))
 

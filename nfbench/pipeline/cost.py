@@ -115,10 +115,12 @@ def plan_table(profile: str, params: dict[str, Any], gpus: int = 1,
                results: Path | None = Path("results"), papers: list[str] | None = None,
                model: dict[str, Any] | None = None) -> str:
     """The estimate table: per paper and table, runs, device-hours, wall hours on ``gpus``."""
-    from nfbench.pipeline.plan import PAPERS, expand_runs, load_spec, table_variants
+    from nfbench.pipeline.plan import expand_runs
+    from nfbench.pipeline.spec import load_spec
+    from nfbench.pipeline.spec import papers as all_papers
 
     model = model or load_cost_model()
-    papers = papers or [p for p in PAPERS if p in params]
+    papers = papers or [p for p in all_papers() if p in params]
     lines = [f"Estimate for profile {profile} on {gpus} GPU(s), in {model['reference_device']}"
              f"-equivalent device-hours (cost model: benchmarks/cost.yaml)",
              f"{'paper':10s} {'table':14s} {'runs':>5s} {'device-h':>9s} "
@@ -133,10 +135,10 @@ def plan_table(profile: str, params: dict[str, Any], gpus: int = 1,
         by_variant: dict[str, list[float]] = {}
         for run, s in zip(runs, seconds):
             by_variant.setdefault(run.variant, []).append(s)
-        for table_id, table in spec["tables"].items():
-            if table.get("reproducible", True) is False:
+        for table_id, table in spec.tables.items():
+            if not table.reproducible:
                 continue
-            durations = [s for v in table_variants(spec, table_id) for s in by_variant.get(v, [])]
+            durations = [s for v in table.variants for s in by_variant.get(v, [])]
             if not durations:
                 continue
             lines.append(f"{paper:10s} {table_id:14s} {len(durations):5d} "
@@ -160,7 +162,6 @@ def plan_table(profile: str, params: dict[str, Any], gpus: int = 1,
 
 
 def _methods(paper: str) -> set[str]:
-    from nfbench.pipeline.plan import load_spec
+    from nfbench.pipeline.spec import load_spec
 
-    spec = load_spec(paper)
-    return {v.get("method", spec["method"]) for v in spec["variants"].values()}
+    return load_spec(paper).methods

@@ -28,7 +28,6 @@ from nfbench.datasets import ImageSet, image_sets, load_table
 from nfbench.errors import UserError
 from nfbench.methods import create_method, method_class
 from nfbench.methods.base import config_to_dict, resolve_device, seed_everything
-from nfbench.profiles import profile_overrides
 
 RECORD_VERSION = 1
 
@@ -69,11 +68,17 @@ def git_commit() -> str | None:
         return None
 
 
-def resolve_config(method: str, profile: str, overrides: dict[str, Any]):
-    """The method's paper-default config, then the profile's shared settings, then ``overrides``."""
+def resolve_config(method: str, profile: str, overrides: dict[str, Any],
+                   params: dict[str, Any] | None = None):
+    """The method's paper-default config, then the profile's shared settings (params.yaml
+    ``profiles.<profile>.settings``, the fields the config has), then ``overrides``."""
+    from nfbench.pipeline.plan import project_params
+    from nfbench.pipeline.spec import shared_settings
+
     cls = method_class(method)
     fields = {f.name for f in dataclasses.fields(cls.Config)}
-    settings = {**profile_overrides(profile, fields), **overrides}
+    settings = {**shared_settings(params if params is not None else project_params(), profile,
+                                  fields), **overrides}
     return create_method(method, **settings)
 
 

@@ -10,6 +10,7 @@ the run so that tables can find it without training anything.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,21 +19,15 @@ import yaml
 
 from nfbench.errors import UserError
 from nfbench.paths import project_root
-
-PAPERS = ("csflow", "patchflow", "clscnf")
-
-
-def benchmarks_dir() -> Path:
-    return project_root() / "benchmarks"
+from nfbench.pipeline.spec import PaperSpec, benchmarks_dir, load_spec, papers  # noqa: F401 (re-exported)
 
 
-def load_spec(paper: str) -> dict[str, Any]:
-    """The benchmark spec of ``paper``."""
-    path = benchmarks_dir() / f"{paper}.yaml"
-    if not path.is_file():
-        available = sorted(p.stem for p in benchmarks_dir().glob("*.yaml"))
-        raise UserError(f"no benchmark spec {path}; available: {', '.join(available)}")
-    return yaml.safe_load(path.read_text())
+def __getattr__(name: str) -> Any:
+    """``PAPERS`` (transitional, for cli.py, not yet switched to :func:`nfbench.pipeline.spec.papers`):
+    the papers of ``benchmarks/``, derived on each access."""
+    if name == "PAPERS":
+        return papers()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def load_params(path: Path | None = None) -> dict[str, Any]:
@@ -41,6 +36,20 @@ def load_params(path: Path | None = None) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"no parameters file {path}")
     return yaml.safe_load(path.read_text())
+
+
+def project_params() -> dict[str, Any]:
+    """``params.yaml`` at the project top, parsed once per version of the file: read it, do not
+    change it (:func:`load_params` gives a fresh copy)."""
+    path = project_root() / "params.yaml"
+    if not path.is_file():
+        raise UserError(f"no parameters file {path}")
+    return _cached_params(path, path.stat().st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_params(path: Path, mtime_ns: int) -> dict[str, Any]:
+    return load_params(path)
 
 
 def profile_params(params: dict[str, Any], paper: str, profile: str) -> dict[str, Any]:
@@ -88,22 +97,23 @@ def role_categories(role: dict[str, Any]) -> list[str]:
     return [str(c) for c in categories]
 
 
-def main_variant(spec: dict[str, Any]) -> str:
+def main_variant(spec: PaperSpec) -> str:
     """The variant that stands for the paper's method (figures, profiling): ``full`` if
-    declared, else the first."""
-    return "full" if "full" in spec["variants"] else next(iter(spec["variants"]))
+    declared, else the first (:attr:`PaperSpec.main_variant`)."""
+    return spec.main_variant
 
 
-def variant_settings(spec: dict[str, Any], block: dict[str, Any], variant: str) -> dict[str, Any]:
+def variant_settings(spec: PaperSpec, block: dict[str, Any], variant: str) -> dict[str, Any]:
     """The method settings of ``variant`` under a profile ``block``: the profile's settings,
     then its dataset role's, then the variant's own (later ones win)."""
-    declared = spec["variants"][variant]
-    role = block["datasets"].get(declared.get("dataset", "mvtec_ad"), {})
+    declared = spec.variant(variant)
+    role = block["datasets"].get(declared.dataset, {})
     inherited = {**block.get("settings", {}), **role.get("settings", {})}
-    if "profile_settings" in declared:  # a reference method (e.g. the Gaussian baseline) takes
-        # only the named profile settings (backbone, input size), not the paper method's budget
-        inherited = {k: v for k, v in inherited.items() if k in declared["profile_settings"]}
-    return {**inherited, **declared.get("settings", {})}
+    if declared.profile_settings is not None:  # a reference method (e.g. the Gaussian
+        # baseline) takes only the named profile settings (backbone, input size), not the
+        # paper method's budget
+        inherited = {k: v for k, v in inherited.items() if k in declared.profile_settings}
+    return {**inherited, **declared.settings}
 
 
 def expand_runs(paper: str, profile: str, params: dict[str, Any] | None = None,
@@ -111,42 +121,33 @@ def expand_runs(paper: str, profile: str, params: dict[str, Any] | None = None,
     """Every run of ``paper`` under ``profile`` (optionally only some ``variants``)."""
     spec = load_spec(paper)
     block = profile_params(params if params is not None else load_params(), paper, profile)
-    declared = spec["variants"]
-    chosen = variants or list(declared)
-    unknown = [v for v in chosen if v not in declared]
+    chosen = variants or list(spec.variants)
+    unknown = [v for v in chosen if v not in spec.variants]
     if unknown:
-        raise UserError(f"{paper} has no variant(s) {unknown}; declared: {', '.join(declared)}")
+        raise UserError(f"{paper} has no variant(s) {unknown}; declared: {', '.join(spec.variants)}")
     runs = []
     for name in chosen:
-        variant = declared[name]
-        role_name = variant.get("dataset", "mvtec_ad")
-        role = block["datasets"].get(role_name)
+        variant = spec.variants[name]
+        role = block["datasets"].get(variant.dataset)
         if role is None:
-            raise UserError(f"params.yaml {paper}.{profile}.datasets has no role {role_name!r}")
+            raise UserError(f"params.yaml {paper}.{profile}.datasets has no role {variant.dataset!r}")
         settings = variant_settings(spec, block, name)
-        method = variant.get("method", spec["method"])
         role_cats = role_categories(role)
-        categories = ["all"] if variant.get("joint") else role_cats
+        categories = ["all"] if variant.joint else role_cats
         for category in categories:
             for seed in block.get("seeds", [0]):
-                runs.append(Run(paper=paper, method=method, variant=name, dataset=role["dataset"],
-                                category=category, seed=int(seed), profile=profile,
-                                settings=settings, shots=variant.get("shots"),
-                                joint=bool(variant.get("joint", False)), root=role.get("root"),
-                                joint_categories=tuple(role_cats) if variant.get("joint") else ()))
+                runs.append(Run(paper=paper, method=variant.method, variant=name,
+                                dataset=role["dataset"], category=category, seed=int(seed),
+                                profile=profile, settings=settings, shots=variant.shots,
+                                joint=variant.joint, root=role.get("root"),
+                                joint_categories=tuple(role_cats) if variant.joint else ()))
     return runs
 
 
-def table_variants(spec: dict[str, Any], table_id: str) -> list[str]:
+def table_variants(spec: PaperSpec, table_id: str) -> list[str]:
     """The variants table ``table_id`` of ``spec`` is built from (its columns, rows or
     ``variant`` that name declared variants), in the table's order."""
-    tables = spec.get("tables", {})
-    if table_id not in tables:
-        raise UserError(f"no table {table_id!r}; declared: {', '.join(tables)}")
-    table = tables[table_id]
-    names = list(table.get("columns") or {}) + list(table.get("rows") or {})
-    names += [table["variant"]] if table.get("variant") else []
-    return [n for n in dict.fromkeys(names) if n in spec["variants"]]
+    return list(spec.table(table_id).variants)
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -186,23 +187,20 @@ def run_settings(method: str, dataset: str, profile: str, variant: str | None = 
     "variant", "role", "shots", "joint"}``; ``paper`` None (no settings) when no paper runs
     ``method`` on ``dataset``."""
     params = params if params is not None else load_params()
-    for paper in PAPERS:
+    for paper in papers():
         if paper not in params or profile not in (params.get(paper) or {}):
             continue
         spec = load_spec(paper)
         block = params[paper][profile]
-        candidates = [name for name, v in spec["variants"].items()
-                      if v.get("method", spec["method"]) == method
-                      and block["datasets"].get(v.get("dataset", "mvtec_ad"), {}).get("dataset")
-                      == dataset]
+        candidates = [name for name, v in spec.variants.items() if v.method == method
+                      and block["datasets"].get(v.dataset, {}).get("dataset") == dataset]
         if not candidates:
             continue
-        main = main_variant(spec)
+        main = spec.main_variant
         name = variant if variant in candidates else main if main in candidates else candidates[0]
-        declared = spec["variants"][name]
+        declared = spec.variants[name]
         return {"settings": variant_settings(spec, block, name), "paper": paper, "variant": name,
-                "role": declared.get("dataset", "mvtec_ad"), "shots": declared.get("shots"),
-                "joint": bool(declared.get("joint", False))}
+                "role": declared.dataset, "shots": declared.shots, "joint": declared.joint}
     return {"settings": {}, "paper": None, "variant": None, "role": None, "shots": None,
             "joint": False}
 

@@ -1,7 +1,7 @@
 """``nfbench run``'s settings: the same path as ``bench``, and a config file to save and repeat.
 
 Order (later wins): the method's paper defaults, the profile's shared settings
-(:mod:`nfbench.profiles`), the profile's block in ``params.yaml`` for the paper and dataset
+(params.yaml ``profiles.<profile>.settings``), the profile's block in ``params.yaml`` for the paper and dataset
 role that run this method on this dataset (:func:`nfbench.pipeline.plan.run_settings`), then
 ``--config FILE.yaml`` (a file from ``--print-config``: every setting explicit), then
 ``--set`` pairs, then ``--device``.

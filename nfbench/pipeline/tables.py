@@ -19,6 +19,7 @@ have reported, from ``record["original_protocol"]`` (:mod:`nfbench.pipeline.prot
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,8 @@ import numpy as np
 import pandas as pd
 
 from nfbench.errors import UserError
-from nfbench.pipeline.plan import Run, expand_runs, load_spec, profile_params, role_categories
+from nfbench.pipeline.plan import Run, expand_runs, profile_params, role_categories
+from nfbench.pipeline.spec import category_groups, load_spec
 
 COLUMNS = ["table", "variant", "row", "label", "metric", "n", "mean", "std", "published", "delta",
            "within_tolerance", "profile", "compared_metric", "compared_mean", "compared_std",
@@ -63,19 +65,6 @@ def load_records(runs: list[Run], results_dir: Path) -> dict[tuple[str, str, int
     return records
 
 
-def _category_groups(spec_table: dict, dataset: str, categories: list[str]) -> dict[str, list[str]]:
-    """Group rows (textures / objects) for the categories actually run."""
-    if dataset == "demo":
-        from nfbench.datasets.demo import CATEGORY_KIND
-
-        groups = {"textures": [c for c in categories if CATEGORY_KIND.get(c) == "texture"],
-                  "objects": [c for c in categories if CATEGORY_KIND.get(c) == "object"]}
-    else:
-        groups = {name: [c for c in members if c in categories]
-                  for name, members in spec_table.get("groups", {}).items()}
-    return {name: members for name, members in groups.items() if members}
-
-
 def _cell(values_by_seed: dict[int, list[float]]) -> tuple[int, float, float]:
     """n, mean and std (over seeds) of per-seed averages, in %."""
     per_seed = [100.0 * float(np.mean([np.nan if x is None else x for x in v]))
@@ -106,21 +95,10 @@ def _original_protocol(record: dict, metric: str, category: str | None,
     return (values or op["reported"]).get(metric, float("nan"))
 
 
-def _published_metric(table: dict, metric: str) -> str:
-    declared = table.get("published_metric")
-    if isinstance(declared, dict):
-        return declared.get(metric, metric)
-    return declared if isinstance(declared, str) and len(_metrics_of(table)) == 1 else metric
-
-
-def _metrics_of(table: dict) -> list[str]:
-    return table["metric"] if isinstance(table["metric"], list) else [table["metric"]]
-
-
 def _published(entry: Any, metric: str) -> Any:
     """A variant's published numbers for ``metric``: the entry itself (one-metric table: a
     number, or {category: number}), or ``entry[metric]`` (multi-metric table)."""
-    return entry[metric] if isinstance(entry, dict) and metric in entry else entry
+    return entry[metric] if isinstance(entry, Mapping) and metric in entry else entry
 
 
 def render_label(label: str, config: dict) -> str:
@@ -226,23 +204,22 @@ def build_tables(paper: str, profile: str, params: dict, results_dir: Path,
     runs = expand_runs(paper, profile, params)
     records = load_records(runs, results_dir)
     block = profile_params(params, paper, profile)
-    tolerance = spec.get("tolerance", {})
+    tolerance = spec.tolerance
     seeds = sorted({run.seed for run in runs})
     tables = {}
-    for table_id, table in spec["tables"].items():
-        if table.get("reproducible", True) is False or table.get("layout") == "complexity":
+    for table_id, table in spec.tables.items():
+        if not table.built:
             continue  # not reproducible, or built from the profiling stage (report.py)
-        metrics = _metrics_of(table)
-        variants = dict(table.get("columns") or table.get("rows") or {})
-        role = block["datasets"][table.get("dataset", spec["variants"][next(iter(variants))].get("dataset", "mvtec_ad"))]
+        metrics = list(table.metrics)
+        variants = dict(table.labels)
+        role = block["datasets"][table.dataset]
         categories = role_categories(role)
         comparable = comparable_dataset(role["dataset"])
         rows: list[dict[str, Any]] = []
         kind_of = {v: "method" for v in variants}
-        for ref, label in (table.get("references") or {}).items() if references else ():
-            if ref == "chance" or ref in spec["variants"]:
-                variants[ref] = label
-                kind_of[ref] = "chance" if ref == "chance" else "reference"
+        for ref, label in table.references.items() if references else ():
+            variants[ref] = label  # validated: chance or a declared variant
+            kind_of[ref] = "chance" if ref == "chance" else "reference"
         configs = {}
         for (variant, _, _), record in records.items():
             configs.setdefault(variant, record.get("config", {}))
@@ -278,7 +255,7 @@ def build_tables(paper: str, profile: str, params: dict, results_dir: Path,
             kind = kind_of[variant]
             if kind == "chance" and n == 0:
                 return  # no chance level known for this metric
-            compared = metric if kind == "chance" else _published_metric(table, metric)
+            compared = metric if kind == "chance" else table.compared_metric(metric)
             c_mean, c_std = (mean, std) if compared == metric else cell(compared, variant, members)[1:]
             delta = c_mean - published if published is not None else float("nan")
             within = (abs(delta) <= tolerance[metric]) if (
@@ -292,24 +269,24 @@ def build_tables(paper: str, profile: str, params: dict, results_dir: Path,
                              same_as=render_label(variants[same], configs.get(same, {}))
                              if same else None, same_reason=why))
 
-        published = table.get("published", {})
+        published = table.published
         for metric in metrics:
             for variant, label in variants.items():
                 label = render_label(label, {**run_settings.get(variant, {}),
                                              **configs.get(variant, {})})
                 pub = _published(published.get(variant, {}), metric)
-                if table.get("layout") == "per_category":
+                if table.layout == "per_category":
                     for category in categories:
                         add(category, f"{label}, {category}", metric, variant, [category],
-                            pub.get(category) if isinstance(pub, dict) else None)
-                    for group, members in _category_groups(table, role["dataset"], categories).items():
+                            pub.get(category) if isinstance(pub, Mapping) else None)
+                    for group, members in category_groups(table, role["dataset"], categories).items():
                         add(group, f"{label}, {group}", metric, variant, members,
-                            pub.get(group) if isinstance(pub, dict) else None)
+                            pub.get(group) if isinstance(pub, Mapping) else None)
                     add("average", f"{label}, average", metric, variant, categories,
-                        pub.get("average") if isinstance(pub, dict) else None)
+                        pub.get("average") if isinstance(pub, Mapping) else None)
                 else:
                     add(variant, label, metric, variant, categories,
-                        pub if not isinstance(pub, dict) else pub.get("average"))
+                        pub if not isinstance(pub, Mapping) else pub.get("average"))
         tables[table_id] = pd.DataFrame(rows, columns=COLUMNS)
     return tables
 
@@ -320,7 +297,7 @@ def build_protocol_tables(paper: str, profile: str, params: dict, results_dir: P
     paper's own metric variant where the table declares one), the honest value, what the
     original's evaluation protocol would have reported and their difference, in %."""
     spec = load_spec(paper)
-    protocol_of = {v: d.get("protocol") for v, d in spec["variants"].items()}
+    protocol_of = {name: v.protocol for name, v in spec.variants.items()}
     honest = build_tables(paper, profile, params, results_dir, references=False)
     original = build_tables(paper, profile, params, results_dir, references=False,
                             value=lambda r, m, c, v: _original_protocol(r, m, c, protocol_of.get(v)))
