@@ -74,7 +74,7 @@ def time_inference(function: Callable[[], Any], device: torch.device | str = "cp
 
 def measure_module(module: nn.Module, size: int, batch_size: int, device: torch.device,
                    time_it: bool = True, repeats: int = 5) -> dict[str, Any]:
-    """FLOPs per image (:func:`count_flops`) of an images → scores ``module`` at ``size`` px
+    """FLOPs per image (:func:`count_flops`) of an images → (scores, map) ``module`` at ``size`` px
     and, if ``time_it``, its speed on a batch of ``batch_size`` (:func:`time_inference`)."""
     result = count_flops(module, torch.rand(1, 3, size, size, device=device))
     if time_it:
@@ -90,8 +90,9 @@ def profile_method(method: str, settings: dict, batch_size: int = 1, repeats: in
                    time_it: bool = True) -> dict[str, Any]:
     """FLOPs per image, parameters and inference time of ``method`` with ``settings``.
 
-    The method's ``inference_module(pretrained=False)`` is measured untrained: FLOPs, size
-    and speed do not depend on the weights, and no weight download is needed.
+    The method's ``inference_module(pretrained=False)`` (images -> (image scores, map), the
+    forward ``score()`` runs) is measured untrained: FLOPs, size and speed do not depend on
+    the weights, and no weight download is needed.
     """
     from nfbench.methods import create_method
     from nfbench.methods.base import resolve_device
@@ -108,34 +109,30 @@ def profile_method(method: str, settings: dict, batch_size: int = 1, repeats: in
 def profile_components(method: str, settings: dict, rows: list[str], batch_size: int,
                        time_it: bool = True, repeats: int = 5) -> list[dict[str, Any]]:
     """Size, and when ``time_it`` also FLOPs per image and speed, of each named network of a
-    method (CLS-CNFs' Table 3, which gives sizes and fps only).
+    method (``profiling_components``, e.g. CLS-CNFs' Table 3, which gives sizes and fps only).
 
-    The detector must offer ``build_untrained(pretrained)``, ``components()`` (name → module
-    whose float parameters count) and ``inference_module(name)`` (images → image scores); a
-    component without an inference network (e.g. a bare feature extractor) gets size only.
+    Each row is ``detector.inference_module(row, pretrained=False)``; a row without an
+    images -> scores network raises :class:`~nfbench.methods.base.ProfilingNotSupported`, and
+    the module it carries (``sized``, e.g. a bare feature extractor) gets size only.
     """
-    from nfbench.errors import UserError
     from nfbench.methods import create_method
-    from nfbench.methods.base import resolve_device
+    from nfbench.methods.base import ProfilingNotSupported, resolve_device
 
     detector = create_method(method, **settings)
     device = resolve_device(getattr(detector.config, "device", "auto"))
-    parts = detector.build_untrained(pretrained=False).components()
     size = detector.config.input_size
     entries = []
     for name in rows:
-        entry: dict[str, Any] = {"component": name, "input_size": size, "batch_size": batch_size,
-                                 "backbone": getattr(detector.config, "backbone", None),
-                                 **parameter_stats(parts[name])}
-        if not time_it:
-            entries.append(entry)
-            continue
         try:
-            module = detector.inference_module(name).eval()
-        except UserError:
-            entries.append(entry)  # no inference network of its own
-            continue
-        entry.update(measure_module(module, size, batch_size, device, repeats=repeats))
+            module, sized = detector.inference_module(name, pretrained=False).eval(), None
+        except ProfilingNotSupported as exc:
+            module, sized = None, exc.sized
+        entry: dict[str, Any] = {"component": name, "input_size": size, "batch_size": batch_size,
+                                 "backbone": getattr(detector.config, "backbone", None)}
+        if module is not None or sized is not None:
+            entry.update(parameter_stats(module if module is not None else sized))
+        if time_it and module is not None:
+            entry.update(measure_module(module, size, batch_size, device, repeats=repeats))
         entries.append(entry)
     return entries
 

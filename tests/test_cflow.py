@@ -13,8 +13,8 @@ from nfbench.datasets import image_sets, load_table
 from nfbench.errors import TrainingDivergedError, UserError
 from nfbench.methods import create_method
 from nfbench.methods.base import seed_everything
-from nfbench.methods.cflow import flow as F
-from nfbench.methods.cflow import model as cflow_model
+from nfbench.methods import cnf as F
+from nfbench.methods.cflow import detector as cflow_detector
 from nfbench.metrics import image_auroc, pixel_auroc
 
 SMOKE = {"backbone": "efficientnet_lite0", "input_size": 128, "padding": "zeros", "n_blocks": 2,
@@ -165,7 +165,7 @@ def test_reduced_budget_scales_the_schedule():
 
 def test_training_lowers_the_loss_and_nan_features_raise():
     torch.manual_seed(0)
-    settings = F.CNFSettings(n_blocks=2, cond_dim=4, meta_epochs=6, sub_epochs=2, warm_epochs=1,
+    settings = F.CNFSettings(n_blocks=2, condition_dim=4, meta_epochs=6, sub_epochs=2, warm_epochs=1,
                              lr=2e-3, batch_size=8, fiber_batch=64)
     features = [torch.randn(16, 6, 4, 4) * 0.5 + 2.0]
     flows = F.build_flows([6], settings, seed=0)
@@ -197,7 +197,7 @@ def test_cflow_fit_is_deterministic_and_nan_guarded(tiny_demo, monkeypatch):
         outs.append(create_method("cflow", **SMOKE).fit(train).score(test))
     np.testing.assert_array_equal(outs[0].pixel, outs[1].pixel)
 
-    real = cflow_model.frozen_features
+    real = cflow_detector.frozen_features
 
     def poisoned(*args, **kwargs):
         features, source = real(*args, **kwargs)
@@ -205,7 +205,7 @@ def test_cflow_fit_is_deterministic_and_nan_guarded(tiny_demo, monkeypatch):
         features[0][0, 0] = float("nan")
         return features, source
 
-    monkeypatch.setattr(cflow_model, "frozen_features", poisoned)
+    monkeypatch.setattr(cflow_detector, "frozen_features", poisoned)
     with pytest.raises(TrainingDivergedError):
         create_method("cflow", **SMOKE).fit(train)
 
@@ -266,25 +266,39 @@ def test_category_settings_override_per_category(tiny_demo):
     seed_everything(0)
     detector = create_method("cflow", **{**SMOKE, "category_settings": {"brick": {"lr": 5e-5},
                                                                          "coin": {"lr": 1.0}}})
+    config = detector.config
     detector.fit(train.subset(range(4)))
-    assert detector.config.lr == 5e-5
+    assert detector.settings_.lr == 5e-5
+    assert detector.config is config and detector.config.lr == 2e-4  # fit leaves the config
     with pytest.raises(UserError, match="invalid key"):
         bad = {**SMOKE, "category_settings": {"brick": {"nope": 1}}}
         create_method("cflow", **bad).fit(train.subset(range(2)))
 
 
-def test_inference_module_matches_inductive_scores_and_components(tiny_demo):
+def test_inference_module_is_the_inductive_score_forward(tiny_demo):
+    from nfbench.methods.base import ProfilingNotSupported  # noqa: F401 (protocol name)
+    from nfbench.methods.cflow import CFlowModel
     from nfbench.profiling import parameter_stats
 
     train, test = _sets(tiny_demo)
     seed_everything(0)
     detector = create_method("cflow", **{**SMOKE, "normalization": "inductive"}).fit(train.subset(range(4)))
     part = test.subset(range(3))
+    module = detector.inference_module()
+    assert isinstance(module, CFlowModel) and module.nf is detector.nf_
     with torch.no_grad():
-        module_scores = detector.inference_module()(part.load_images()).numpy()
-    np.testing.assert_allclose(module_scores, detector.score(part).image, rtol=1e-4, atol=1e-5)
-    parts = detector.components()
-    assert set(parts) == {"FE", "CNFs"} and parameter_stats(parts["CNFs"])["size_mb"] > 0
+        image, pixel = module(part.load_images())
+    scores = detector.score(part)
+    assert image.shape == (3,) and pixel.shape == (3, 128, 128)
+    np.testing.assert_allclose(image.numpy(), scores.image, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(pixel.float().numpy(), scores.pixel, rtol=1e-4, atol=1e-5)
+    assert detector.profiling_components == ()
+    with pytest.raises(UserError, match="no profiling components"):
+        detector.inference_module("CNFs")
+    assert parameter_stats(module.nf)["size_mb"] > 0
+    # before fit: the same network, untrained
+    untrained = create_method("cflow", **SMOKE).inference_module(pretrained=False)
+    assert parameter_stats(untrained)["parameters"] == parameter_stats(module)["parameters"]
 
 
 def test_record_carries_the_effective_schedule(tiny_demo):

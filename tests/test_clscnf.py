@@ -10,7 +10,7 @@ from nfbench.datasets import image_sets, load_table
 from nfbench.errors import TrainingDivergedError, UserError
 from nfbench.methods import create_method
 from nfbench.methods.base import seed_everything
-from nfbench.methods.cflow.model import LAYERS, build_encoder
+from nfbench.methods.cnf.encoder import LAYERS, build_encoder
 from nfbench.methods.clscnf import ORIGINAL_W, synthetic as S
 from nfbench.methods.clscnf.decoder import PixelDecoder, decoder_widths
 from nfbench.metrics import image_auroc, pixel_auroc
@@ -150,19 +150,21 @@ def test_decoder_output_shapes_and_reconstruction_variant_has_no_skips():
 def test_fine_tuning_changes_weights_but_not_batchnorm_statistics(fitted):
     detector, _, _ = fitted
     fresh = build_encoder("efficientnet_lite0", LAYERS, "zeros", False, torch.device("cpu"))
-    tuned, reference = detector.encoder.state_dict(), fresh.state_dict()
+    tuned, reference = detector.encoder_.state_dict(), fresh.state_dict()
     stats = [k for k in reference if k.endswith(("running_mean", "running_var"))]
     assert stats and all(torch.equal(tuned[k], reference[k]) for k in stats)
     weights = [k for k in reference if k.endswith("weight") and reference[k].dim() == 4]
     assert any(not torch.equal(tuned[k], reference[k]) for k in weights), "encoder not fine-tuned"
-    assert len(detector.fe_history) == 2 and np.isfinite(detector.fe_history).all()
+    assert len(detector.fe_history_) == 2 and np.isfinite(detector.fe_history_).all()
 
 
 def test_joint_map_is_nf_plus_w_times_classifier(fitted):
     detector, _, test = fitted
     part = test.subset(range(6))
     maps = detector.score_maps(part)
-    assert detector.w_used == 1.0 == detector.config.w_chosen  # coin is not in ORIGINAL_W: fallback
+    assert detector.w_ == 1.0  # coin is not in ORIGINAL_W: fallback
+    assert detector.resolved_settings_ == {"w_chosen": 1.0}  # what the record lists
+    assert detector.config.w == "original" and not hasattr(detector.config, "w_chosen")
     torch.testing.assert_close(maps["joint"], maps["nf"] + maps["cls"])
     assert 0.0 <= maps["cls"].min() and maps["cls"].max() <= 1.0
     scores = detector.score(part)
@@ -188,21 +190,42 @@ def test_transductive_and_inductive_differ_by_one_constant(fitted):
     assert any(differs)
 
 
-def test_inference_modules_and_components(fitted):
+def test_inference_modules_are_the_score_forward(fitted):
+    from nfbench.methods.base import ProfilingNotSupported
+    from nfbench.methods.clscnf import CLSCNFModel
     from nfbench.profiling import parameter_stats
 
     detector, _, test = fitted
     part = test.subset(range(3))
     images = part.load_images()
+    module = detector.inference_module()
+    assert isinstance(module, CLSCNFModel) and module.nf is detector.nf_
     with torch.no_grad():
-        joint = detector.inference_module()(images).numpy()
-    np.testing.assert_allclose(joint, detector.score(part).image, rtol=1e-4, atol=1e-5)
-    parts = {k: parameter_stats(m)["size_mb"] for k, m in detector.components().items()}
-    assert parts["CLS-CNFs-sFE"] == pytest.approx(parts["CLS"] + parts["FE_CLS-CNFs"] - parts["FE"])
-    assert parts["CLS-CNFs-nsFE"] == pytest.approx(parts["CLS-CNFs-sFE"] + parts["FE"])
+        image, pixel = module(images)
+    inductive = create_method("clscnf", **{**SMOKE, "normalization": "inductive"})
+    inductive.load_state_dict(detector.state_dict())
+    scores = inductive.score(part)
+    np.testing.assert_allclose(image.numpy(), scores.image, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(pixel.float().numpy(), scores.pixel, rtol=1e-4, atol=1e-5)
+    assert detector.profiling_components == ("FE", "CLS", "FE_CLS-CNFs", "CLS-CNFs-sFE",
+                                             "CLS-CNFs-nsFE")
+    with pytest.raises(ProfilingNotSupported) as raised:
+        detector.inference_module("FE")
+    assert raised.value.sized is detector.encoder_
+    modules = {k: detector.inference_module(k) for k in detector.profiling_components[1:]}
+    size = {k: parameter_stats(m)["size_mb"] for k, m in modules.items()}
+    size["FE"] = parameter_stats(raised.value.sized)["size_mb"]
+    assert size["CLS-CNFs-sFE"] == pytest.approx(size["CLS"] + size["FE_CLS-CNFs"] - size["FE"])
+    assert size["CLS-CNFs-nsFE"] == pytest.approx(size["CLS-CNFs-sFE"] + size["FE"])
     with torch.no_grad():
-        for kind in ("CLS", "FE_CLS-CNFs", "CLS-CNFs-nsFE"):
-            assert detector.inference_module(kind)(images).shape == (3,)
+        for kind, network in modules.items():
+            image, pixel = network(images)
+            assert image.shape == (3,) and pixel.shape == (3, 128, 128), kind
+        # the classifier row is the A_p of score(): scored as score_map=cls
+        cls = create_method("clscnf", **{**SMOKE, "score_map": "cls"})
+        cls.load_state_dict(detector.state_dict())
+        np.testing.assert_allclose(modules["CLS"](images)[1].float().numpy(),
+                                   cls.score(part).pixel, rtol=1e-5, atol=1e-6)
 
 
 def test_table3_profile_without_fit_or_weights():
@@ -225,7 +248,7 @@ def test_synthetic_w_uses_training_images_only(fitted):
     x, masks = detector.synthetic_validation_set(images, seed=0)
     assert x.shape == images.shape and masks[1::2].sum() == 0 and masks[0::2].any()
     w, table = detector.choose_w_synthetic(images, seed=0)
-    assert w in detector.config.w_grid and set(table) == set(detector.config.w_grid)
+    assert w in detector.settings_.w_grid and set(table) == set(detector.settings_.w_grid)
 
 
 def test_original_w_table_and_w_parsing():
@@ -256,7 +279,7 @@ def test_variants_fit_and_score(tiny_demo):
         scores = detector.score(test)
         assert np.isfinite(scores.pixel).all() and scores.pixel.shape == (4, 128, 128), settings
         if settings.get("score_map") == "cls":
-            assert detector.flows is None  # A_p alone trains no flows
+            assert detector.nf_ is None  # A_p alone trains no flows
         else:  # the CNF schedule, scaled to the run (2 of 25 meta-epochs -> 2 * 2 / 25)
             assert detector.fit_info_["schedule"]["meta_epochs"] == SMOKE["meta_epochs"]
 

@@ -129,7 +129,7 @@ def test_tables_and_report_from_records_only(tmp_path):
 
 def test_paper_profile_plans_of_patchflow_and_clscnf():
     from nfbench.methods import create_method
-    from nfbench.methods.cflow.model import apply_category_settings
+    from nfbench.methods.cnf import apply_category_settings
 
     params = load_params()
     patchflow = expand_runs("patchflow", "paper", params)

@@ -365,7 +365,7 @@ def test_cache_entries_follow_the_umask(small_sets, tmp_path, one_thread):
 def test_stage_cache_entry_is_verified(tmp_path, monkeypatch, capsys):
     import torch
 
-    from nfbench.methods.cflow.model import StageCache
+    from nfbench.methods.cnf import StageCache
 
     monkeypatch.setenv("NFBENCH_CACHE", str(tmp_path))
     cache = StageCache(True)

@@ -10,7 +10,7 @@ upsampling with align_corners, ``max - map``, image score = max of the map). Tra
 
 ``shipped``: fiber batch 64, constant lr 1e-4, hard permutations, likelihoods normalised per
 scored batch of 32 images (anomalib's eval batch). ``matched``: our fiber batch, our lr with
-CFlow-AD's warm-up + cosine schedule (``nfbench.methods.cflow.flow.learning_rate``), soft
+CFlow-AD's warm-up + cosine schedule (``nfbench.methods.cnf.training.learning_rate``), soft
 permutations (``permute_soft=True``), the whole test set scored as one batch (CFlow-AD's
 test-set maxima, like our ``transductive`` normalisation). Both use our budget: our image
 batch, ``meta_epochs * sub_epochs`` passes, and our ``fiber_fraction`` share of each batch's
@@ -34,8 +34,7 @@ def fit_and_score(cfg, train, test, config: str, seed: int) -> PeerResult:
     from anomalib.models.image.cflow import torch_model
     from anomalib.models.image.cflow.utils import get_logp, positional_encoding_2d
 
-    from nfbench.methods.cflow.model import cnf_settings
-    from nfbench.methods.cflow.flow import learning_rate
+    from nfbench.methods.cnf.training import learning_rate
 
     if cfg.padding != "zeros":
         raise UserError("peer cflow reads the shared feature cache: the profile needs padding=zeros")
@@ -63,7 +62,7 @@ def fit_and_score(cfg, train, test, config: str, seed: int) -> PeerResult:
 
     model = model_for(feats(train))
     optimizer = torch.optim.Adam(model.decoders.parameters(), lr=settings["lr"])
-    schedule = dataclasses.replace(cnf_settings(cfg), fiber_batch=fiber_batch)
+    schedule = dataclasses.replace(cfg, fiber_batch=fiber_batch)
     generator = torch.Generator().manual_seed(seed)
     n, history = len(train), []
     n_batches = -(-n // cfg.batch_size)

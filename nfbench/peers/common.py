@@ -53,7 +53,7 @@ def ours(method: str, profile: str, category: str, params: dict | None = None):
     settings = variant_settings(spec, block, entry["variant"])
     config = resolve_config(method, profile, settings).config
     if hasattr(config, "category_settings"):
-        from nfbench.methods.cflow.model import apply_category_settings
+        from nfbench.methods.cnf.config import apply_category_settings
 
         config = apply_category_settings(config, category)
     role = block["datasets"][spec["variants"][entry["variant"]].get("dataset", "mvtec_ad")]

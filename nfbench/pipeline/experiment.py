@@ -192,7 +192,7 @@ def run_experiment(method: str, dataset: str, category: str, *, root: Path | Non
         "record_version": RECORD_VERSION,
         "method": method, "dataset": dataset, "category": category, "variant": variant,
         "seed": seed, "profile": profile, "shots": shots, "joint": joint,
-        "config": config_to_dict(detector.config),
+        "config": recorded_config(detector),
         "metrics": summary,
         "timing": {"fit_seconds": fit_seconds, "score_seconds": score_seconds,
                    "images_per_second": n_test / max(score_seconds, 1e-9),
@@ -214,6 +214,16 @@ def run_experiment(method: str, dataset: str, category: str, *, root: Path | Non
         record["timing"]["protocol_seconds"] = record["original_protocol"]["seconds"]
     _mark_undefined(record)
     return record
+
+
+def recorded_config(detector: Any) -> dict[str, Any]:
+    """The resolved config a run's record holds: the settings ``fit`` used for the category
+    (``settings_``: the config with its ``category_settings`` applied; the config itself for
+    a method without it) and what ``fit`` resolved that the record lists with them
+    (``resolved_settings_``, e.g. CLS-CNFs' ``w_chosen``). ``fit`` never rewrites
+    ``detector.config``."""
+    config = config_to_dict(getattr(detector, "settings_", detector.config))
+    return {**config, **getattr(detector, "resolved_settings_", {})}
 
 
 UNDEFINED_REASONS = {

@@ -140,24 +140,24 @@ class OriginalProtocol:
     def _cflow_point(self) -> dict[str, Any]:
         """Both normalisations from one pass of the flows: ``transductive`` (CFlow-AD: per-map
         and final maxima over the test set) and ``inductive`` (training-set maxima)."""
-        from nfbench.methods.cflow.flow import (anomaly_from_normal, layer_maxima,
-                                                log_likelihood_maps, normal_score_map)
+        from nfbench.methods.cnf.scoring import (anomaly_from_normal, layer_maxima,
+                                                 log_likelihood_maps, normal_score_map)
 
         det = self.detector
         out: dict[str, dict[str, dict]] = {"transductive": {}, "inductive": {}}
         for name, test in self.tests.items():
             if name not in self._features:  # frozen encoder: the features never change
                 self._features[name] = det._features(test)
-            log_maps = log_likelihood_maps(det.flows, self._features[name],
-                                           det.config.condition_dim, det.device)
+            log_maps = log_likelihood_maps(det.nf_.flows, self._features[name],
+                                           det.settings_.condition_dim, det.device)
             for mode in out:
-                maxima = layer_maxima(log_maps) if mode == "transductive" else det.scorer.train_maxima
+                maxima = layer_maxima(log_maps) if mode == "transductive" else det.nf_.maxima
                 normal = normal_score_map(log_maps, maxima, test.size)
-                n_max = float(normal.max()) if mode == "transductive" else det.scorer.train_n_max
+                n_max = float(normal.max()) if mode == "transductive" else det.nf_.n_max
                 pixel = anomaly_from_normal(normal, n_max)
                 out[mode][name] = self._metrics(name, test, pixel.flatten(1).max(dim=1).values.numpy(),
                                                 pixel.float().numpy())
-        configured = det.config.normalization
+        configured = det.settings_.normalization
         return {"metrics": _mean_metrics(out[configured]),
                 "normalization": {mode: _mean_metrics(v) for mode, v in out.items()}}
 
@@ -218,7 +218,7 @@ class OriginalProtocol:
         """The final model under CLS-CNFs' protocol: both normalisations and the test-AUPR-best
         w over the original's grid (AUPR as its code computes it: ``pixel_aupr@clscnf``)."""
         det = self.detector
-        cfg = det.config
+        cfg = det.settings_
         out: dict[str, Any] = {}
         maps_by_mode = {}
         for name, test in self.tests.items():
@@ -242,7 +242,7 @@ class OriginalProtocol:
             # the original keeps the last w reaching the maximum (``auc_pr == max(...)``)
             best_w = max(w_table, key=lambda w: (w_table[w], w))
             out["w"] = {"grid": list(w_table), "aupr_by_w": w_table, "selected": best_w,
-                        "honest": float(det.w_used), "selected_by": "pixel_aupr@clscnf on the test set"}
+                        "honest": float(det.w_), "selected_by": "pixel_aupr@clscnf on the test set"}
         for mode in ("transductive", "inductive"):
             per_test = {}
             for name, test in self.tests.items():

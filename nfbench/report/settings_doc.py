@@ -9,17 +9,22 @@ import re
 
 
 def setting_comments(config_cls: type) -> dict[str, str]:
-    """Field name -> its trailing comment (or the comment lines just above it)."""
-    comments, above = {}, []
-    for line in inspect.getsource(config_cls).splitlines():
-        stripped = line.strip()
-        if stripped.startswith("#"):
-            above.append(stripped.lstrip("# ").strip())
+    """Field name -> its trailing comment (or the comment lines just above it), from the
+    class and the config dataclasses it inherits from (a subclass's comment wins)."""
+    comments: dict[str, str] = {}
+    for cls in reversed(config_cls.__mro__):
+        if not dataclasses.is_dataclass(cls):
             continue
-        match = re.match(r"(\w+)\s*:[^=]*=.*?(?:#\s*(.*))?$", stripped)
-        if match:
-            comments[match.group(1)] = (match.group(2) or " ".join(above)).strip()
-        above = [] if stripped else above
+        above: list[str] = []
+        for line in inspect.getsource(cls).splitlines():
+            stripped = line.strip()
+            if stripped.startswith("#"):
+                above.append(stripped.lstrip("# ").strip())
+                continue
+            match = re.match(r"(\w+)\s*:[^=]*=.*?(?:#\s*(.*))?$", stripped)
+            if match:
+                comments[match.group(1)] = (match.group(2) or " ".join(above)).strip()
+            above = [] if stripped else above
     return comments
 
 

@@ -1,5 +1,9 @@
 """CFlow-AD: conditional normalizing flows on frozen WideResNet-50-2 fibers (registered "cflow")."""
 
-from nfbench.methods.cflow.model import CFlowConfig, CFlowDetector
+from nfbench.methods.cflow.config import CFlowConfig
+from nfbench.methods.cflow.detector import CFlowDetector
+from nfbench.methods.cflow.torch_model import CFlowModel
 
-__all__ = ["CFlowConfig", "CFlowDetector"]
+Config, Detector = CFlowConfig, CFlowDetector
+
+__all__ = ["CFlowConfig", "CFlowDetector", "CFlowModel", "Config", "Detector"]

@@ -1,0 +1,116 @@
+"""The settings CFlow-AD and CLS-CNFs share, declared once.
+
+:class:`CNFSettings` holds what builds and trains the conditional flows; :class:`CNFMethodConfig`
+adds what both methods' detectors share (encoder, input size, normalisation, per-category
+settings). ``CFlowConfig`` and ``CLSCNFConfig`` inherit it, so the flat keys (``--set lr=...``,
+params.yaml, benchmarks/*.yaml) are these field names. Every config is validated when it is
+made (``__post_init__``): :func:`~nfbench.methods.base.validate_config`, then :meth:`check`,
+which each method extends.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from nfbench.errors import UserError
+from nfbench.methods.base import build_config, validate_config
+from nfbench.methods.cnf.encoder import PADDINGS
+
+NORMALIZATIONS = ("transductive", "inductive")
+
+
+@dataclass(frozen=True)
+class CNFSettings:
+    """How the conditional flows are built and trained. Defaults: CFlow-AD's MVTec AD setting
+    (gudovskiy/cflow-ad main.py / config.py), which AD-CLSCNFs' config.py keeps."""
+
+    n_blocks: int = 8  # cflow-ad coupling_blocks (CLS-CNFs compares with 6, §IV-B)
+    condition_dim: int = 128  # cflow-ad condition_vec
+    clamp: float = 1.9  # cflow-ad clamp_alpha
+    permute_soft: bool = True  # cflow-ad freia_cflow_head
+    fiber_batch: int = 256  # cflow-ad N (fiber batch)
+    lr: float = 2e-4  # cflow-ad lr (Adam, default betas)
+    meta_epochs: int = 25  # cflow-ad meta_epochs
+    sub_epochs: int = 8  # cflow-ad sub_epochs
+    # cflow-ad lr_warm_epochs (linear warm-up from lr/10) of its 25 meta-epochs
+    # (schedule_meta_epochs). A run of meta_epochs != schedule_meta_epochs (demo, smoke,
+    # --set meta_epochs=...) keeps the schedule's shape: the warm-up lasts
+    # warm_epochs * meta_epochs / schedule_meta_epochs meta-epochs (8 % of the run) and the
+    # cosine spans the meta_epochs run; the effective schedule is in the record's fit_info.
+    warm_epochs: int = 2
+    schedule_meta_epochs: int = 25  # the meta-epochs the warm-up was set for (cflow-ad, AD-CLSCNFs config.py; BTAD scripts: 8)
+    lr_min_factor: float = 1e-3  # cflow-ad cosine eta_min = lr * lr_decay_rate**3 = lr * 1e-3
+    batch_size: int = 32  # cflow-ad batch_size (images per step)
+    fiber_fraction: float = 1.0  # share of fibers used per batch (budget knob; original 1.0)
+
+
+def cnf_fields(settings: Any) -> dict[str, Any]:
+    """The :class:`CNFSettings` fields of ``settings`` (a CNFSettings or a method config)."""
+    return {f.name: getattr(settings, f.name) for f in dataclasses.fields(CNFSettings)}
+
+
+_local = threading.local()
+
+
+@dataclass(frozen=True)
+class CNFMethodConfig(CNFSettings):
+    """The detector settings of both CNF methods, on top of :class:`CNFSettings`."""
+
+    backbone: str = "wide_resnet50_2"  # cflow-ad / CLS-CNFs §III-B2: torchvision WRN50-2 (= timm wide_resnet50_2.tv_in1k)
+    input_size: int = 256  # cflow-ad README: 128-512 per category; CLS-CNFs §IV-B: 256 for all
+    padding: str = "reflect"  # cflow-ad custom_models/resnet.py, AD-CLSCNFs model.py: padding_mode='reflect'
+    normalization: str = "transductive"  # cflow-ad train.py, CLS-CNFs Eq. 8: n_max over the test set | inductive: train set
+    #: per-category overrides of any other field, e.g. {"01": {"lr": 5e-5}} (benchmark data)
+    category_settings: dict = field(default_factory=dict)
+    reuse_stages: bool = True  # reuse identical, already trained stages from the on-disk cache
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        building = getattr(_local, "building", set())
+        if type(self) in building:  # validate_config's own instance of the defaults
+            return
+        _local.building = building | {type(self)}
+        try:
+            validate_config(self)
+        finally:
+            _local.building = building
+        self.check()
+
+    def check(self) -> None:
+        """The checks beyond types and ranges; a method's config extends them."""
+        if self.normalization not in NORMALIZATIONS:
+            raise UserError(f"normalization must be one of {', '.join(NORMALIZATIONS)}, "
+                            f"got {self.normalization!r}")
+        if self.padding not in PADDINGS:
+            raise UserError(f"padding must be one of {', '.join(PADDINGS)}, got {self.padding!r}")
+        if self.condition_dim % 4:
+            raise UserError(f"condition_dim must be a multiple of 4, got {self.condition_dim}")
+        if not 0.0 < self.fiber_fraction <= 1.0:
+            raise UserError(f"fiber_fraction must be in (0, 1], got {self.fiber_fraction}")
+        if self.n_blocks < 1:
+            raise UserError(f"n_blocks must be >= 1, got {self.n_blocks}")
+        if self.meta_epochs < 1 or self.schedule_meta_epochs < 1 or self.warm_epochs < 0:
+            raise UserError("meta_epochs and schedule_meta_epochs must be >= 1, warm_epochs >= 0")
+
+
+def category_of(images: Any) -> str | None:
+    """The category of an image set named ``<category>/<split>`` (``None`` if unnamed)."""
+    return images.name.split("/")[0] if images.name else None
+
+
+def apply_category_settings(config: Any, category: str | None) -> Any:
+    """``config`` with ``config.category_settings[category]`` applied (keys checked): the
+    effective settings of one category (detectors keep them in ``settings_``)."""
+    overrides = dict(config.category_settings.get(category, {})) if category else {}
+    if not overrides:
+        return config
+    fields = {f.name for f in dataclasses.fields(config)}
+    bad = sorted(set(overrides) - fields) + sorted({"category_settings", "input_size"} & set(overrides))
+    if bad:
+        raise UserError(f"category_settings[{category!r}] has invalid key(s) {', '.join(bad)}")
+    merged = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+    merged.update(overrides)
+    return build_config(type(config), merged)
