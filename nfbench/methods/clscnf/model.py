@@ -59,8 +59,9 @@ from nfbench.methods.cflow.model import (LAYERS, NFInference, NFScorer, StageCac
                                          fit_cnf_stage, frozen_features)
 from nfbench.methods.cflow.flow import build_flows, schedule_info
 from nfbench.methods.clscnf.decoder import PixelDecoder, ProbabilityHead
-from nfbench.methods.clscnf.synthetic import (DefectSynthesizer, DTDTextures, SyntheticSettings,
-                                              object_mask_rule, procedural_texture)
+from nfbench.methods.synthetic import (SOURCE_FILES as SYNTHETIC_SOURCES, DefectSynthesizer,
+                                      DTDTextures, SyntheticSettings, object_mask_rule,
+                                      procedural_texture)
 from nfbench.paths import datasets_root
 
 #: w per category in the original run scripts (AD-CLSCNFs run_scripts/<ds>/<cls>/
@@ -268,7 +269,7 @@ class CLSCNFDetector:
         return StageCache.key({
             "stage": "fe", "fields": fe_fields, "weights": get_backbone_spec(cfg.backbone).weights_tag,
             "object_mask_rule": object_mask_rule(self.category, cfg.object_mask),
-            "code": code_digest(here / "model.py", here / "synthetic.py", here / "decoder.py"),
+            "code": code_digest(here / "model.py", *SYNTHETIC_SOURCES, here / "decoder.py"),
             "train": train.fingerprint, "seed": seed})
 
     def _fit_fe(self, train: ImageSet, images: torch.Tensor, seed: int, cache: StageCache) -> str:
