@@ -14,18 +14,6 @@ from typing import Sequence
 from nfbench.errors import TrainingDivergedError, UserError
 
 
-def _parse_sets(pairs: Sequence) -> dict[str, str]:
-    """``--set a=1 b=2 --set c=3`` (argparse gives a list of lists) -> ``{a: 1, b: 2, c: 3}``."""
-    settings = {}
-    flat = [p for group in pairs for p in ([group] if isinstance(group, str) else group)]
-    for pair in flat:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise UserError(f"--set expects key=value, got {pair!r}")
-        settings[key.strip()] = value.strip()
-    return settings
-
-
 def cmd_data_download(args: argparse.Namespace) -> None:
     from nfbench.datasets import obtain
 
@@ -116,15 +104,18 @@ def cmd_decide(args: argparse.Namespace) -> None:
     from nfbench.atomic import check_output_file, write_text_atomic
     from nfbench.methods import method_class
     from nfbench.pipeline.decision import decision_markdown, decision_table
+    from nfbench.pipeline.run_config import parse_sets
     from nfbench.pipeline.experiment import write_record
 
     method_class(args.method)
     if args.out.suffix != ".md":
         raise UserError(f"--out must name a Markdown file (.md), got {args.out}")
     check_output_file(args.out)
+    from nfbench.pipeline.plan import load_params
+
     result = decision_table(args.method, args.dataset, _category(args), root=args.root,
-                            profile=args.profile, seed=args.seed,
-                            overrides=_parse_sets(args.set), holdout=args.holdout,
+                            profile=_profile(args, load_params()), seed=args.seed,
+                            overrides=parse_sets(args.set), holdout=args.holdout,
                             quantile=args.quantile)
     write_record(result, args.out.with_suffix(".json"))
     write_text_atomic(args.out, decision_markdown(result))
@@ -133,7 +124,9 @@ def cmd_decide(args: argparse.Namespace) -> None:
 
 
 def _profile(args: argparse.Namespace, params: dict) -> str:
-    return args.profile or params.get("profile", "demo")
+    from nfbench.pipeline.plan import active_profile
+
+    return active_profile(params, args.profile)
 
 
 def cmd_data_prepare(args: argparse.Namespace) -> None:
@@ -147,10 +140,10 @@ def cmd_data_prepare(args: argparse.Namespace) -> None:
 
 
 def cmd_plan(args: argparse.Namespace) -> None:
-    from nfbench.pipeline.plan import PAPERS, describe_plan, load_params
+    from nfbench.pipeline.plan import describe_plan, load_params, pipeline_papers
 
     params = load_params()
-    papers = [args.paper] if args.paper else [p for p in PAPERS if p in params]
+    papers = pipeline_papers(params, args.paper)
     if args.gpus is not None or args.cost:
         from nfbench.pipeline.cost import plan_table
 
@@ -206,15 +199,15 @@ def cmd_profile(args: argparse.Namespace) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> None:
-    from nfbench.pipeline.plan import PAPERS, load_params
+    from nfbench.pipeline.plan import load_params, pipeline_papers
     from nfbench.report.index import write_index
     from nfbench.report.paper import write_report
 
     params = load_params()
-    papers = [args.paper] if args.paper else [p for p in PAPERS if p in params]
+    papers = pipeline_papers(params, args.paper)
     for paper in papers:
         print(write_report(paper, _profile(args, params), params, args.results, args.reports))
-    print(write_index(args.reports, args.results, [p for p in PAPERS if p in params], params,
+    print(write_index(args.reports, args.results, pipeline_papers(params), params,
                       _profile(args, params)))
 
 
@@ -268,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     verify.set_defaults(func=cmd_data_verify)
 
     prepare = data_sub.add_parser("prepare", help="pipeline data stage for a profile")
-    prepare.add_argument("--profile", choices=["demo", "paper", "smoke"])
+    prepare.add_argument("--profile", help="one of params.yaml's profiles (default: its profile)")
     prepare.add_argument("--quiet", action="store_true")
     prepare.set_defaults(func=cmd_data_prepare)
 
@@ -280,8 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     def pipeline_command(name: str, help_text: str, func, paper_required: bool = True):
         command = sub.add_parser(name, help=help_text)
         command.add_argument("--paper", required=paper_required, help="csflow | patchflow | clscnf")
-        command.add_argument("--profile", choices=["demo", "paper", "smoke"],
-                             help="default: params.yaml's profile")
+        command.add_argument("--profile", help="one of params.yaml's profiles (default: its profile)")
         command.add_argument("--results", type=Path, default=Path("results"))
         command.set_defaults(func=func)
         return command
@@ -335,8 +327,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dataset", help="required unless --config names it")
     run.add_argument("--root", type=Path, help="dataset folder in its official layout")
     run.add_argument("--category")
-    run.add_argument("--profile", choices=["demo", "paper", "smoke"],
-                     help="default: params.yaml's profile; its block for this method and "
+    run.add_argument("--profile", help="one of params.yaml's profiles (default: its "
+                     "profile); its block for this method and "
                      "dataset gives the settings, as in bench")
     run.add_argument("--seed", type=int)
     run.add_argument("--shots", type=int, help="train on this many random normal images")
@@ -361,7 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
         decide.add_argument(flag, required=True)
     decide.add_argument("--root", type=Path, help="dataset folder (MVTec AD layout for folder)")
     decide.add_argument("--category")
-    decide.add_argument("--profile", default="demo", choices=["demo", "paper"])
+    decide.add_argument("--profile", help="one of params.yaml's profiles (default: its profile)")
     decide.add_argument("--seed", type=int, default=0)
     decide.add_argument("--holdout", type=float, default=0.2,
                         help="share of normal training images held out to set the threshold")

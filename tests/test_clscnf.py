@@ -10,8 +10,9 @@ from nfbench.datasets import image_sets, load_table
 from nfbench.errors import TrainingDivergedError, UserError
 from nfbench.methods import create_method
 from nfbench.methods.base import seed_everything
+from nfbench.methods import synthetic as S
+from nfbench.methods.clscnf import ORIGINAL_W
 from nfbench.methods.cnf.encoder import LAYERS, build_encoder
-from nfbench.methods.clscnf import ORIGINAL_W, synthetic as S
 from nfbench.methods.clscnf.decoder import PixelDecoder, decoder_widths
 from nfbench.metrics import image_auroc, pixel_auroc
 
@@ -118,7 +119,7 @@ def test_synthesis_is_a_function_of_the_generator(tiny_demo):
 def test_augmenters_keep_images_in_range():
     rng = np.random.default_rng(0)
     x = rng.random((32, 32, 3)).astype(np.float32)
-    for op in S.AUGMENTERS:
+    for op in S.CLSCNF_AUGMENTERS + S.PATCHFLOW_AUGMENTERS:
         out = np.clip(op(x.astype(np.float64), np.random.default_rng(1)), 0, 1)
         assert out.shape == x.shape and np.isfinite(out).all()
     texture = S.procedural_texture(32, rng)

@@ -23,9 +23,9 @@ def _sets(root, category, size=128):
 
 
 def test_nan_loss_stops_training_with_epoch_and_step(tiny_demo, monkeypatch):
-    from nfbench.methods.csflow import model
+    from nfbench.methods.csflow import detector as module
 
-    monkeypatch.setattr(model, "nll_loss", lambda z, log_jac, *args: torch.tensor(float("nan")))
+    monkeypatch.setattr(module, "nll_loss", lambda z, log_jac, *args: torch.tensor(float("nan")))
     train, _ = _sets(tiny_demo, "brick")
     with pytest.raises(TrainingDivergedError, match=r"epoch 1, step 1"):
         create_method("csflow", **TINY).fit(train)
@@ -41,7 +41,7 @@ def test_scale_modes_feed_the_table3_inputs(mode, expected_inputs, tiny_demo):
     detector = create_method("csflow", **{**TINY, "epochs": 1}, scale_mode=mode, scale_index=1)
     train, test = _sets(tiny_demo, "gravel")
     detector.fit(train.subset(range(4)))
-    assert detector._input_shapes == expected_inputs
+    assert detector.input_shapes_ == expected_inputs
     scores = detector.score(test.subset(range(3)))
     assert scores.pixel.shape == (3, 128, 128) and np.isfinite(scores.image).all()
 
@@ -55,7 +55,7 @@ def test_training_lowers_the_loss_and_learns_the_normal_class(tiny_demo):
     train, brick_test = _sets(tiny_demo, "brick")
     _, coin_test = _sets(tiny_demo, "coin")
     detector.fit(train)
-    assert detector.loss_history[-1] < detector.loss_history[0] - 0.5
+    assert detector.loss_history_[-1] < detector.loss_history_[0] - 0.5
     normal = brick_test.subset([i for i, y in enumerate(brick_test.labels) if y == 0])
     alien = coin_test.subset([i for i, y in enumerate(coin_test.labels) if y == 0])
     scores = np.r_[detector.score(normal).image, detector.score(alien).image]
@@ -103,7 +103,8 @@ def test_paper_config_counts_flops_without_weights():
     module = detector.inference_module(pretrained=False)
     flops = count_flops(module, torch.rand(1, 3, 256, 256))
     assert flops["gflops_torch"] == pytest.approx(2 * flops["gmacs_fvcore"], rel=0.05)
-    assert module(torch.rand(2, 3, 256, 256)).shape == (2,)
+    image, pixel = module(torch.rand(2, 3, 256, 256))
+    assert image.shape == (2,) and pixel.shape == (2, 256, 256)
 
 
 def _mtd_copy_from_demo(root, demo_root) -> None:
@@ -148,3 +149,22 @@ def test_cli_runs_csflow_on_an_mtd_layout_copy(tmp_path, tiny_demo):
     assert record["config"]["hidden_channels"] == 8
     assert (record["data"]["n_train"], record["data"]["n_test"]) == (761, 191 + 392)
     assert 0.0 <= record["metrics"]["image_auroc"] <= 1.0
+
+
+@pytest.mark.parametrize("mode", ["cross", "separate", "concat"])
+def test_inference_module_matches_score(mode, tiny_demo):
+    """The profiling module (images → backbone → CSFlowModel) is score()'s forward."""
+    from nfbench.methods.base import ProfilingNotSupported
+
+    seed_everything(0)
+    detector = create_method("csflow", **{**TINY, "epochs": 1}, scale_mode=mode)
+    train, test = _sets(tiny_demo, "brick")
+    detector.fit(train.subset(range(4)))
+    test = test.subset(range(3))
+    with torch.no_grad():
+        image, pixel = detector.inference_module()(test.load_images())
+    scores = detector.score(test)
+    np.testing.assert_allclose(image.numpy(), scores.image, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(pixel.numpy(), scores.pixel, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ProfilingNotSupported):
+        detector.inference_module("flow")

@@ -88,7 +88,9 @@ def test_identity_covers_config_seed_and_code(tiny_demo):
     # the device index is not part of the result; its type is
     same = dataclasses.replace(run, settings={**run.settings, "device": "cpu"})
     assert run_identity(same)["digest"] == digest
-    assert "cflow" in method_packages("clscnf") and code_version("csflow") != code_version("patchflow")
+    assert "cnf" in method_packages("clscnf") and "cnf" in method_packages("cflow")  # shared CNF code
+    assert "synthetic" in method_packages("patchflow")
+    assert code_version("csflow") != code_version("patchflow")
 
 
 def test_selection_by_table_category_seed_and_shard():

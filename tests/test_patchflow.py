@@ -13,15 +13,11 @@ from nfbench import metrics
 from nfbench.datasets import image_sets, load_table
 from nfbench.errors import TrainingDivergedError, UserError
 from nfbench.methods import create_method
-from nfbench.methods.base import seed_everything
+from nfbench.methods.base import ProfilingNotSupported, seed_everything
 from nfbench.methods.patchflow import flow as pf
-from nfbench.methods.patchflow.model import (
-    ADAPTERS,
-    VALIDATION_AREA,
-    PatchFlowDetector,
-    _tensor_images,
-    synthetic_anomaly,
-)
+from nfbench.methods.patchflow import ADAPTERS, PatchFlowDetector
+from nfbench.methods.synthetic import VALIDATION_AREA, synthetic_anomaly
+from nfbench.methods.synthetic import tensor_images as _tensor_images
 
 SMOKE = dict(PatchFlowDetector.smoke_settings)
 
@@ -211,7 +207,7 @@ def test_crop_map_sees_the_outer_band(tiny_demo):
     detector = create_method("patchflow", **{**SMOKE, "crop_size": 112, "epochs": 1})
     train, test = _demo(tiny_demo, "brick", 128)
     detector.fit(train.subset(range(4)))
-    assert detector._shape[1:] == (14, 14)  # (crop // 8)², as the original
+    assert detector.shape_[1:] == (14, 14)  # (crop // 8)², as the original
     images = test.load_images(range(2))
     changed = images.clone()
     changed[..., :8, :] = torch.rand(2, 3, 8, 128, generator=torch.Generator().manual_seed(1))
@@ -237,7 +233,7 @@ def test_crop_scores_cover_the_full_image_and_are_deterministic(tiny_demo):
         runs.append(detector.fit(train.subset(range(6))).score(test))
     scores = runs[0]
     assert scores.pixel.shape == (4, 128, 128)
-    assert detector._shape[1:] == (12, 12)  # 96 px crop / stride 8
+    assert detector.shape_[1:] == (12, 12)  # 96 px crop / stride 8
     # outside the crop: the lowest score (the original pads with -1, the infimum of the map)
     assert np.all(scores.pixel[:, :16] == -1.0) and np.all(scores.pixel[:, :, -16:] == -1.0)
     assert np.all(scores.pixel[:, 16:112, 16:112] > -1.0)
@@ -254,10 +250,15 @@ def test_inference_module_matches_score(tiny_demo):
     test = test.subset(range(3))
     module = detector.inference_module()
     with torch.no_grad():
-        image = module(test.load_images()).numpy()
-    np.testing.assert_allclose(image, detector.score(test).image, rtol=1e-4, atol=1e-6)
+        image, pixel = module(test.load_images())
+    scores = detector.score(test)
+    np.testing.assert_allclose(image.numpy(), scores.image, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(pixel.numpy(), scores.pixel, rtol=1e-4, atol=1e-6)
     untrained = create_method("patchflow", **SMOKE).inference_module()
-    assert untrained(torch.rand(2, 3, 128, 128)).shape == (2,)
+    image, pixel = untrained(torch.rand(2, 3, 128, 128))
+    assert image.shape == (2,) and pixel.shape == (2, 128, 128)
+    with pytest.raises(ProfilingNotSupported):
+        detector.inference_module("flow")
 
 
 # -- training guards and options -----------------------------------------------------------
@@ -306,14 +307,14 @@ def test_synthetic_validation_uses_held_out_train_images_only(tiny_demo, monkeyp
     seed_everything(0)
     detector = create_method("patchflow", **{**SMOKE, "validation": "synthetic", "epochs": 3})
     detector.fit(train)
-    held_out = set(detector.validation_indices)
-    assert len(held_out) == int(0.2 * len(train)) and not held_out & set(detector.fit_indices)
-    assert sorted(held_out | set(detector.fit_indices)) == list(range(len(train)))
+    held_out = set(detector.validation_indices_)
+    assert len(held_out) == int(0.2 * len(train)) and not held_out & set(detector.fit_indices_)
+    assert sorted(held_out | set(detector.fit_indices_)) == list(range(len(train)))
     assert set(loaded) <= set(train.paths) and not set(loaded) & set(test.paths)
     assert {train.paths[i] for i in held_out} <= set(loaded)
-    assert len(detector.validation_history) == 3 and 1 <= detector.selected_epoch <= 3
-    assert detector.validation_history[detector.selected_epoch - 1] == max(
-        detector.validation_history)
+    assert len(detector.validation_history_) == 3 and 1 <= detector.selected_epoch_ <= 3
+    assert detector.validation_history_[detector.selected_epoch_ - 1] == max(
+        detector.validation_history_)
 
 
 def test_fit_learns_the_normal_class_and_localises_defects(tiny_demo):
@@ -327,7 +328,7 @@ def test_fit_learns_the_normal_class_and_localises_defects(tiny_demo):
     detector = create_method("patchflow", **settings)
     train, test = _demo(tiny_demo, "coin", 128)
     scores = detector.fit(train).score(test)
-    assert detector.loss_history[-1] < detector.loss_history[0] - 0.5
+    assert detector.loss_history_[-1] < detector.loss_history_[0] - 0.5
     assert metrics.pixel_auroc(test.load_masks(), scores.pixel) > 0.7
     normal = detector.score(normals(test)).image
     alien = detector.score(normals(_demo(tiny_demo, "brick", 128)[1])).image

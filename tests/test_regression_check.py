@@ -37,7 +37,7 @@ def test_every_headline_demo_run_sits_clearly_above_chance():
 
 
 def test_check_names_a_method_broken_on_one_demo_category(tmp_path, monkeypatch, one_thread):
-    from nfbench.methods.patchflow.model import PatchFlowDetector
+    from nfbench.methods.patchflow import PatchFlowDetector
 
     category = DEMO_CATEGORIES[-1]
     root = generate_demo(tmp_path / "demo", categories=[category], progress=False)

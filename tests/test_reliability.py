@@ -200,7 +200,7 @@ def test_mask_of_another_size_is_refused(brick, tmp_path, capsys, monkeypatch):
     Image.new("L", (64, 32), 255).save(mask)
     assert main(["data", "verify", "folder", "--root", str(brick)]) == 2
     assert f"mask {mask} is 64x32 but its image" in capsys.readouterr().err
-    from nfbench.methods.gaussian.model import GaussianDetector
+    from nfbench.methods.gaussian.detector import GaussianDetector
 
     monkeypatch.setattr(GaussianDetector, "fit", lambda *a, **k: pytest.fail("trained"))
     out = tmp_path / "r.json"

@@ -255,8 +255,8 @@ def validate_config(config: Any) -> Any:
     """Check every value of a config dataclass against its annotated type and range (see
     :data:`RANGE_RULES`); raises :class:`UserError` naming the first bad field. Returns
     ``config``. Integers must be true integers (``96.5`` is refused, never truncated); floats
-    finite (a field whose default is NaN, an output, may stay NaN)."""
-    defaults = type(config)()
+    finite (a field whose default is NaN, an output, may stay NaN). Reads the defaults from
+    the fields (never instantiates the class), so a config may call it in ``__post_init__``."""
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
         annotation = str(f.type).replace(" ", "")
@@ -264,7 +264,7 @@ def validate_config(config: Any) -> Any:
         annotation = annotation.replace("|None", "").replace("None|", "")
         if value is None and optional:
             continue
-        default = getattr(defaults, f.name)
+        default = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
         allow_nan = isinstance(default, float) and math.isnan(default)
         if annotation in ("int", "float"):
             _check_number(f.name, value, annotation, _field_range(f, annotation == "int"),

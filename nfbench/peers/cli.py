@@ -14,8 +14,11 @@ def cmd_peer(args: argparse.Namespace) -> None:
     from nfbench.pipeline.experiment import write_record
 
     check_output_file(args.out)  # before training: a bad --out is found now
+    from nfbench.pipeline.plan import active_profile, load_params
+
     record = run_peer(args.method, args.dataset, args.category, config=args.config,
-                      seed=args.seed, profile=args.profile, root=args.root)
+                      seed=args.seed, profile=active_profile(load_params(), args.profile),
+                      root=args.root)
     write_record(record, args.out)
     if record["status"] != "ok":
         print(f"peer {args.method} skipped: {record['note']} -> {args.out}")
@@ -35,13 +38,13 @@ def cmd_peers(args: argparse.Namespace) -> None:
     from nfbench.pipeline.experiment import write_record
     from nfbench.peers import peer_version
     from nfbench.peers.common import run_stage
-    from nfbench.pipeline.plan import load_params
+    from nfbench.pipeline.plan import active_profile, load_params
     from nfbench.progress import silence_bars
 
     if args.quiet:  # no bars in the workers either
         silence_bars()
     params = load_params()
-    profile = args.profile or params.get("profile", "demo")
+    profile = active_profile(params, args.profile)
     out = Path(args.results) / "peers"
     if out.exists():  # the stage's output is the whole folder: no stale records
         shutil.rmtree(out)
@@ -66,8 +69,8 @@ def add_parsers(sub) -> None:
     peer.add_argument("--config", default="shipped", choices=CONFIGS,
                       help="shipped: anomalib's defaults; matched: set to the paper's where "
                            "anomalib deviates")
-    peer.add_argument("--profile", default="demo", choices=["demo", "smoke", "paper"],
-                      help="whose run of the method to mirror (features, size, budget)")
+    peer.add_argument("--profile", help="whose run of the method to mirror (features, size, "
+                      "budget): one of params.yaml's profiles (default: its profile)")
     peer.add_argument("--out", type=Path, required=True, help="peer record (JSON)")
     peer.set_defaults(func=cmd_peer)
 

@@ -19,15 +19,25 @@ import yaml
 
 from nfbench.errors import UserError
 from nfbench.paths import project_root
-from nfbench.pipeline.spec import PaperSpec, benchmarks_dir, load_spec, papers  # noqa: F401 (re-exported)
+from nfbench.pipeline.spec import PaperSpec, load_spec, papers, profile_names
 
 
-def __getattr__(name: str) -> Any:
-    """``PAPERS`` (transitional, for cli.py, not yet switched to :func:`nfbench.pipeline.spec.papers`):
-    the papers of ``benchmarks/``, derived on each access."""
-    if name == "PAPERS":
-        return papers()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+def pipeline_papers(params: dict[str, Any], paper: str | None = None) -> list[str]:
+    """The papers of ``benchmarks/`` (in their order) that ``params`` runs, or just ``paper``."""
+    if paper is not None:
+        load_spec(paper)  # an unknown paper is one clear error
+        return [paper]
+    return [p for p in papers() if p in params]
+
+
+def active_profile(params: dict[str, Any], requested: str | None = None) -> str:
+    """``requested`` (``--profile``), else params.yaml's ``profile``; one of the profiles
+    params.yaml declares (:func:`nfbench.pipeline.spec.profile_names`), else one clear error."""
+    names = profile_names(params)
+    profile = requested or params.get("profile")
+    if profile not in names:
+        raise UserError(f"unknown profile {profile!r}; params.yaml declares: {', '.join(names)}")
+    return profile
 
 
 def load_params(path: Path | None = None) -> dict[str, Any]:
@@ -248,7 +258,7 @@ def profile_datasets(profile: str, params: dict[str, Any]) -> list[str]:
     from nfbench.methods import method_class
 
     names: list[str] = []
-    for paper in [p for p in PAPERS if p in params]:
+    for paper in pipeline_papers(params):
         spec = load_spec(paper)
         block = profile_params(params, paper, profile)
         for name, variant in spec["variants"].items():

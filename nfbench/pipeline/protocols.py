@@ -162,7 +162,7 @@ class OriginalProtocol:
                 "normalization": {mode: _mean_metrics(v) for mode, v in out.items()}}
 
     def _module(self) -> torch.nn.Module:
-        return self.detector.flow if self.method == "csflow" else self.detector.net
+        return self.detector.model_
 
     def _select_point(self, label: str) -> dict[str, Any]:
         """The value the original selected on, now (CS-Flow: test image AUROC, PatchFlow:

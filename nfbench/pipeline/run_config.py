@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import yaml
 
@@ -21,12 +21,23 @@ from nfbench.errors import UserError
 RUN_FIELDS = ("method", "dataset", "category", "profile", "seed", "shots", "joint", "variant")
 
 
+def parse_sets(pairs: Sequence) -> dict[str, str]:
+    """``--set a=1 b=2 --set c=3`` (argparse gives a list of lists) -> ``{a: 1, b: 2, c: 3}``."""
+    settings = {}
+    flat = [p for group in pairs for p in ([group] if isinstance(group, str) else group)]
+    for pair in flat:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--set expects key=value, got {pair!r}")
+        settings[key.strip()] = value.strip()
+    return settings
+
+
 def resolve_run_args(args: argparse.Namespace) -> dict[str, Any]:
     """Fill ``args`` from ``--config``/defaults; return the settings overrides of the run."""
-    from nfbench.cli import _parse_sets
     from nfbench.pipeline.devices import validate_device
     from nfbench.methods import method_class
-    from nfbench.pipeline.plan import load_params, run_settings
+    from nfbench.pipeline.plan import active_profile, load_params, run_settings
 
     loaded: dict[str, Any] = {}
     if args.config is not None:
@@ -45,12 +56,8 @@ def resolve_run_args(args: argparse.Namespace) -> dict[str, Any]:
         if not getattr(args, name):
             raise UserError(f"--{name} is required (or a --config file naming it)")
     method_class(args.method)  # fail fast on an unknown method, before any data work
-    try:
-        params = load_params()
-    except UserError:  # outside the project: the profile's shared settings only
-        params = {}
-    if args.profile is None:
-        args.profile = params.get("profile", "demo")
+    params = load_params()  # the profiles live there
+    args.profile = active_profile(params, args.profile)
     args.seed = 0 if args.seed is None else int(args.seed)
     if args.config is not None:
         base, source = dict(loaded.get("settings") or {}), {"paper": None, "variant": None}
@@ -63,7 +70,7 @@ def resolve_run_args(args: argparse.Namespace) -> dict[str, Any]:
             args.joint = True
     args.settings_source = source
     args.variant = args.variant or "default"
-    overrides = {**base, **_parse_sets(args.set)}
+    overrides = {**base, **parse_sets(args.set)}
     if args.device:
         overrides["device"] = validate_device(args.device)
     elif "device" in overrides:

@@ -28,8 +28,9 @@ from nfbench.datasets.base import ImageSet
 from nfbench.methods.base import descent_step
 from nfbench.methods.clscnf.config import CLSCNFConfig
 from nfbench.methods.clscnf.decoder import PixelDecoder
-from nfbench.methods.clscnf.synthetic import (DefectSynthesizer, DTDTextures, SyntheticSettings,
-                                              object_mask_rule, procedural_texture)
+from nfbench.methods.synthetic import (SOURCE_FILES as SYNTHETIC_SOURCES, DefectSynthesizer,
+                                      DTDTextures, SyntheticSettings, object_mask_rule,
+                                      procedural_texture)
 from nfbench.methods.cnf.encoder import LAYERS, build_encoder
 from nfbench.methods.cnf.stage import StageCache, code_digest
 from nfbench.paths import datasets_root
@@ -82,7 +83,7 @@ def fe_stage_key(cfg: CLSCNFConfig, category: str | None, train: ImageSet, seed:
     return StageCache.key({
         "stage": "fe", "fields": fe_fields, "weights": get_backbone_spec(cfg.backbone).weights_tag,
         "object_mask_rule": object_mask_rule(category, cfg.object_mask),
-        "code": code_digest(here / "finetune.py", here / "synthetic.py", here / "decoder.py"),
+        "code": code_digest(here / "finetune.py", *SYNTHETIC_SOURCES, here / "decoder.py"),
         "train": train.fingerprint, "seed": seed})
 
 

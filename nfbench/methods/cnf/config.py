@@ -11,7 +11,6 @@ which each method extends.
 from __future__ import annotations
 
 import dataclasses
-import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,9 +51,6 @@ def cnf_fields(settings: Any) -> dict[str, Any]:
     return {f.name: getattr(settings, f.name) for f in dataclasses.fields(CNFSettings)}
 
 
-_local = threading.local()
-
-
 @dataclass(frozen=True)
 class CNFMethodConfig(CNFSettings):
     """The detector settings of both CNF methods, on top of :class:`CNFSettings`."""
@@ -69,14 +65,7 @@ class CNFMethodConfig(CNFSettings):
     device: str = "auto"
 
     def __post_init__(self) -> None:
-        building = getattr(_local, "building", set())
-        if type(self) in building:  # validate_config's own instance of the defaults
-            return
-        _local.building = building | {type(self)}
-        try:
-            validate_config(self)
-        finally:
-            _local.building = building
+        validate_config(self)
         self.check()
 
     def check(self) -> None:

@@ -1,6 +1,12 @@
 """The suite's sanity baseline: a per-position Gaussian density on frozen features
-(PaDiM, Defard et al., ICPR 2021), scored by Mahalanobis distance."""
+(PaDiM, Defard et al., ICPR 2021), scored by Mahalanobis distance.
 
-from nfbench.methods.gaussian.model import GaussianConfig, GaussianDetector
+``config`` (:class:`GaussianConfig`), ``torch_model`` (features → scores and images → scores
+modules), ``detector`` (:class:`GaussianDetector`)."""
 
-__all__ = ["GaussianConfig", "GaussianDetector"]
+from nfbench.methods.gaussian.config import GaussianConfig
+from nfbench.methods.gaussian.detector import GaussianDetector
+from nfbench.methods.gaussian.torch_model import GaussianImageModel, GaussianModel, gaussian_blur
+
+__all__ = ["GaussianConfig", "GaussianDetector", "GaussianImageModel", "GaussianModel",
+           "gaussian_blur"]

@@ -1,0 +1,27 @@
+"""The Gaussian baseline's hyperparameters: a frozen dataclass, validated on construction."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from nfbench.methods.base import validate_config
+
+
+@dataclass(frozen=True)
+class GaussianConfig:
+    """Defaults follow PaDiM where it applies (d = 100 random channels, eps = 0.01, Gaussian
+    smoothing sigma = 4 of the upsampled map); the backbone is the offline Lite0."""
+
+    backbone: str = "efficientnet_lite0"
+    layers: tuple[str, ...] = ("stride8", "stride16")  # PaDiM: the first three ResNet stages
+    input_size: int = 256  # PaDiM: 256 resize, 224 crop; no crop here
+    n_features: int = 100  # PaDiM: random subset of d = 100 channels
+    covariance_eps: float = 0.01  # PaDiM: Sigma + 0.01 I
+    blur_sigma: float = 4.0  # PaDiM: Gaussian filter sigma = 4 on the score map
+    batch_size: int = 16
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.layers, tuple):
+            object.__setattr__(self, "layers", tuple(self.layers))
+        validate_config(self)
