@@ -59,7 +59,7 @@ def load_records(runs: list[Run], results_dir: Path) -> dict[tuple[str, str, int
 def _category_groups(spec_table: dict, dataset: str, categories: list[str]) -> dict[str, list[str]]:
     """Group rows (textures / objects) for the categories actually run."""
     if dataset == "demo":
-        from nfbench.datasets.demo import CATEGORY_KIND
+        from nfbench.datasets.demo.categories import CATEGORY_KIND
 
         groups = {"textures": [c for c in categories if CATEGORY_KIND.get(c) == "texture"],
                   "objects": [c for c in categories if CATEGORY_KIND.get(c) == "object"]}
