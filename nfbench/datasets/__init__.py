@@ -109,7 +109,7 @@ def obtain(name: str, root: Path | None = None, progress: bool = True) -> Path:
 
         generate_demo(root, progress=progress)
     elif spec.archives:
-        from nfbench.datasets.download import fetch
+        from nfbench.datasets.install import fetch
 
         fetch(list(spec.archives), root, notice=spec.notice, progress=progress,
               validate=spec.loader)  # layout and counts, before the dataset is installed
