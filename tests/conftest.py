@@ -13,7 +13,7 @@ os.environ.setdefault("NFBENCH_QUIET", "1")
 @pytest.fixture(scope="session")
 def tiny_demo(tmp_path_factory) -> Path:
     """A small demo set (3+ categories, 128 px) in MVTec layout."""
-    from nfbench.datasets.demo import generate_demo
+    from nfbench.datasets.demo.generator import generate_demo
 
     root = tmp_path_factory.mktemp("demo") / "demo"
     generate_demo(root, seed=0, image_size=128, n_train=12, n_test_good=6,

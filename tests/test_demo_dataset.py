@@ -12,10 +12,12 @@ from PIL import Image
 from scipy import ndimage as ndi
 from scipy import stats
 
-from nfbench.datasets import demo
-from nfbench.datasets.demo import (AREA_RANGE, CATEGORY_DEFECTS, CATEGORY_KIND, DEFECT_TYPES,
-                                   DEMO_CATEGORIES, generate_demo, make_defect_example,
-                                   make_normal)
+from nfbench.datasets.demo import generator, images
+from nfbench.datasets.demo.categories import (AREA_RANGE, CATEGORY_DEFECTS, CATEGORY_KIND,
+                                              DEFECT_TYPES, DEMO_CATEGORIES)
+from nfbench.datasets.demo.defects import make_defect_example
+from nfbench.datasets.demo.generator import generate_demo
+from nfbench.datasets.demo.images import make_normal
 
 SMALL = dict(image_size=128, n_train=6, n_test_good=3, n_test_defect_per_type=2, progress=False)
 
@@ -70,7 +72,7 @@ def test_mvtec_layout_and_counts(small_demo):
                 assert array.shape == (128, 128, 3) and array.dtype == np.uint8
     manifest = json.loads((small_demo / "demo.json").read_text())
     assert manifest["seed"] == 0 and manifest["image_size"] == 128
-    assert manifest["version"] == demo.GENERATOR_VERSION
+    assert manifest["version"] == generator.GENERATOR_VERSION
     assert manifest["counts"]["brick"] == {
         "train": {"good": 6}, "test": {"good": 3, **{d: 2 for d in CATEGORY_DEFECTS["brick"]}}}
     assert manifest["defect_types"] == {c: list(CATEGORY_DEFECTS[c]) for c in DEMO_CATEGORIES}
@@ -135,7 +137,7 @@ def test_defect_areas_are_mvtec_like_at_the_demo_size(category):
             _, _, mask = make_defect_example(category, defect, rng, image_size=256)
             areas.append(mask.mean())
             if CATEGORY_KIND[category] == "object":
-                _, obj, _ = demo._normal(category, np.random.default_rng([11, i]), 256)
+                _, obj, _ = images.normal_scene(category, np.random.default_rng([11, i]), 256)
                 assert (obj[mask] > 0.01).all(), (defect, i)  # on the object, not beside it
         assert lo <= min(areas) and max(areas) <= hi, (defect, areas)
         assert max(areas) > 1.3 * min(areas), (defect, areas)
@@ -173,7 +175,7 @@ def test_second_call_is_a_noop_and_new_parameters_rebuild(tmp_path):
 
 def test_failed_generation_leaves_nothing_behind(tmp_path, monkeypatch):
     calls = {"n": 0}
-    real = demo.make_defect_example
+    real = generator.make_defect_example
 
     def failing(*args, **kwargs):
         calls["n"] += 1
@@ -181,7 +183,7 @@ def test_failed_generation_leaves_nothing_behind(tmp_path, monkeypatch):
             raise RuntimeError("boom")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(demo, "make_defect_example", failing)
+    monkeypatch.setattr(generator, "make_defect_example", failing)
     with pytest.raises(RuntimeError, match="boom"):
         generate_demo(tmp_path / "demo", **SMALL)
     assert list(tmp_path.iterdir()) == []

@@ -16,9 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from nfbench.datasets import download
-from nfbench.datasets.download import (Archive, download_file, effective_url, fetch,
-                                       safe_extract)
+from nfbench.datasets import archives, download, install
+from nfbench.datasets.archives import safe_extract
+from nfbench.datasets.download import Archive, download_file, effective_url
+from nfbench.datasets.install import fetch
 from nfbench.errors import DownloadError
 
 FILES = {"cat/a.txt": b"alpha\n", "cat/sub/b.txt": b"bravo\n" * 50, "top.txt": b"top\n"}
@@ -164,7 +165,7 @@ def make_zip(files: dict[str, bytes], prefix: str = "") -> bytes:
 
 def assert_tree(root: Path, files: dict[str, bytes]) -> None:
     found = {p.relative_to(root).as_posix(): p.read_bytes()
-             for p in root.rglob("*") if p.is_file() and p.name != download.MARKER_NAME}
+             for p in root.rglob("*") if p.is_file() and p.name != install.MARKER_NAME}
     assert found == files
 
 
@@ -176,13 +177,13 @@ def leftovers(folder: Path) -> list[str]:
 def writes(monkeypatch) -> list[str]:
     """Paths of the files ``safe_extract`` writes, in order (it must validate before writing)."""
     written: list[str] = []
-    real_write = download._write_member
+    real_write = archives._write_member
 
-    def spy(opener, member, dest):
+    def spy(handle, member, into):
         written.append(member.path)
-        return real_write(opener, member, dest)
+        return real_write(handle, member, into)
 
-    monkeypatch.setattr(download, "_write_member", spy)
+    monkeypatch.setattr(archives, "_write_member", spy)
     return written
 
 
@@ -198,7 +199,7 @@ def test_fetch_tar_gz_verifies_extracts_and_keeps_archive(server, tmp_path, caps
     assert fetch([archive], root, notice="LICENCE: be nice", progress=False) is True
 
     assert_tree(root, FILES)
-    marker = json.loads((root / download.MARKER_NAME).read_text())
+    marker = json.loads((root / install.MARKER_NAME).read_text())
     assert marker["archives"][0]["url"] == archive.url
     assert marker["archives"][0]["sha256"] == archive.sha256
     assert marker["archives"][0]["actual_sha256"] == sha(data)
@@ -233,11 +234,11 @@ def test_fetch_tar_xz_with_github_style_top_folder(server, tmp_path):
 
 def test_fetch_merges_several_archives(server, tmp_path):
     part1, part2 = make_tar({"cat/a.txt": b"a"}), make_zip({"cat/b.txt": b"b", "dog/c.txt": b"c"})
-    archives = [Archive(server.add("p1.tgz", part1), sha(part1), "p1.tgz"),
-                Archive(server.add("p2.zip", part2), sha(part2), "p2.zip")]
-    assert fetch(archives, tmp_path / "ds", progress=False)
+    both = [Archive(server.add("p1.tgz", part1), sha(part1), "p1.tgz"),
+            Archive(server.add("p2.zip", part2), sha(part2), "p2.zip")]
+    assert fetch(both, tmp_path / "ds", progress=False)
     assert_tree(tmp_path / "ds", {"cat/a.txt": b"a", "cat/b.txt": b"b", "dog/c.txt": b"c"})
-    marker = json.loads((tmp_path / "ds" / download.MARKER_NAME).read_text())
+    marker = json.loads((tmp_path / "ds" / install.MARKER_NAME).read_text())
     assert [a["filename"] for a in marker["archives"]] == ["p1.tgz", "p2.zip"]
 
 
@@ -281,7 +282,7 @@ def test_mirror_override(server, tmp_path, monkeypatch):
 
     assert [r["path"] for r in server.requests] == ["/ds.tar.gz"]
     assert_tree(tmp_path / "ds", FILES)
-    marker = json.loads((tmp_path / "ds" / download.MARKER_NAME).read_text())
+    marker = json.loads((tmp_path / "ds" / install.MARKER_NAME).read_text())
     assert marker["archives"][0]["url"] == archive.url  # identity is the canonical URL
 
 
@@ -464,10 +465,13 @@ def _info(name: str, kind: bytes, linkname: str = "", size: int = 0) -> tarfile.
     (_info("cat/../../evil.txt", tarfile.REGTYPE, size=4), "outside"),
     (_info("/tmp/nfbench-evil.txt", tarfile.REGTYPE, size=4), "absolute"),
     (_info("cat/link", tarfile.SYMTYPE, linkname="/etc/passwd"), "symlink"),
+    (_info("cat/up", tarfile.SYMTYPE, linkname="../../evil.txt"), "symlink pointing outside"),
+    (_info("cat/near", tarfile.SYMTYPE, linkname="a.txt"), "is a symlink$"),
     (_info("cat/hard", tarfile.LNKTYPE, linkname="cat/a.txt"), "hard link"),
     (_info("cat/fifo", tarfile.FIFOTYPE), "fifo"),
     (_info("cat/dev", tarfile.CHRTYPE), "device"),
-], ids=["dotdot", "nested-dotdot", "absolute", "symlink", "hardlink", "fifo", "device"])
+], ids=["dotdot", "nested-dotdot", "absolute", "symlink", "symlink-outside", "symlink-inside",
+        "hardlink", "fifo", "device"])
 def test_malicious_tar_is_refused_and_nothing_extracted(tmp_path, writes, evil, why):
     archive = tmp_path / "bad.tar.gz"
     archive.write_bytes(make_tar(FILES, extra=[evil]))  # safe members come first
@@ -482,6 +486,15 @@ def test_malicious_tar_is_refused_and_nothing_extracted(tmp_path, writes, evil, 
     assert not out.exists() or list(out.iterdir()) == []
     assert not (tmp_path / "evil.txt").exists()
     assert not Path("/tmp/nfbench-evil.txt").exists()
+
+
+def test_tar_without_extraction_filters_is_refused(tmp_path, writes, monkeypatch):
+    archive = tmp_path / "ds.tar.gz"
+    archive.write_bytes(make_tar(FILES))
+    monkeypatch.delattr(tarfile, "data_filter")  # a Python before PEP 706 (3.11.4, 3.10.12)
+    with pytest.raises(DownloadError, match="lacks tarfile's extraction filters"):
+        safe_extract(archive, tmp_path / "ds")
+    assert writes == [] and not (tmp_path / "ds").exists()
 
 
 @pytest.mark.parametrize("name, why", [("../evil.txt", "outside"), ("a/../../evil.txt", "outside"),
@@ -542,7 +555,7 @@ def test_extract_into_existing_target(tmp_path):
 def test_crash_during_extraction_leaves_no_target(tmp_path, monkeypatch):
     archive = tmp_path / "ds.tar.gz"
     archive.write_bytes(make_tar(FILES))
-    real_write = download._write_member
+    real_write = archives._write_member
     calls = []
 
     def crash_on_second(*args, **kwargs):
@@ -551,7 +564,7 @@ def test_crash_during_extraction_leaves_no_target(tmp_path, monkeypatch):
             raise RuntimeError("simulated crash mid-extraction")
         return real_write(*args, **kwargs)
 
-    monkeypatch.setattr(download, "_write_member", crash_on_second)
+    monkeypatch.setattr(archives, "_write_member", crash_on_second)
     with pytest.raises(RuntimeError, match="simulated crash"):
         safe_extract(archive, tmp_path / "ds")
 
@@ -569,7 +582,7 @@ def test_crash_during_fetch_then_rerun_uses_cache(server, tmp_path, monkeypatch)
         raise KeyboardInterrupt
 
     with monkeypatch.context() as patch:
-        patch.setattr(download, "_write_member", crash)
+        patch.setattr(archives, "_write_member", crash)
         with pytest.raises(KeyboardInterrupt):
             fetch([archive], root, progress=False)
     assert not root.exists()
@@ -659,7 +672,7 @@ def test_dataset_failing_its_checks_is_neither_installed_nor_marked(server, tmp_
     assert not root.exists() and leftovers(tmp_path) == []
     server.files["/mtd.tar.gz"] = make_tar({"MT_Free/Imgs/a.jpg": b"x", "MT_Free/Imgs/b.jpg": b"y"})
     assert fetch([archive], root, progress=False, validate=counts) is True  # fetched afresh
-    assert (root / download.MARKER_NAME).exists() and (root / "MT_Free/Imgs/b.jpg").exists()
+    assert (root / install.MARKER_NAME).exists() and (root / "MT_Free/Imgs/b.jpg").exists()
 
 
 def test_obtain_validates_mtd_before_installing(server, tmp_path, monkeypatch):
@@ -702,15 +715,15 @@ def test_sigterm_during_extraction_removes_the_staging_folder(tmp_path):
     script = f"""
 import time
 from pathlib import Path
-from nfbench.datasets import download
-real = download._write_member
+from nfbench.datasets import archives, download, install
+real = archives._write_member
 def slow(*args):
     time.sleep(0.05)
     return real(*args)
-download._write_member = slow
+archives._write_member = slow
 archive = download.Archive(url="http://127.0.0.1:9/ds.tar.gz", sha256={sha(data)!r},
                            filename="ds.tar.gz")
-download.fetch([archive], Path({str(tmp_path / 'ds')!r}), progress=False)
+install.fetch([archive], Path({str(tmp_path / 'ds')!r}), progress=False)
 """
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     proc = subprocess.Popen([sys.executable, "-c", script], env=env,

@@ -12,7 +12,7 @@ import pytest
 
 from nfbench.cli import main
 from nfbench.errors import UserError
-from nfbench.datasets.demo import DEMO_CATEGORIES
+from nfbench.datasets.demo.categories import DEMO_CATEGORIES
 from nfbench.pipeline.plan import Run, expand_runs
 from nfbench.pipeline.spec import papers
 

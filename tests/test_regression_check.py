@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from nfbench.pipeline.check import DEFAULT_TOLERANCE, check
-from nfbench.datasets.demo import DEMO_CATEGORIES, generate_demo
+from nfbench.datasets.demo.categories import DEMO_CATEGORIES
+from nfbench.datasets.demo.generator import generate_demo
 from nfbench.methods.base import Scores
 from nfbench.pipeline.plan import expand_runs, load_params
 from nfbench.pipeline.runner import run_one

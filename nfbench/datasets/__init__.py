@@ -39,7 +39,7 @@ def _load_demo(root: Path, categories: Sequence[str] | None = None) -> pd.DataFr
 
 
 def _demo_categories() -> tuple[str, ...]:
-    from nfbench.datasets.demo import DEMO_CATEGORIES
+    from nfbench.datasets.demo.categories import DEMO_CATEGORIES
 
     return tuple(DEMO_CATEGORIES)
 
@@ -105,11 +105,11 @@ def obtain(name: str, root: Path | None = None, progress: bool = True) -> Path:
     spec = get_dataset(name)
     root = Path(root) if root is not None else default_dataset_root(name)
     if name == "demo":
-        from nfbench.datasets.demo import generate_demo
+        from nfbench.datasets.demo.generator import generate_demo
 
         generate_demo(root, progress=progress)
     elif spec.archives:
-        from nfbench.datasets.download import fetch
+        from nfbench.datasets.install import fetch
 
         fetch(list(spec.archives), root, notice=spec.notice, progress=progress,
               validate=spec.loader)  # layout and counts, before the dataset is installed

@@ -18,7 +18,7 @@ consumers used to re-derive lives here, once:
 :func:`papers` lists the paper specs in ``benchmarks/`` (the YAML files with a ``paper:`` key),
 ordered by their ``order:`` key. Category groups (textures / objects) are a property of the
 dataset, defined once in its module (:data:`nfbench.datasets.mvtec_ad.TEXTURES` /
-``OBJECTS``, :data:`nfbench.datasets.demo.CATEGORY_KIND`); a table only names the group rows
+``OBJECTS``, :data:`nfbench.datasets.demo.categories.CATEGORY_KIND`); a table only names the group rows
 it shows (``groups: [textures, objects]``), :func:`category_groups` fills them.
 
 Profiles are parameters (``params.yaml``): :func:`profile_names` and :func:`shared_settings`.
@@ -538,7 +538,7 @@ def category_kinds(dataset: str) -> Mapping[str, str]:
 
         return {**{c: "texture" for c in TEXTURES}, **{c: "object" for c in OBJECTS}}
     if dataset == "demo":
-        from nfbench.datasets.demo import CATEGORY_KIND
+        from nfbench.datasets.demo.categories import CATEGORY_KIND
 
         return CATEGORY_KIND
     return {}

@@ -1,0 +1,165 @@
+"""Obtain a public dataset (MVTec AD, BTAD, MTD, DTD): :func:`fetch` downloads, verifies,
+unpacks, validates and installs its archives.
+
+A dataset folder appears only once it is complete: every archive is unpacked into one staging
+folder, the dataset's own loader checks the tree there, and the tree is renamed into place with
+a completion marker (``.nfbench-complete.json``) naming the archives it came from.
+
+Downloaded archives are kept in ``<root>/../.downloads/<root name>/``: an interrupted download
+resumes from there, and a deleted dataset folder is rebuilt without downloading again. Delete
+that folder to reclaim the space.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+from nfbench.datasets.archives import CorruptArchiveError, safe_extract
+from nfbench.datasets.download import Archive, download_and_hash, effective_url
+from nfbench.datasets.staging import (check_target, cleanup_on_terminate, new_staging_dir,
+                                      remove_stale_staging)
+from nfbench.errors import DownloadError, UserError
+
+MARKER_NAME = ".nfbench-complete.json"
+
+
+def _archive_ids(archives: list[Archive]) -> list[dict[str, str | None]]:
+    return [{"url": a.url, "sha256": a.sha256.lower() if a.sha256 else None} for a in archives]
+
+
+def _is_complete(root: Path, archives: list[Archive]) -> bool:
+    marker = root / MARKER_NAME
+    try:
+        recorded = json.loads(marker.read_text())["archives"]
+        ids = [{"url": a["url"], "sha256": a["sha256"]} for a in recorded]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return ids == _archive_ids(archives)
+
+
+def _merge_tree(source: Path, dest: Path) -> None:
+    """Move the contents of ``source`` into ``dest``; two archives may not provide the same file."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for entry in source.iterdir():
+        target = dest / entry.name
+        if entry.is_dir() and target.is_dir():
+            _merge_tree(entry, target)
+        elif target.exists():
+            raise DownloadError(f"two archives both contain {target.name!r}")
+        else:
+            os.replace(entry, target)
+
+
+def _move_aside(path: Path) -> Path:
+    aside = path.with_name(path.name + ".corrupt")
+    os.replace(path, aside)
+    return aside
+
+
+def _install(tree: Path, root: Path) -> None:
+    """Move the finished ``tree`` to ``root`` (one rename), or, when ``root`` is an existing
+    empty folder (e.g. ``--root .``, which must not be removed), move its entries in with the
+    completion marker last."""
+    check_target(root)
+    if not root.is_dir():
+        os.replace(tree, root)
+        return
+    for entry in tree.iterdir():
+        if entry.name != MARKER_NAME:
+            os.replace(entry, root / entry.name)
+    os.replace(tree / MARKER_NAME, root / MARKER_NAME)
+
+
+def fetch(archives: list[Archive], root: Path, *, notice: str | None = None,
+          progress: bool = True, validate=None) -> bool:
+    """Download, verify and unpack ``archives`` into ``root``; ``False`` if it was already done.
+
+    ``root`` is complete when its ``.nfbench-complete.json`` lists the same archives (url and
+    sha256); then nothing is downloaded. Archives are cached in ``root.parent/.downloads/
+    <root.name>`` and kept there after success, so interrupted downloads resume and a deleted
+    ``root`` is rebuilt offline. A cached archive that cannot be opened is moved aside
+    (``<name>.corrupt``) and fetched again, once. ``validate(tree)`` (the dataset's loader:
+    layout and counts) runs on the unpacked tree in the staging folder; ``root`` appears, with
+    the marker, only when every archive is unpacked and the tree passes it. SIGTERM and SIGINT
+    remove the staging folder; staging folders of earlier, killed runs are removed first.
+    """
+    root = Path(os.path.abspath(root))  # "--root ." has no name and no parent otherwise
+    archives = list(archives)
+    if not archives:
+        raise DownloadError("no archives to download")
+    if _is_complete(root, archives):
+        return False
+    if root.exists() and (not root.is_dir() or any(root.iterdir())):
+        raise DownloadError(f"{root} exists but was not downloaded by nfbench (no matching "
+                            f"{MARKER_NAME}): use it with --root, or delete it and run again")
+    urls = [effective_url(archive) for archive in archives]  # a bad mirror fails here
+    for stale in remove_stale_staging(root):
+        print(f"removed {stale}, left by an interrupted run", file=sys.stderr)
+
+    if notice:
+        print(notice, file=sys.stderr)
+    cache = root.parent / ".downloads" / root.name
+
+    def download(archive: Archive, url: str) -> tuple[Path, str]:
+        if progress:
+            print(f"downloading {url}", file=sys.stderr)
+        dest = cache / archive.filename
+        return dest, download_and_hash(url, dest, archive.sha256, expected_size=archive.size,
+                                       progress=progress, timeout=60, retries=2)
+
+    with cleanup_on_terminate():
+        staging = new_staging_dir(root)
+        try:
+            tree = staging / "root"
+            tree.mkdir()
+            paths, digests = [], []
+            for i, (archive, url) in enumerate(zip(archives, urls)):
+                path, digest = download(archive, url)
+                try:
+                    unpacked = safe_extract(path, staging / f"archive-{i}", archive.inner_root,
+                                            progress=progress)
+                except CorruptArchiveError as exc:
+                    shutil.rmtree(staging / f"archive-{i}", ignore_errors=True)
+                    aside = _move_aside(path)
+                    print(f"cached archive {path.name} is damaged ({exc}); moved aside to "
+                          f"{aside.name}, downloading it again", file=sys.stderr)
+                    path, digest = download(archive, url)
+                    unpacked = safe_extract(path, staging / f"archive-{i}", archive.inner_root,
+                                            progress=progress)
+                _merge_tree(unpacked, tree)
+                shutil.rmtree(unpacked)
+                paths.append(path)
+                digests.append(digest)
+            if validate is not None:
+                try:
+                    validate(tree)
+                except UserError as exc:
+                    unpinned = [p for p, a in zip(paths, archives) if a.sha256 is None]
+                    for path in unpinned:
+                        _move_aside(path)
+                    again = (" the unpinned archive(s) were moved aside (.corrupt); run again to "
+                             "download them afresh") if unpinned else ""
+                    raise DownloadError(f"the downloaded {root.name} fails its checks, nothing "
+                                        f"was installed: {exc};{again}") from None
+            record = {
+                "archives": [{**ident, "filename": a.filename, "actual_sha256": digest,
+                              "actual_size": path.stat().st_size}
+                             for ident, a, digest, path in
+                             zip(_archive_ids(archives), archives, digests, paths)],
+                "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            }
+            (tree / MARKER_NAME).write_text(json.dumps(record, indent=2) + "\n")
+            _install(tree, root)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    if progress:
+        print(f"archives kept in {cache} (delete to free space)", file=sys.stderr)
+    return True
+
+
+__all__ = ["fetch", "MARKER_NAME"]
