@@ -96,3 +96,50 @@ def test_profile_names_refuses_blocks_that_disagree():
     with pytest.raises(UserError, match="patchflow: its profiles must be those of `profiles:`"
                                         r".*missing smoke"):
         profile_names(params)
+
+
+_TRACE = """
+import atexit, pathlib, sys
+def _dump():
+    import nfbench
+    top = pathlib.Path(nfbench.__file__).resolve().parent.parent
+    files = {str(pathlib.Path(m.__file__).resolve().relative_to(top)) for m in list(sys.modules.values())
+             if getattr(m, "__file__", None) and pathlib.Path(m.__file__).resolve().is_relative_to(top / "nfbench")}
+    print("IMPORTED", *sorted(files))
+atexit.register(_dump)
+from nfbench.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _stage_deps() -> dict[str, list[str]]:
+    from dvc.repo import Repo
+
+    with Repo(str(ROOT)) as repo:
+        return {stage.addressing: [str(dep.def_path) for dep in stage.deps]
+                for stage in repo.index.stages}
+
+
+def test_run_stages_depend_on_every_module_a_run_imports(tiny_demo, tmp_path):
+    """A real bench run (the Gaussian baseline on the tiny demo set: it loads the method
+    registry, the datasets, the pipeline) imports only code its stage depends on, so a change
+    to any of it reruns the stage."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "NFBENCH_DATA": str(tiny_demo.parent), "NFBENCH_QUIET": "1"}
+    done = subprocess.run([sys.executable, "-c", _TRACE, "bench", "--paper", "csflow",
+                           "--variant", "baseline_gaussian", "--profile", "smoke", "--results",
+                           str(tmp_path / "results"), "--quiet"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    imported = next(line for line in done.stdout.splitlines()
+                    if line.startswith("IMPORTED")).split()[1:]
+    assert "nfbench/methods/csflow/detector.py" in imported  # the registry loads every method
+    stages = {name: deps for name, deps in _stage_deps().items() if "_runs@" in name}
+    assert len(stages) > 20
+    for name, deps in stages.items():
+        missing = [f for f in imported
+                   if not any(f == d or f.startswith(d.rstrip("/") + "/") for d in deps)]
+        assert not missing, f"{name} does not depend on {missing}"
