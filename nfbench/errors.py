@@ -19,3 +19,10 @@ class DownloadError(UserError):
 
 class TrainingDivergedError(RuntimeError):
     """A loss became NaN or infinite; the message names the epoch and step."""
+
+
+def check_choice(name: str, value, choices) -> None:
+    """The one "must be one of" rule for a setting with a fixed set of values: a
+    :class:`UserError` naming the setting, the valid values and what was given."""
+    if value not in choices:
+        raise UserError(f"{name} must be one of {', '.join(map(str, choices))}, got {value!r}")

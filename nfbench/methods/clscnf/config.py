@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from nfbench.errors import UserError
+from nfbench.errors import UserError, check_choice
 from nfbench.methods.cnf.config import CNFMethodConfig
 
 #: w per category in the original run scripts (AD-CLSCNFs run_scripts/<ds>/<cls>/
@@ -74,8 +74,7 @@ class CLSCNFConfig(CNFMethodConfig):
                                      ("foreign_source", self.foreign_source, FOREIGN_SOURCES),
                                      ("soft_label", self.soft_label, ("image", "pixel")),
                                      ("fe_reg_loss", self.fe_reg_loss, ("l1_sigmoid", "mse_linear"))):
-            if value not in allowed:
-                raise UserError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+            check_choice(name, value, allowed)
         if self.score_map != "nf" and self.finetune != "cls":
             raise UserError(f"score_map={self.score_map} needs the classification network "
                             f"(finetune=cls), got finetune={self.finetune}")

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import torch
 from torch import Tensor, nn
 
 from nfbench.methods.clscnf.decoder import PixelDecoder, ProbabilityHead

@@ -14,7 +14,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from nfbench.errors import UserError
+from nfbench.errors import UserError, check_choice
 from nfbench.methods.base import build_config, validate_config
 from nfbench.methods.cnf.encoder import PADDINGS
 
@@ -70,11 +70,8 @@ class CNFMethodConfig(CNFSettings):
 
     def check(self) -> None:
         """The checks beyond types and ranges; a method's config extends them."""
-        if self.normalization not in NORMALIZATIONS:
-            raise UserError(f"normalization must be one of {', '.join(NORMALIZATIONS)}, "
-                            f"got {self.normalization!r}")
-        if self.padding not in PADDINGS:
-            raise UserError(f"padding must be one of {', '.join(PADDINGS)}, got {self.padding!r}")
+        check_choice("normalization", self.normalization, NORMALIZATIONS)
+        check_choice("padding", self.padding, PADDINGS)
         if self.condition_dim % 4:
             raise UserError(f"condition_dim must be a multiple of 4, got {self.condition_dim}")
         if not 0.0 < self.fiber_fraction <= 1.0:

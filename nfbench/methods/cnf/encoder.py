@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 
 from nfbench.backbones import FeatureExtractor, get_backbone_spec
 from nfbench.datasets.base import ImageSet
-from nfbench.errors import UserError
+from nfbench.errors import check_choice
 from nfbench.feature_cache import cached_features
 from nfbench.progress import bars_enabled
 
@@ -25,8 +25,7 @@ def set_padding(module: nn.Module, mode: str) -> nn.Module:
     """Switch every symmetric-padded ``nn.Conv2d`` of ``module`` to ``mode`` padding
     (CFlow-AD and AD-CLSCNFs set ``padding_mode='reflect'`` on every conv with padding > 0).
     Convolutions that pad dynamically (timm ``Conv2dSame``) keep their zero padding."""
-    if mode not in PADDINGS:
-        raise UserError(f"padding must be one of {', '.join(PADDINGS)}, got {mode!r}")
+    check_choice("padding", mode, PADDINGS)
     for conv in module.modules():
         if type(conv) is nn.Conv2d and any(p > 0 for p in conv.padding):
             conv.padding_mode = mode

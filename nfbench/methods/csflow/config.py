@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from nfbench.errors import UserError
+from nfbench.errors import UserError, check_choice
 from nfbench.methods.base import validate_config
 from nfbench.methods.csflow.flow import LOG_JAC_REDUCTIONS
 
@@ -47,12 +47,8 @@ class CSFlowConfig:
         if not isinstance(self.adam_betas, tuple):
             object.__setattr__(self, "adam_betas", tuple(self.adam_betas))
         validate_config(self)  # types and ranges first, then the method's own rules
-        if self.scale_mode not in SCALE_MODES:
-            raise UserError(f"scale_mode must be one of {', '.join(SCALE_MODES)}, "
-                            f"got {self.scale_mode!r}")
-        if self.log_jac_reduction not in LOG_JAC_REDUCTIONS:
-            raise UserError(f"log_jac_reduction must be one of {', '.join(LOG_JAC_REDUCTIONS)}, "
-                            f"got {self.log_jac_reduction!r}")
+        check_choice("scale_mode", self.scale_mode, SCALE_MODES)
+        check_choice("log_jac_reduction", self.log_jac_reduction, LOG_JAC_REDUCTIONS)
         if not 0 <= self.scale_index < self.n_scales:
             raise UserError(f"scale_index must be in 0..{self.n_scales - 1}")
         if self.input_size % 2 ** (self.n_scales - 1 + 5):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from nfbench.errors import UserError
+from nfbench.errors import UserError, check_choice
 from nfbench.methods.base import validate_config
 from nfbench.methods.patchflow.flow import SUBNETS
 
@@ -65,8 +65,7 @@ class PatchFlowConfig:
                   ("adapter_training", self.adapter_training, ADAPTER_TRAINING),
                   ("subnet", self.subnet, SUBNETS), ("validation", self.validation, VALIDATIONS)]
         for key, value, valid in checks:
-            if value not in valid:
-                raise UserError(f"{key} must be one of {', '.join(valid)}, got {value!r}")
+            check_choice(key, value, valid)
         if self.patch_size % 2 != 1:
             raise UserError(f"patch_size must be an odd positive number, got {self.patch_size}")
         if self.crop_size and not 8 <= self.crop_size <= self.input_size:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
-from nfbench.errors import UserError
+from nfbench.errors import check_choice
 
 # ------------------------------------------------------------------------------------------
 # object-mask rules of the original code (AD-CLSCNFs custom_datasets/synthetic_data_loader.py)
@@ -43,8 +43,7 @@ OBJECT_MASK_MODES = ("auto", "dark", "bright", "none")
 def object_mask_rule(category: str | None, mode: str = "auto") -> tuple[str, bool]:
     """``(mode, fill_holes)`` for ``category``: the original's rule under ``auto`` (whole image
     for categories it does not know), else ``mode`` with hole filling."""
-    if mode not in OBJECT_MASK_MODES:
-        raise UserError(f"object_mask must be one of {', '.join(OBJECT_MASK_MODES)}, got {mode!r}")
+    check_choice("object_mask", mode, OBJECT_MASK_MODES)
     if mode != "auto":
         return mode, True
     return OBJECT_MASK_RULES.get(category or "", ("none", True))
