@@ -32,7 +32,7 @@ PACKAGE = Path(nfbench.__file__).resolve().parent
 #: Modules (relative to the package) whose code every run executes. The code that resolves a
 #: run's settings (pipeline/plan.py, pipeline/spec.py: params.yaml's profile, paper and role blocks) is not in
 #: it: the resolved config those settings give is part of the identity itself.
-SHARED_CODE = ("pipeline/experiment.py", "metrics.py", "pipeline/protocols.py", "backbones.py", "feature_cache.py",
+SHARED_CODE = ("pipeline/experiment.py", "metrics", "pipeline/protocols.py", "backbones.py", "feature_cache.py",
                "methods/base.py", "methods/__init__.py", "datasets")
 
 IDENTITY_VERSION = 1

@@ -1,0 +1,108 @@
+"""The official metrics (MVTec AD protocol) and :func:`compute_all`, every metric of one test
+set from one shared curve."""
+
+from __future__ import annotations
+
+from nfbench.metrics.curves import (_auroc, _average_precision, _aupro, _check_limit, _curve,
+                                    _f1_max, _label_regions, _pair)
+from nfbench.metrics.variants import _pr_trapezoid, aupro_clscnf, pixel_auroc_patchflow
+
+#: the official metrics every record carries
+METRIC_KEYS = ("image_auroc", "pixel_auroc", "pixel_aupr", "aupro", "f1_max")
+
+
+def image_auroc(labels, scores) -> float:
+    """Image-level AUROC: area under the ROC curve of one score per image.
+
+    ``labels`` [N] 0/1 (1 = anomalous), ``scores`` [N]. Trapezoid rule over one point per
+    distinct score (equals sklearn's ``roc_auc_score``); ``nan`` if only one class is present.
+    O(N log N) time, ~30 bytes per image.
+    """
+    y, s = _pair(labels, scores, "labels", "scores", ndim=1)
+    return _auroc(_curve(s, truth=y))
+
+
+def pixel_auroc(masks, maps) -> float:
+    """Pixel-level AUROC over all pixels of all images (MVTec AD, Bergmann et al. 2021).
+
+    ``masks`` bool [N, H, W] (True = defect), ``maps`` float [N, H, W] (any equal shapes work).
+    Equals sklearn's ``roc_auc_score`` on the flattened arrays; ``nan`` without positive or
+    without negative pixels. One global sort: O(P log P) time for P pixels, peak ~30 bytes per
+    pixel beyond the inputs (about 0.3 GB, 3 s for a 10 M-pixel category at 256 px).
+    """
+    y, s = _pair(masks, maps, "masks", "maps")
+    return _auroc(_curve(s, truth=y))
+
+
+def pixel_aupr(masks, maps) -> float:
+    """Pixel-level average precision: sum_k (R_k - R_{k-1}) P_k over distinct thresholds.
+
+    Step-wise like sklearn's ``average_precision_score`` (not a trapezoid over the PR curve);
+    ``nan`` without positive pixels. O(P log P) time, peak ~30 bytes per pixel.
+    """
+    y, s = _pair(masks, maps, "masks", "maps")
+    return _average_precision(_curve(s, truth=y))
+
+
+def aupro(masks, maps, fpr_limit: float = 0.3) -> float:
+    """Normalized area under the PRO curve up to ``fpr_limit`` (Bergmann et al., IJCV 2021).
+
+    Regions are the 8-connected components of each image's mask, each weighted equally;
+    PRO(t) is the mean over regions of the fraction of the region's pixels with score >= t;
+    FPR(t) is the fraction of all defect-free pixels (normal images included) with score >= t.
+    One point per distinct score; the curve is cut at ``fpr_limit`` with an interpolated end
+    point, integrated with the trapezoid rule and divided by ``fpr_limit`` (1.0 is perfect,
+    about ``fpr_limit / 2`` is random). ``nan`` if there is no defect region.
+    ``masks`` bool [N, H, W], ``maps`` float [N, H, W]. O(P log P) time, peak ~32 bytes per
+    pixel beyond the inputs (region ids, sort order, cumulative overlap).
+    """
+    fpr_limit = _check_limit(fpr_limit)
+    y, s = _pair(masks, maps, "masks", "maps", ndim=3)
+    regions, weights = _label_regions(y)
+    return _aupro(_curve(s, regions=regions, region_weights=weights), fpr_limit)
+
+
+def f1_max_threshold(masks, maps) -> tuple[float, float]:
+    """Maximal pixel-level F1 over all thresholds and the threshold reaching it.
+
+    Pixels with score >= threshold are predicted anomalous; the highest such threshold is
+    returned on ties. This is an ORACLE threshold: it is chosen with the test labels, so it
+    is an upper bound, not a deployable operating point. ``(nan, nan)`` without positive
+    pixels. O(P log P) time, peak ~30 bytes per pixel.
+    """
+    y, s = _pair(masks, maps, "masks", "maps")
+    return _f1_max(_curve(s, truth=y))
+
+
+def f1_max(masks, maps) -> float:
+    """Maximal pixel-level F1 over all thresholds (oracle; see :func:`f1_max_threshold`)."""
+    return f1_max_threshold(masks, maps)[0]
+
+
+def compute_all(labels, image_scores, masks, maps, fpr_limit: float = 0.3) -> dict[str, float]:
+    """Every metric of one test set: keys image_auroc, pixel_auroc, pixel_aupr, aupro, f1_max
+    (:data:`METRIC_KEYS`, the official definitions) and the papers' own variants
+    (:data:`METRIC_VARIANTS`: pixel_aupr@clscnf, aupro@clscnf, pixel_auroc@patchflow).
+
+    Pixel metrics are ``nan`` when there are no positive pixels, image_auroc when only one
+    class is present. The pixel metrics share ONE global sort: O(P log P) time, peak ~32 bytes
+    per pixel beyond the inputs (~0.3 GB for a 256 px MVTec category, ~3 GB at 768 px).
+    """
+    fpr_limit = _check_limit(fpr_limit)
+    y_img, s_img = _pair(labels, image_scores, "labels", "image_scores", ndim=1)
+    y, s = _pair(masks, maps, "masks", "maps", ndim=3)
+    if y.shape[0] != y_img.shape[0]:
+        raise ValueError(f"labels has {y_img.shape[0]} images but masks has {y.shape[0]}")
+    regions, weights = _label_regions(y)
+    c = _curve(s, regions=regions, region_weights=weights)
+    del regions
+    return {
+        "image_auroc": _auroc(_curve(s_img, truth=y_img)),
+        "pixel_auroc": _auroc(c),
+        "pixel_aupr": _average_precision(c),
+        "aupro": _aupro(c, fpr_limit),
+        "f1_max": _f1_max(c)[0],
+        "pixel_aupr@clscnf": _pr_trapezoid(c),
+        "aupro@clscnf": aupro_clscnf(y, s, fpr_limit),
+        "pixel_auroc@patchflow": pixel_auroc_patchflow(y_img, y, s),
+    }
