@@ -73,21 +73,22 @@ def time_inference(function: Callable[[], Any], device: torch.device | str = "cp
 
 
 def measure_module(module: nn.Module, size: int, batch_size: int, device: torch.device,
-                   time_it: bool = True, repeats: int = 5) -> dict[str, Any]:
+                   time_it: bool = True, min_run_time: float = 1.0) -> dict[str, Any]:
     """FLOPs per image (:func:`count_flops`) of an images → (scores, map) ``module`` at ``size`` px
-    and, if ``time_it``, its speed on a batch of ``batch_size`` (:func:`time_inference`)."""
+    and, if ``time_it``, its speed on a batch of ``batch_size`` (:func:`time_inference`, timed
+    for at least ``min_run_time`` seconds)."""
     result = count_flops(module, torch.rand(1, 3, size, size, device=device))
     if time_it:
         batch = torch.rand(batch_size, 3, size, size, device=device)
         timing = time_inference(lambda: module(batch), device=device, warmup=1,
-                                min_run_time=0.2 * repeats)
+                                min_run_time=min_run_time)
         result.update({"timing": timing, "images_per_second": batch_size / timing["median_s"],
                        "device_name": _device_name(device)})
     return result
 
 
-def profile_method(method: str, settings: dict, batch_size: int = 1, repeats: int = 5,
-                   time_it: bool = True) -> dict[str, Any]:
+def profile_method(method: str, settings: dict, batch_size: int = 1, time_it: bool = True,
+                   min_run_time: float = 1.0) -> dict[str, Any]:
     """FLOPs per image, parameters and inference time of ``method`` with ``settings``.
 
     The method's ``inference_module(pretrained=False)`` (images -> (image scores, map), the
@@ -102,12 +103,12 @@ def profile_method(method: str, settings: dict, batch_size: int = 1, repeats: in
     module = detector.inference_module(pretrained=False)
     size = detector.config.input_size
     return {"method": method, "settings": settings, "input_size": size,
-            **measure_module(module, size, batch_size, device, time_it, repeats),
+            **measure_module(module, size, batch_size, device, time_it, min_run_time),
             **parameter_stats(module), "batch_size": batch_size}
 
 
 def profile_components(method: str, settings: dict, rows: list[str], batch_size: int,
-                       time_it: bool = True, repeats: int = 5) -> list[dict[str, Any]]:
+                       time_it: bool = True, min_run_time: float = 1.0) -> list[dict[str, Any]]:
     """Size, and when ``time_it`` also FLOPs per image and speed, of each named network of a
     method (``profiling_components``, e.g. CLS-CNFs' Table 3, which gives sizes and fps only).
 
@@ -132,7 +133,8 @@ def profile_components(method: str, settings: dict, rows: list[str], batch_size:
         if module is not None or sized is not None:
             entry.update(parameter_stats(module if module is not None else sized))
         if time_it and module is not None:
-            entry.update(measure_module(module, size, batch_size, device, repeats=repeats))
+            entry.update(measure_module(module, size, batch_size, device,
+                                        min_run_time=min_run_time))
         entries.append(entry)
     return entries
 

@@ -234,7 +234,7 @@ def test_table3_profile_without_fit_or_weights():
 
     rows = ["FE", "CLS", "FE_CLS-CNFs", "CLS-CNFs-sFE", "CLS-CNFs-nsFE"]
     entries = {e["component"]: e for e in profile_components("clscnf", SMOKE, rows, 2,
-                                                               repeats=1)}
+                                                               min_run_time=0.1)}
     size = {k: e["size_mb"] for k, e in entries.items()}
     assert size["FE"] < size["CLS"] < size["CLS-CNFs-sFE"] < size["CLS-CNFs-nsFE"]
     assert size["CLS-CNFs-nsFE"] == pytest.approx(size["CLS-CNFs-sFE"] + size["FE"])
