@@ -214,7 +214,8 @@ def cmd_report(args: argparse.Namespace) -> None:
 def cmd_check(args: argparse.Namespace) -> None:
     from nfbench.pipeline.check import check
 
-    result = check(args.baseline, args.results, update=args.update, papers=args.paper)
+    result = check(args.baseline, args.results, update=args.update, papers=args.paper,
+                   exact=args.exact)
     if args.update:
         print(f"baseline written: {args.baseline} ({len(result.added)} added, "
               f"{len(result.replaced)} replaced, {len(result.kept)} kept)")
@@ -315,6 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--results", type=Path, default=Path("results"))
     check.add_argument("--paper", action="append", help="only this paper (repeatable)")
     check.add_argument("--update", action="store_true", help="rewrite the baseline deliberately")
+    check.add_argument("--exact", action="store_true", help="every metric to the last digit, "
+                       "either way, instead of the tolerance (a refactor's check)")
     check.set_defaults(func=cmd_check)
     tidy = sub.add_parser("results", help="every run record as one tidy CSV (one row per run)")
     tidy.add_argument("--results", type=Path, default=Path("results"))

@@ -210,6 +210,20 @@ def test_check_fails_on_regression_and_names_the_run(tmp_path):
     assert any("no fresh result" in p for p in run_check(baseline, tmp_path / "bad"))
 
 
+def test_exact_check_finds_a_last_digit_change_the_tolerance_lets_through(tmp_path):
+    from nfbench.pipeline.check import check
+
+    runs = expand_runs("csflow", "smoke", load_params())[:2]
+    _fake_results(tmp_path / "a", runs, lambda run: 0.8)
+    baseline = tmp_path / "baseline.json"
+    run_check(baseline, tmp_path / "a", update=True)
+    assert check(baseline, tmp_path / "a", exact=True).problems == []
+    _fake_results(tmp_path / "b", runs, lambda run: 0.8 + 1e-12)  # higher: no regression
+    assert check(baseline, tmp_path / "b").problems == []
+    problems = check(baseline, tmp_path / "b", exact=True).problems
+    assert problems and all("!= baseline 0.8" in p for p in problems)
+
+
 def test_check_cli_exit_code(tmp_path, capsys):
     from nfbench.cli import main
 

@@ -86,13 +86,21 @@ def _missing(value) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
 
-def compare(baseline: dict, fresh: dict[str, dict[str, float]]) -> list[str]:
-    """One message per regression (empty = pass)."""
+def compare(baseline: dict, fresh: dict[str, dict[str, float]], exact: bool = False) -> list[str]:
+    """One message per regression (empty = pass). ``exact``: every metric the baseline holds
+    must be reproduced to the last digit, either way (a refactor's check: same code path,
+    same machine and thread count), not merely within the tolerance below."""
     tolerance = {**DEFAULT_TOLERANCE, **baseline.get("tolerance", {})}
     problems = []
     for run_id, expected in sorted(baseline["runs"].items()):
         if run_id not in fresh:
             problems.append(f"{run_id}: no fresh result")
+            continue
+        if exact:
+            problems += [f"{run_id}: {metric} {fresh[run_id].get(metric)!r} != baseline {value!r}"
+                         for metric, value in sorted(expected.items())
+                         if fresh[run_id].get(metric) != value
+                         and not (_missing(value) and _missing(fresh[run_id].get(metric)))]
             continue
         for metric, allowed in tolerance.items():
             if _missing(expected.get(metric)):
@@ -124,8 +132,9 @@ def _paper_of(run_id: str) -> str:
 
 
 def check(baseline_path: Path, results_dir: Path, update: bool = False,
-          papers: list[str] | None = None) -> CheckResult:
-    """Compare fresh records with the baseline, or with ``update`` merge them into it."""
+          papers: list[str] | None = None, exact: bool = False) -> CheckResult:
+    """Compare fresh records with the baseline (``exact``: to the last digit), or with
+    ``update`` merge them into it."""
     baseline_path = Path(baseline_path)
     fresh = collect(results_dir, papers)
     if papers:  # a record without "paper" still belongs to the paper its run id names
@@ -155,7 +164,7 @@ def check(baseline_path: Path, results_dir: Path, update: bool = False,
     baseline = load_baseline(baseline_path)
     if papers:
         baseline["runs"] = {k: v for k, v in baseline["runs"].items() if _paper_of(k) in papers}
-    result.problems = compare(baseline, fresh)
+    result.problems = compare(baseline, fresh, exact)
     result.unknown = sorted(set(fresh) - set(baseline["runs"]))
     return result
 
