@@ -86,6 +86,10 @@ class OriginalProtocol:
         self._truth: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self._features: dict[str, Any] = {}
         self._validation: tuple[Any, np.ndarray] | None = None
+        # the selection so far (select-then-test protocols): the first strictly best point
+        self._best_value = -math.inf
+        self._best_label: str | None = None
+        self._best_state: dict[str, torch.Tensor] | None = None
 
     # -- the hook ----------------------------------------------------------------------
     def fit_kwargs(self) -> dict[str, Callable[[str], None]]:
@@ -179,7 +183,7 @@ class OriginalProtocol:
             value = float(np.mean([metrics.image_auroc(self._truth_of(n, t)[0],
                                                        self.detector.score(t).image)
                                    for n, t in self.tests.items()]))
-        if _finite(value) > getattr(self, "_best_value", -math.inf):
+        if _finite(value) > self._best_value:
             self._best_value, self._best_label = _finite(value), label
             self._best_state = None if final else \
                 {k: v.detach().clone() for k, v in self._module().state_dict().items()}
@@ -187,7 +191,7 @@ class OriginalProtocol:
 
     def _selected_metrics(self) -> dict[str, float] | None:
         """Every metric of the kept weights (``None``: the final, honest model's)."""
-        state = getattr(self, "_best_state", None)
+        state = self._best_state
         if state is None:
             return None
         module = self._module()
@@ -267,11 +271,11 @@ class OriginalProtocol:
             for p in points:
                 if p[key] is None:  # CS-Flow's final point: the run's own image AUROC
                     p[key] = honest["image_auroc"]
-            if self.method == "csflow" and _finite(points[-1][key]) > getattr(self, "_best_value", -math.inf):
+            if self.method == "csflow" and _finite(points[-1][key]) > self._best_value:
                 self._best_label, self._best_state = points[-1]["label"], None
             with torch.random.fork_rng(devices=[]), torch.no_grad():
                 selected = self._selected_metrics()
-            label = getattr(self, "_best_label", None)
+            label = self._best_label
             points = [dict(p, metrics=selected or dict(honest)) if p["label"] == label else
                       dict(p, metrics=None) if p["metrics"] == "pending" else p for p in points]
         if self.method == "clscnf":
@@ -310,7 +314,7 @@ class OriginalProtocol:
                     "every metric's maximum over meta-epochs, transductive")
         if self.method in SELECT_THEN_TEST:  # the first strictly best point, as the original
             # the selected point; the last one when fit evaluated nothing (no hook was called)
-            chosen = next((p for p in points if p["label"] == getattr(self, "_best_label", None)),
+            chosen = next((p for p in points if p["label"] == self._best_label),
                           points[-1])
             what = {"patchflow": "best synthetic-validation pixel AUROC",
                     "csflow": "best test image AUROC"}[self.method]
