@@ -94,10 +94,12 @@ def test_identity_covers_config_seed_and_code(tiny_demo):
 
 
 def test_selection_by_table_category_seed_and_shard():
-    from nfbench.pipeline.plan import (expand_runs, load_params, load_spec, parse_shard, select_runs,
-                              table_variants)
+    from nfbench.pipeline.plan import (bench_runs, expand_runs, load_params, load_spec,
+                                       parse_shard, select_runs)
 
-    assert table_variants(load_spec("csflow"), "table1") == ["full", "shots16"]
+    assert load_spec("csflow").table("table1").variants == ("full", "shots16")
+    by_table = bench_runs("csflow", "smoke", load_params(), tables=["table1"])
+    assert list(dict.fromkeys(r.variant for r in by_table)) == ["full", "shots16"]
     runs = expand_runs("csflow", "paper", load_params(), variants=["full"])
     bottle = select_runs(runs, categories=["bottle"], seeds=[1])
     assert [r.run_id for r in bottle] == ["csflow/full/bottle/seed1"]

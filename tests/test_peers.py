@@ -211,6 +211,8 @@ def test_report_section_compares_ours_shipped_and_matched(tmp_path):
 def test_peers_stage_is_wired_into_dvc_and_params():
     import yaml
 
+    from nfbench.pipeline.spec import load_spec
+
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     assert "results/peers" in stages["peers"]["outs"]
     assert "results/peers" in stages["reports"]["deps"]
@@ -219,8 +221,7 @@ def test_peers_stage_is_wired_into_dvc_and_params():
     assert set(demo) == {"csflow", "patchflow", "cflow"}
     assert len(demo["csflow"]["seeds"]["matched"]) >= 3  # CS-Flow's seed spread is large
     for method, entry in deviations().items():
-        assert entry["variant"] in yaml.safe_load(
-            (ROOT / "benchmarks" / f"{entry['paper']}.yaml").read_text())["variants"]
+        assert entry["variant"] in load_spec(entry["paper"]).variants
         assert {d["matched"] for d in entry["deviations"]} <= {"applied", "fixed", "n/a"}
     assert "/results/peers/" in (ROOT / ".gitignore").read_text().split()
     install = re.search(r'pip install -e "\.\[([\w,]+)\]"', (ROOT / "README.md").read_text())

@@ -285,7 +285,7 @@ def test_commit_marker_ignores_files_the_pipeline_rewrites(monkeypatch):
 
 def test_spec_errors_name_the_file_and_the_key_path(tmp_path):
     from nfbench.errors import UserError
-    from nfbench.pipeline.spec import parse_spec
+    from nfbench.pipeline.spec_validation import parse_spec
 
     data = yaml.safe_load((ROOT / "benchmarks" / "csflow.yaml").read_text())
     data["tables"]["table1"]["metric"] = "x"
@@ -315,3 +315,7 @@ def test_spec_defaults_live_in_the_dataclasses():
     assert clscnf.tables["table3"].batch_size == 32 and clscnf.tables["table3"].variants == ("full",)
     assert clscnf.tables["table1"].compared_metric("aupro") == "aupro@clscnf"
     assert clscnf.tables["table1"].compared_metric("image_auroc") == "image_auroc"
+    # attributes only: no dict-style access to the raw YAML
+    assert not hasattr(spec, "raw") and not hasattr(spec, "get")
+    with pytest.raises(TypeError):
+        spec["tables"]

@@ -56,7 +56,7 @@ def ours(method: str, profile: str, category: str, params: dict | None = None):
         from nfbench.methods.cnf.config import apply_category_settings
 
         config = apply_category_settings(config, category)
-    role = block["datasets"][spec["variants"][entry["variant"]].get("dataset", "mvtec_ad")]
+    role = block["datasets"][spec.variant(entry["variant"]).dataset]
     return config, role
 
 

@@ -14,19 +14,21 @@ from pathlib import Path
 from typing import Any, Callable
 
 from nfbench.atomic import write_text_atomic
-from nfbench.pipeline.plan import load_spec, main_variant, profile_params, variant_settings
+from nfbench.pipeline.plan import load_spec, profile_params, variant_settings
+from nfbench.pipeline.spec import PaperSpec
 from nfbench.profiling import profile_components, profile_method
 
 
-def _configurations(spec, block, profile: str, time_paper: bool) -> list[dict[str, Any]]:
+def _configurations(spec: PaperSpec, block: dict[str, Any], profile: str,
+                    time_paper: bool) -> list[dict[str, Any]]:
     slow = profile == "paper" or time_paper
     configs = [dict(label="paper configuration", settings={}, batch_size=1, time_it=slow)]
     configs += [dict(label=f"{profile} configuration",
-                     settings=variant_settings(spec, block, main_variant(spec)),
-                     batch_size=spec.get("complexity", {}).get("batch_size", 8), time_it=True)]
-    for extra in spec.get("complexity", {}).get("configs", []):  # variants of the paper's
-        configs.append(dict(label=extra["label"], settings=extra.get("settings", {}),
-                            batch_size=extra.get("batch_size", 1), time_it=slow))
+                     settings=variant_settings(spec, block, spec.main_variant),
+                     batch_size=spec.complexity.batch_size, time_it=True)]
+    for extra in spec.complexity.configs:  # variants of the paper's
+        configs.append(dict(label=extra.label, settings=extra.settings,
+                            batch_size=extra.batch_size, time_it=slow))
     return configs
 
 
@@ -39,22 +41,22 @@ def profile_paper(paper: str, profile: str, params: dict, results: Path,
     on_device = {"device": device} if device else {}
     entries = []
     for config in _configurations(spec, block, profile, time_paper):
-        result = profile_method(spec["method"], {**config["settings"], **on_device},
+        result = profile_method(spec.method, {**config["settings"], **on_device},
                                 config["batch_size"], time_it=config["time_it"])
         entries.append({"label": config["label"], **result})
         log(f"{config['label']}: {result['gmacs_fvcore']:.2f} GMACs, "
             f"{result['parameters'] / 1e6:.1f} M parameters")
     slow = profile == "paper" or time_paper
-    for table_id, table in spec["tables"].items():
-        if table.get("layout") != "complexity":
+    for table_id, table in spec.tables.items():
+        if table.layout != "complexity":
             continue
-        paper_settings = spec["variants"][table["variant"]].get("settings", {})
+        paper_settings = spec.variant(table.variant).settings
         for label, settings, time_it in (
                 ("paper configuration", paper_settings, slow),
-                (f"{profile} configuration", variant_settings(spec, block, table["variant"]),
+                (f"{profile} configuration", variant_settings(spec, block, table.variant),
                  True)):
-            for entry in profile_components(spec["method"], {**settings, **on_device},
-                                            list(table["rows"]), table.get("batch_size", 1),
+            for entry in profile_components(spec.method, {**settings, **on_device},
+                                            list(table.labels), table.batch_size,
                                             time_it=time_it):
                 entries.append({"label": label, "table": table_id, **entry})
                 log(f"{table_id} {label} {entry['component']}: {entry['size_mb']:.1f} MB")

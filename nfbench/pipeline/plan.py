@@ -107,12 +107,6 @@ def role_categories(role: dict[str, Any]) -> list[str]:
     return [str(c) for c in categories]
 
 
-def main_variant(spec: PaperSpec) -> str:
-    """The variant that stands for the paper's method (figures, profiling): ``full`` if
-    declared, else the first (:attr:`PaperSpec.main_variant`)."""
-    return spec.main_variant
-
-
 def variant_settings(spec: PaperSpec, block: dict[str, Any], variant: str) -> dict[str, Any]:
     """The method settings of ``variant`` under a profile ``block``: the profile's settings,
     then its dataset role's, then the variant's own (later ones win)."""
@@ -152,12 +146,6 @@ def expand_runs(paper: str, profile: str, params: dict[str, Any] | None = None,
                                 joint=variant.joint, root=role.get("root"),
                                 joint_categories=tuple(role_cats) if variant.joint else ()))
     return runs
-
-
-def table_variants(spec: PaperSpec, table_id: str) -> list[str]:
-    """The variants table ``table_id`` of ``spec`` is built from (its columns, rows or
-    ``variant`` that name declared variants), in the table's order."""
-    return list(spec.table(table_id).variants)
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -225,10 +213,9 @@ def describe_plan(papers: list[str], profile: str, params: dict[str, Any],
         runs = expand_runs(paper, profile, params)
         total += len(runs)
         lines.append(f"# {paper} ({profile}): {len(runs)} runs")
-        for table_id, table in spec["tables"].items():
-            variants = list(table.get("columns") or table.get("rows") or {})
-            state = "not reproducible" if table.get("reproducible", True) is False else \
-                f"variants {', '.join(variants)}"
+        for table_id, table in spec.tables.items():
+            state = f"variants {', '.join(table.labels)}" if table.reproducible \
+                else "not reproducible"
             lines.append(f"  {table_id}: {state}")
         if verbose:
             lines += [f"    {run.run_id}  dataset={run.dataset} settings={run.settings}"
@@ -245,7 +232,7 @@ def bench_runs(paper: str, profile: str, params: dict[str, Any], variants: list[
     need (all when neither is given), restricted to categories, seeds and shard ``i/N``."""
     chosen = list(variants or [])
     for table_id in tables or []:
-        chosen += [v for v in table_variants(load_spec(paper), table_id) if v not in chosen]
+        chosen += [v for v in load_spec(paper).table(table_id).variants if v not in chosen]
     runs = expand_runs(paper, profile, params, variants=chosen or None)
     return select_runs(runs, categories=categories, seeds=seeds,
                        shard=parse_shard(shard) if shard else None)
@@ -261,14 +248,13 @@ def profile_datasets(profile: str, params: dict[str, Any]) -> list[str]:
     for paper in pipeline_papers(params):
         spec = load_spec(paper)
         block = profile_params(params, paper, profile)
-        for name, variant in spec["variants"].items():
-            role = block["datasets"].get(variant.get("dataset", "mvtec_ad"))
+        for name, variant in spec.variants.items():
+            role = block["datasets"].get(variant.dataset)
             if role is None:
                 continue
             names.append(role["dataset"])
-            method = variant.get("method", spec["method"])
             settings = variant_settings(spec, block, name)
-            default = getattr(method_class(method).Config(), "foreign_source", None)
+            default = getattr(method_class(variant.method).Config(), "foreign_source", None)
             if settings.get("foreign_source", default) == "dtd":
                 names.append("dtd")
     return list(dict.fromkeys(names))

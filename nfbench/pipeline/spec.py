@@ -1,9 +1,9 @@
 """Benchmark specs (``benchmarks/<paper>.yaml``) as frozen dataclasses, validated once.
 
-:func:`load_spec` reads a paper's spec into a :class:`PaperSpec` and checks every key the suite
-reads; a mistake is one :class:`~nfbench.errors.UserError` naming the file and the key path,
-e.g. ``benchmarks/csflow.yaml: tables.table1.metric: unknown metric 'x'``. Every default that
-consumers used to re-derive lives here, once:
+What a spec is (the dataclasses below) and how to get one: :func:`load_spec` reads a paper's
+spec into a :class:`PaperSpec`, validated by :mod:`nfbench.pipeline.spec_validation` (every
+key the suite reads, errors naming the file and the key path), cached per file version.
+Consumers read the attributes only; every default lives here, once:
 
 * a variant's dataset role is ``mvtec_ad`` and its method the paper's ``method`` unless it says
   otherwise; no shots, no joint training, no protocol, every profile setting inherited;
@@ -22,16 +22,12 @@ dataset, defined once in its module (:data:`nfbench.datasets.mvtec_ad.TEXTURES` 
 it shows (``groups: [textures, objects]``), :func:`category_groups` fills them.
 
 Profiles are parameters (``params.yaml``): :func:`profile_names` and :func:`shared_settings`.
-
-Transitional: :class:`PaperSpec` still answers dict-style access (``spec["tables"]``,
-``spec.get("source")``) with the spec file's raw data, for the consumers not yet switched to
-the attributes (cli.py, report.py, protocols.py, peers/common.py). New code uses attributes.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -53,22 +49,6 @@ GROUPS = {"textures": "texture", "objects": "object"}
 COMPLEXITY_BATCH_SIZE = 8
 #: batch size of a complexity table's and of an extra complexity config's timing
 TABLE_BATCH_SIZE = 1
-PAPER_KEYS = ("paper", "title", "method", "source", "order", "variants", "tables", "questions",
-              "complexity", "tolerance", "deviations")
-VARIANT_KEYS = ("dataset", "method", "settings", "shots", "joint", "protocol", "profile_settings")
-TABLE_KEYS = ("title", "metric", "layout", "columns", "rows", "references", "published",
-              "published_metric", "reproducible", "reason", "note", "comparison", "dataset",
-              "groups", "figure", "variant", "batch_size", "reference")
-
-
-def _freeze(value: Any) -> Any:
-    """Read-only copy: mappings become mapping proxies, lists tuples."""
-    if isinstance(value, Mapping):
-        return MappingProxyType({k: _freeze(v) for k, v in value.items()})
-    if isinstance(value, (list, tuple)):
-        return tuple(_freeze(v) for v in value)
-    return value
-
 
 EMPTY: Mapping = MappingProxyType({})
 
@@ -175,8 +155,8 @@ class ComplexitySpec:
 
 
 @dataclass(frozen=True)
-class PaperSpec(Mapping):
-    """A paper's spec. Dict-style access (transitional) reads the file's raw data."""
+class PaperSpec:
+    """A paper's spec: its variants and tables, what it asks, how close counts as reproduced."""
 
     paper: str
     title: str
@@ -191,7 +171,6 @@ class PaperSpec(Mapping):
     #: |reproduced - published| within which a paper-profile number counts as reproduced
     tolerance: Mapping[str, float] = _none()
     deviations: tuple[DeviationSpec, ...] = ()
-    raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def main_variant(self) -> str:
@@ -214,270 +193,21 @@ class PaperSpec(Mapping):
             raise UserError(f"no table {table_id!r}; declared: {', '.join(self.tables)}")
         return self.tables[table_id]
 
-    # -- transitional dict-style access (raw spec data) for consumers not yet switched -------
-    def __getitem__(self, key: str) -> Any:
-        return self.raw[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.raw)
-
-    def __len__(self) -> int:
-        return len(self.raw)
-
-    __hash__ = object.__hash__
-
 
 # ------------------------------------------------------------------------------------------
-# loading and validation
+# loading (validation: nfbench.pipeline.spec_validation)
 
 
 def benchmarks_dir() -> Path:
     return project_root() / "benchmarks"
 
 
-def _where(path: Path) -> str:
+def display_path(path: Path) -> str:
+    """``path`` as error messages name it: relative to the project top where it lies below."""
     try:
         return str(path.resolve().relative_to(project_root().resolve()))
     except ValueError:
         return str(path)
-
-
-class _Checker:
-    """Reads keys of one spec file; every error names the file and the key path."""
-
-    def __init__(self, path: Path):
-        self.file = _where(path)
-
-    def fail(self, where: str, message: str) -> None:
-        raise UserError(f"{self.file}: {where}: {message}" if where else f"{self.file}: {message}")
-
-    def mapping(self, value: Any, where: str) -> Mapping:
-        if value is None:
-            return {}
-        if not isinstance(value, Mapping):
-            self.fail(where, f"expected a mapping, got {type(value).__name__}")
-        return value
-
-    def keys(self, value: Mapping, allowed: tuple[str, ...], where: str) -> None:
-        unknown = [k for k in value if k not in allowed]
-        if unknown:
-            self.fail(f"{where}.{unknown[0]}" if where else str(unknown[0]),
-                      f"unknown key; allowed: {', '.join(allowed)}")
-
-    def text(self, value: Any, where: str, required: bool = False) -> str:
-        if value is None and not required:
-            return ""
-        if not isinstance(value, str) or (required and not value):
-            self.fail(where, "expected a non-empty string" if required
-                      else f"expected a string, got {value!r}")
-        return value
-
-    def integer(self, value: Any, where: str, minimum: int = 0) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            self.fail(where, f"expected an integer >= {minimum}, got {value!r}")
-        return value
-
-    def flag(self, value: Any, where: str) -> bool:
-        if not isinstance(value, bool):
-            self.fail(where, f"expected true or false, got {value!r}")
-        return value
-
-    def names(self, value: Any, where: str) -> tuple[str, ...]:
-        items = value if isinstance(value, list) else [value]
-        if not items or not all(isinstance(v, str) and v for v in items):
-            self.fail(where, f"expected a name or a list of names, got {value!r}")
-        return tuple(items)
-
-
-def _known_metrics() -> tuple[tuple[str, ...], tuple[str, ...]]:
-    from nfbench.metrics import METRIC_KEYS, METRIC_VARIANTS
-
-    return tuple(METRIC_KEYS), tuple(METRIC_VARIANTS)
-
-
-def _variant(c: _Checker, name: str, data: Any, method: str) -> VariantSpec:
-    where = f"variants.{name}"
-    data = c.mapping(data, where)
-    c.keys(data, VARIANT_KEYS, where)
-    shots = data.get("shots")
-    profile_settings = data.get("profile_settings")
-    return VariantSpec(
-        name=name, method=c.text(data.get("method", method), f"{where}.method", required=True),
-        dataset=c.text(data.get("dataset", DEFAULT_ROLE), f"{where}.dataset", required=True),
-        settings=MappingProxyType(dict(c.mapping(data.get("settings"), f"{where}.settings"))),
-        shots=None if shots is None else c.integer(shots, f"{where}.shots", minimum=1),
-        joint=c.flag(data.get("joint", False), f"{where}.joint"),
-        protocol=c.text(data.get("protocol"), f"{where}.protocol") or None,
-        profile_settings=None if profile_settings is None
-        else c.names(profile_settings, f"{where}.profile_settings"))
-
-
-def _table(c: _Checker, table_id: str, data: Any, variants: Mapping[str, VariantSpec]) -> TableSpec:
-    where = f"tables.{table_id}"
-    data = c.mapping(data, where)
-    c.keys(data, TABLE_KEYS, where)
-    title = c.text(data.get("title"), f"{where}.title", required=True)
-    reproducible = c.flag(data.get("reproducible", True), f"{where}.reproducible")
-    common = dict(id=table_id, title=title, reproducible=reproducible,
-                  reason=c.text(data.get("reason"), f"{where}.reason"),
-                  note=c.text(data.get("note"), f"{where}.note"),
-                  published=_freeze(c.mapping(data.get("published"), f"{where}.published")),
-                  comparison=_freeze(c.mapping(data.get("comparison"), f"{where}.comparison")))
-    if not reproducible:
-        if not common["reason"]:
-            c.fail(f"{where}.reason", "a table with reproducible: false says why (reason)")
-        return TableSpec(**common)
-    layout = data.get("layout")
-    if layout not in LAYOUTS:
-        c.fail(f"{where}.layout", f"expected one of {', '.join(LAYOUTS)}, got {layout!r}")
-    if data.get("columns") and data.get("rows"):
-        c.fail(where, "give columns or rows, not both")
-    key = "columns" if data.get("columns") else "rows"
-    labels = c.mapping(data.get(key), f"{where}.{key}")
-    if not labels:
-        c.fail(f"{where}.rows", "a table needs rows (or columns)")
-    for name, label in labels.items():
-        c.text(label, f"{where}.{key}.{name}", required=True)
-    if layout == "complexity":
-        variant = c.text(data.get("variant"), f"{where}.variant", required=True)
-        if variant not in variants:
-            c.fail(f"{where}.variant", f"undeclared variant {variant!r}")
-        reference = data.get("reference")
-        if reference is not None and reference not in labels:
-            c.fail(f"{where}.reference", f"{reference!r} is not one of the table's rows")
-        return TableSpec(**common, layout=layout, labels=MappingProxyType(dict(labels)),
-                         variant=variant, reference=reference, dataset=variants[variant].dataset,
-                         batch_size=c.integer(data.get("batch_size", TABLE_BATCH_SIZE),
-                                              f"{where}.batch_size", minimum=1),
-                         variants=(variant,))
-    for name in ("variant", "reference", "batch_size"):
-        if name in data:
-            c.fail(f"{where}.{name}", "only a table with layout complexity has it")
-    for name in labels:
-        if name not in variants:
-            c.fail(f"{where}.{key}.{name}", f"undeclared variant {name!r}")
-    official, codes = _known_metrics()
-    metrics = c.names(data.get("metric"), f"{where}.metric")
-    for metric in metrics:
-        if metric not in official:
-            c.fail(f"{where}.metric", f"unknown metric {metric!r}; known: {', '.join(official)}")
-    declared = data.get("published_metric")
-    if isinstance(declared, str):
-        if len(metrics) != 1:
-            c.fail(f"{where}.published_metric", "one name needs a one-metric table; give "
-                   "{metric: code} instead")
-        declared = {metrics[0]: declared}
-    published_metric = dict(c.mapping(declared, f"{where}.published_metric"))
-    for metric, code in published_metric.items():
-        if metric not in metrics:
-            c.fail(f"{where}.published_metric.{metric}", "not a metric of the table")
-        if code not in official + codes:
-            c.fail(f"{where}.published_metric.{metric}", f"unknown metric {code!r}; known: "
-                   f"{', '.join(official + codes)}")
-    references = c.mapping(data.get("references"), f"{where}.references")
-    for name in references:
-        if name != "chance" and name not in variants:
-            c.fail(f"{where}.references.{name}", f"undeclared variant {name!r} (or chance)")
-    for name in common["published"]:
-        if name not in labels:
-            c.fail(f"{where}.published.{name}", "not a row/column of the table")
-    groups = data.get("groups", [])
-    if not isinstance(groups, list) or any(g not in GROUPS for g in groups):
-        c.fail(f"{where}.groups", f"expected a list of {', '.join(GROUPS)}, got {groups!r}")
-    if groups and layout != "per_category":
-        c.fail(f"{where}.groups", "only a per_category table has group rows")
-    dataset = data.get("dataset", variants[next(iter(labels))].dataset)
-    roles = {v.dataset for v in variants.values()}
-    if dataset not in roles:
-        c.fail(f"{where}.dataset", f"{dataset!r} is no variant's dataset role; roles: "
-               f"{', '.join(sorted(roles))}")
-    figure = data.get("figure")
-    if figure is not None:
-        figure = c.mapping(figure, f"{where}.figure")
-        c.keys(figure, ("kind", "x_label"), f"{where}.figure")
-        figure = FigureSpec(kind=c.text(figure.get("kind"), f"{where}.figure.kind", required=True),
-                            x_label=c.text(figure.get("x_label"), f"{where}.figure.x_label"))
-    return TableSpec(**common, layout=layout, metrics=metrics,
-                     labels=MappingProxyType(dict(labels)),
-                     references=MappingProxyType(dict(references)),
-                     published_metric=MappingProxyType(published_metric), dataset=dataset,
-                     groups=tuple(groups), figure=figure, variants=tuple(labels))
-
-
-def _complexity(c: _Checker, data: Any) -> ComplexitySpec:
-    data = c.mapping(data, "complexity")
-    c.keys(data, ("published", "input_sizes", "configs", "batch_size"), "complexity")
-    configs = []
-    for i, entry in enumerate(data.get("configs") or []):
-        where = f"complexity.configs[{i}]"
-        entry = c.mapping(entry, where)
-        c.keys(entry, ("label", "settings", "batch_size"), where)
-        configs.append(ComplexityConfig(
-            label=c.text(entry.get("label"), f"{where}.label", required=True),
-            settings=MappingProxyType(dict(c.mapping(entry.get("settings"), f"{where}.settings"))),
-            batch_size=c.integer(entry.get("batch_size", TABLE_BATCH_SIZE),
-                                 f"{where}.batch_size", minimum=1)))
-    sizes = data.get("input_sizes") or []
-    return ComplexitySpec(
-        published=_freeze(c.mapping(data.get("published"), "complexity.published")),
-        input_sizes=tuple(c.integer(s, f"complexity.input_sizes[{i}]", minimum=1)
-                          for i, s in enumerate(sizes)),
-        configs=tuple(configs),
-        batch_size=c.integer(data.get("batch_size", COMPLEXITY_BATCH_SIZE),
-                             "complexity.batch_size", minimum=1))
-
-
-def parse_spec(data: Any, path: Path) -> PaperSpec:
-    """Validate ``data`` (the YAML of ``path``) into a :class:`PaperSpec`."""
-    c = _Checker(path)
-    data = c.mapping(data, "")
-    c.keys(data, PAPER_KEYS, "")
-    paper = c.text(data.get("paper"), "paper", required=True)
-    if paper != path.stem:
-        c.fail("paper", f"{paper!r} differs from the file name {path.stem!r}")
-    method = c.text(data.get("method"), "method", required=True)
-    variants_raw = c.mapping(data.get("variants"), "variants")
-    if not variants_raw:
-        c.fail("variants", "a paper declares at least one variant")
-    variants = {name: _variant(c, str(name), v, method) for name, v in variants_raw.items()}
-    tables = {str(t): _table(c, str(t), v, variants)
-              for t, v in c.mapping(data.get("tables"), "tables").items()}
-    official, _ = _known_metrics()
-    tolerance = dict(c.mapping(data.get("tolerance"), "tolerance"))
-    for metric, value in tolerance.items():
-        if metric not in official:
-            c.fail(f"tolerance.{metric}", f"unknown metric {metric!r}")
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-            c.fail(f"tolerance.{metric}", f"expected a number >= 0, got {value!r}")
-    questions = []
-    for i, q in enumerate(data.get("questions") or []):
-        where = f"questions[{i}]"
-        q = c.mapping(q, where)
-        c.keys(q, ("question", "table", "row", "better", "than", "note"), where)
-        table = c.text(q.get("table"), f"{where}.table", required=True)
-        if table not in tables:
-            c.fail(f"{where}.table", f"no table {table!r}")
-        for key in ("better", "than"):
-            if q.get(key) not in tables[table].labels:
-                c.fail(f"{where}.{key}", f"{q.get(key)!r} is not a row of {table}")
-        questions.append(QuestionSpec(
-            question=c.text(q.get("question"), f"{where}.question", required=True), table=table,
-            better=q["better"], than=q["than"], row=c.text(q.get("row"), f"{where}.row") or None,
-            note=c.text(q.get("note"), f"{where}.note")))
-    deviations = []
-    for i, d in enumerate(data.get("deviations") or []):
-        d = c.mapping(d, f"deviations[{i}]")
-        c.keys(d, ("what", "why"), f"deviations[{i}]")
-        deviations.append(DeviationSpec(
-            what=c.text(d.get("what"), f"deviations[{i}].what", required=True),
-            why=c.text(d.get("why"), f"deviations[{i}].why", required=True)))
-    return PaperSpec(
-        paper=paper, title=c.text(data.get("title"), "title", required=True), method=method,
-        order=c.integer(data.get("order"), "order"), path=path,
-        source=c.text(data.get("source"), "source"),
-        variants=MappingProxyType(variants), tables=MappingProxyType(tables),
-        questions=tuple(questions), complexity=_complexity(c, data.get("complexity")),
-        tolerance=MappingProxyType(tolerance), deviations=tuple(deviations), raw=data)
 
 
 @functools.lru_cache(maxsize=32)
@@ -485,7 +215,10 @@ def _load(path: Path, mtime_ns: int) -> PaperSpec:
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
-        raise UserError(f"{_where(path)}: not valid YAML: {e}") from None
+        raise UserError(f"{display_path(path)}: not valid YAML: {e}") from None
+    # imported here: the validation module builds this module's dataclasses
+    from nfbench.pipeline.spec_validation import parse_spec
+
     return parse_spec(data, path)
 
 
@@ -515,13 +248,13 @@ def _papers(files: tuple[tuple[Path, int], ...]) -> tuple[str, ...]:
         try:
             head = yaml.safe_load(path.read_text())
         except yaml.YAMLError as e:
-            raise UserError(f"{_where(path)}: not valid YAML: {e}") from None
+            raise UserError(f"{display_path(path)}: not valid YAML: {e}") from None
         if isinstance(head, Mapping) and "paper" in head:
             found.append(_load(path, mtime_ns))
     orders: dict[int, str] = {}
     for spec in found:
         if spec.order in orders:
-            raise UserError(f"{_where(spec.path)}: order: {spec.order} is also "
+            raise UserError(f"{display_path(spec.path)}: order: {spec.order} is also "
                             f"{orders[spec.order]}'s; every paper needs its own")
         orders[spec.order] = spec.paper
     return tuple(s.paper for s in sorted(found, key=lambda s: (s.order, s.paper)))

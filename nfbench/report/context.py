@@ -10,6 +10,7 @@ from typing import Any
 from nfbench.backbones import BACKBONES
 from nfbench.datasets import DATASETS
 from nfbench.pipeline.plan import load_spec, profile_params, role_categories
+from nfbench.pipeline.spec import TableSpec
 from nfbench.pipeline.tables import backbone_label, comparable_dataset
 
 
@@ -76,14 +77,13 @@ def setting_of(paper: str, profile: str, params: dict, variant: str, records: li
     input size (from its records' config), and what the paper used instead (the paper
     profile's dataset for that role, the method's paper defaults)."""
     spec = load_spec(paper)
-    declared = spec["variants"][variant]
-    role_name = declared.get("dataset", "mvtec_ad")
+    declared = spec.variants[variant]
+    role_name = declared.dataset
     role = profile_params(params, paper, profile)["datasets"][role_name]
     mine = [r for r in records if r["variant"] == variant] or records
     config = mine[0].get("config", {}) if mine else {}
     paper_role = (params.get(paper, {}).get("paper", {}).get("datasets", {}) or {}).get(role_name, {})
-    method = declared.get("method", spec["method"])
-    defaults = _paper_defaults(method)
+    defaults = _paper_defaults(declared.method)
     paper_settings = {**defaults, **(paper_role.get("settings") or {})}
     return {"dataset": role["dataset"], "categories": role_categories(role),
             "backbone": config.get("backbone"), "input_size": config.get("input_size"),
@@ -127,10 +127,11 @@ def profile_banner(profile: str, settings: list[dict[str, Any]]) -> str:
     return (f"> **Profile `{profile}`**: {what}; published and reproduced numbers are compared "
             "(Δ, and the spec's tolerance in the paper profile).")
 
-def table_heading(table_id: str, table: dict, setting: dict[str, Any] | None) -> list[str]:
+def table_heading(table_id: str, table: TableSpec, setting: dict[str, Any] | None
+                  ) -> list[str]:
     """A table's heading: the paper's title, or, on stand-in data, what was actually run with
     the paper's title beside it."""
-    title = table["title"]
+    title = table.title
     if not setting or not setting["stand_in"]:
         return [f"## {title}", ""]
     short = title.split(":")[0] if ":" in title and len(title.split(":")[0]) <= 40 else title

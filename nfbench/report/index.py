@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from nfbench.pipeline.plan import expand_runs, load_spec, main_variant
+from nfbench.pipeline.plan import expand_runs, load_spec
 from nfbench.report.context import profile_banner, setting_of
 from nfbench.report.markdown import cell, fmt, is_comparable
 
@@ -21,8 +21,7 @@ def write_index(reports_dir: Path, results_dir: Path, papers: list[str],
     heads, settings, profiles, comparable = [], [], set(), False
     for paper in papers:
         spec = load_spec(paper)
-        first = next((t for t, v in spec["tables"].items() if v.get("reproducible", True)
-                      and v.get("layout") != "complexity"), None)
+        first = next((t for t, v in spec.tables.items() if v.built), None)
         table = Path(results_dir) / paper / "tables" / f"{first}.csv"
         if first is None or not table.is_file():
             continue
@@ -36,7 +35,7 @@ def write_index(reports_dir: Path, results_dir: Path, papers: list[str],
             prof = profile or str(frame["profile"].iloc[0])
             try:
                 runs = expand_runs(paper, prof, params)
-                main = main_variant(spec)
+                main = spec.main_variant
                 records = [json.loads((Path(results_dir) / r.record_path).read_text())
                            for r in runs if r.variant == main][:1]
                 settings.append(setting_of(paper, prof, params, main, records))

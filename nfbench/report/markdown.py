@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from nfbench.pipeline.spec import TableSpec
 from nfbench.pipeline.tables import render_label
 
 
@@ -95,9 +97,10 @@ def table_markdown(frame: pd.DataFrame) -> str:
                          f"this run{': ' + why if why else ''}.")
     return "\n".join(lines)
 
-def comparison_markdown(comparison: dict[str, Any]) -> str:
-    """Other methods' published numbers, as transcribed (not re-run)."""
-    keys = sorted({k for v in comparison.values() if isinstance(v, dict) for k in v})
+def comparison_markdown(comparison: Mapping[str, Any]) -> str:
+    """Other methods' published numbers, as transcribed (not re-run): ``{method: number}`` or
+    ``{method: {column: number}}`` (a table's read-only ``comparison``)."""
+    keys = sorted({k for v in comparison.values() if isinstance(v, Mapping) for k in v})
     if not keys:
         lines = ["| method | published |", "|---|---|"]
         lines += [f"| {name} | {fmt(value)} |" for name, value in comparison.items()]
@@ -107,14 +110,14 @@ def comparison_markdown(comparison: dict[str, Any]) -> str:
         lines.append(f"| {name} | " + " | ".join(fmt(values.get(k)) for k in keys) + " |")
     return "\n".join(lines)
 
-def complexity_table_markdown(table: dict, table_id: str, profile_path: Path) -> list[str]:
+def complexity_table_markdown(table: TableSpec, table_id: str, profile_path: Path
+                              ) -> list[str]:
     """A size/speed table of named networks (``layout: complexity``) from the profiling stage:
     published | measured, with ratios to the table's ``reference`` row."""
     if not profile_path.is_file():
         return ["*Not profiled yet: run `nfbench profile`.*", ""]
     entries = [e for e in json.loads(profile_path.read_text()) if e.get("table") == table_id]
-    published = table.get("published", {})
-    reference = table.get("reference")
+    published, reference = table.published, table.reference
     out = []
     for label in dict.fromkeys(e["label"] for e in entries):
         rows = {e["component"]: e for e in entries if e["label"] == label}
@@ -126,7 +129,7 @@ def complexity_table_markdown(table: dict, table_id: str, profile_path: Path) ->
                 "| network | size [MB] published | size [MB] | size ratio published | size ratio "
                 "| GMACs/image (fvcore) | fps published | fps | fps ratio published | fps ratio |",
                 "|---|---|---|---|---|---|---|---|---|---|"]
-        for component, name in table["rows"].items():
+        for component, name in table.labels.items():
             name = render_label(name, {"backbone": first.get("backbone")})
             e, pub = rows.get(component, {}), published.get(component, {})
             size, fps = e.get("size_mb"), e.get("images_per_second")
@@ -137,6 +140,6 @@ def complexity_table_markdown(table: dict, table_id: str, profile_path: Path) ->
                        f"{fmt(e.get('gmacs_fvcore'), 2)} | {fmt(pub.get('fps'), 2)} | "
                        f"{fmt(fps, 2)} | {fmt(pub.get('fps_ratio'), 2)} | {fmt(fps_ratio, 2)} |")
         out.append("")
-    if table.get("note"):
-        out += [table["note"], ""]
+    if table.note:
+        out += [table.note, ""]
     return out

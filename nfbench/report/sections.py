@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from nfbench.pipeline.spec import PaperSpec
 from nfbench.report.markdown import fmt
 
 
@@ -27,48 +28,46 @@ def oracle_threshold(e: Any) -> float | None:
     f1 = 2 * tp / np.maximum(2 * tp + fp + (defect.sum() - tp), 1)
     return float(np.asarray(e["pixel_hist_edges"])[int(np.argmax(f1))])
 
-def questions_section(spec: dict, tables_dir: Path) -> list[str]:
+def questions_section(spec: PaperSpec, tables_dir: Path) -> list[str]:
     """Answers, measured on this run's tables, to the questions a spec asks (``questions``:
     does variant ``better`` beat ``than`` in ``table`` (on its ``row``, for per-category
     tables), metric by metric?)."""
-    questions = spec.get("questions", [])
-    if not questions:
+    if not spec.questions:
         return []
     out = ["## Questions answered by this run", ""]
-    for q in questions:
-        frame = pd.read_csv(tables_dir / f"{q['table']}.csv")
-        if "row" in q:  # per-category tables: which row (e.g. average); else one row a variant
-            frame = frame[frame["row"] == q["row"]]
+    for q in spec.questions:
+        frame = pd.read_csv(tables_dir / f"{q.table}.csv")
+        if q.row is not None:  # per-category tables: which row (e.g. average); else one row a variant
+            frame = frame[frame["row"] == q.row]
         lines = []
         for metric in dict.fromkeys(frame["metric"]):
             by_variant = frame[frame["metric"] == metric].set_index("variant")["mean"]
-            a, b = by_variant.get(q["better"]), by_variant.get(q["than"])
+            a, b = by_variant.get(q.better), by_variant.get(q.than)
             if a is None or b is None or math.isnan(a) or math.isnan(b):
                 continue
             verdict = "yes" if a > b else "no"
             lines.append(f"| {metric} | {b:.1f} | {a:.1f} | {a - b:+.1f} | {verdict} |")
-        where = f"{q['row']} row of {q['table']}" if "row" in q else q["table"]
-        out += [f"**{q['question']}** ({q['than']} → {q['better']}, {where})", "",
-                f"| metric | {q['than']} | {q['better']} | Δ | helps? |", "|---|---|---|---|---|",
+        where = f"{q.row} row of {q.table}" if q.row is not None else q.table
+        out += [f"**{q.question}** ({q.than} → {q.better}, {where})", "",
+                f"| metric | {q.than} | {q.better} | Δ | helps? |", "|---|---|---|---|---|",
                 *lines, ""]
-        if q.get("note"):
-            out += [q["note"], ""]
+        if q.note:
+            out += [q.note, ""]
     return out
 
-def protocol_section(spec: dict, tables_dir: Path) -> list[str]:
+def protocol_section(spec: PaperSpec, tables_dir: Path) -> list[str]:
     """"How much the original protocol adds": per table, the honest number (last epoch, no
     test labels) beside what the original code's evaluation protocol would have reported in
     the same run (``<table>.protocol.csv``, :func:`nfbench.pipeline.tables.build_protocol_tables`)."""
     from nfbench.metrics import METRIC_VARIANTS
     from nfbench.pipeline.protocols import DESCRIPTIONS
 
-    companions = {t: tables_dir / f"{t}.protocol.csv" for t in spec["tables"]}
+    companions = {t: tables_dir / f"{t}.protocol.csv" for t in spec.tables}
     companions = {t: p for t, p in companions.items() if p.is_file()}
     if not companions:
         return []
-    methods = {spec.get("method")} | {v.get("method", spec.get("method"))
-                                      for v in spec["variants"].values()}
-    protocols = methods | {v["protocol"] for v in spec["variants"].values() if v.get("protocol")}
+    protocols = {spec.method} | spec.methods | {v.protocol for v in spec.variants.values()
+                                                 if v.protocol}
     out = ["## How much the original protocol adds", "",
            "Our numbers are honest: the last epoch, scored without test labels. The original "
            "codes chose what they printed on the test set. Each run also measured, on the same "
@@ -86,7 +85,7 @@ def protocol_section(spec: dict, tables_dir: Path) -> list[str]:
         if frame.empty:
             continue
         # the paper's title names the paper's data; the rows are this profile's categories
-        out += [f"**{table_id}** (paper: *{spec['tables'][table_id]['title']}*)", "",
+        out += [f"**{table_id}** (paper: *{spec.tables[table_id].title}*)", "",
                 "| row | metric | honest | original protocol | difference | as the original reported |",
                 "|---|---|---|---|---|---|"]
         out += [f"| {r.label} | {r.metric} | {fmt(r.honest)} | {fmt(r.original)} | "
@@ -95,9 +94,10 @@ def protocol_section(spec: dict, tables_dir: Path) -> list[str]:
         out.append("")
     return out
 
-def complexity_section(spec: dict, profile_path: Path, main_records: list[dict]) -> list[str]:
+def complexity_section(spec: PaperSpec, profile_path: Path, main_records: list[dict]
+                       ) -> list[str]:
     out = ["## Complexity and speed", ""]
-    published = spec.get("complexity", {}).get("published", {})
+    published = spec.complexity.published
     if published:
         out += ["Published: " + ", ".join(f"{k} = {v}" for k, v in published.items()), ""]
     if profile_path.is_file():
