@@ -149,6 +149,24 @@ def test_paper_profile_plans_of_patchflow_and_clscnf():
             assert (config.fe_freeze_epochs, config.fe_meta_epochs, config.fe_lr) == (35, 5, 5e-4)
 
 
+@pytest.mark.parametrize("paper", PAPERS_IN_PIPELINE)
+def test_paper_profile_reports_render_from_records(paper, tmp_path):
+    """The paper profile's tables, figures and report build from its records (written here
+    without training): every table, Δ and tolerance columns, no stand-in warning. Records
+    without an input size in their config give two Table 3 rows the same label; each row
+    still gets its own point."""
+    from nfbench.pipeline.tables import build_tables, write_tables
+    from nfbench.report.paper import write_report
+
+    params = load_params()
+    runs = expand_runs(paper, "paper", params)
+    _fake_results(tmp_path, runs, lambda run: 0.9 + 0.01 * (len(run.variant) % 5))
+    write_tables(build_tables(paper, "paper", params, tmp_path), tmp_path / paper)
+    report = write_report(paper, "paper", params, tmp_path, tmp_path / "reports").read_text()
+    assert "Δ" in report and "within tolerance" in report and "> **Demo profile.**" not in report
+    assert "NOT the papers' experiment" not in report
+
+
 def test_multi_metric_and_complexity_tables_reach_the_report(tmp_path):
     from nfbench.report.paper import write_report
     from nfbench.pipeline.tables import build_tables, write_tables

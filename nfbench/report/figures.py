@@ -222,10 +222,11 @@ def ablation(frame: pd.DataFrame, title: str, x_label: str, path: Path,
     if frame.empty or (frame["n"] == 0).all():
         return False
     frame = frame.assign(label=frame["label"].astype(str))
-    order = list(dict.fromkeys(frame["label"]))
+    rows = list(dict.fromkeys(frame["row"]))  # one point per row: two rows may share a label
+    rep = frame.set_index("row").loc[rows]
+    order = list(rep["label"])
     x = np.arange(len(order))
     fig, ax = plt.subplots(figsize=(max(3.6, 0.9 * len(order) + 1.6), 3.3))
-    rep = frame.set_index("label").loc[order]
     ax.errorbar(x, rep["mean"], yerr=rep["std"].where(rep["n"] > 1), marker="o", capsize=2,
                 label="reproduced (this run)", color=METHOD_PALETTE[0])
     if rep["published"].notna().any():
