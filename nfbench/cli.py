@@ -227,7 +227,8 @@ def cmd_check(args: argparse.Namespace) -> None:
               f"{result.unknown[0]}); add them with --update", file=sys.stderr)
     if result.problems:
         raise UserError(f"{len(result.problems)} regression(s) against {args.baseline}")
-    print(f"no regression against {args.baseline}")
+    print(f"every baseline metric reproduced exactly: {args.baseline}" if args.exact
+          else f"no regression against {args.baseline}")
 
 
 def cmd_results(args: argparse.Namespace) -> None:

@@ -139,3 +139,23 @@ def test_fit_leaves_the_config_and_a_refit_inherits_nothing(name, tiny_demo):
     seed_everything(0)
     expected = fresh.fit(train.subset(range(8))).score(test)
     np.testing.assert_allclose(refitted.image, expected.image, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_the_profiling_module_is_the_score_forward(name, tiny_demo):
+    """After fit, ``inference_module()`` maps the test images to the scores and maps that
+    ``score()`` gives (with training-set normalisation where a method offers a choice: a
+    module sees one batch, not the whole scored set)."""
+    settings = _smoke(name)
+    if "normalization" in {f.name for f in dataclasses.fields(method_class(name).Config)}:
+        settings["normalization"] = "inductive"
+    seed_everything(0)
+    detector = create_method(name, **settings)
+    train, test = _sets(tiny_demo, detector.config.input_size)
+    detector.fit(train)
+    test = test.subset(range(3))
+    with torch.no_grad():
+        image, pixel = detector.inference_module().eval()(test.load_images())
+    scores = detector.score(test)
+    np.testing.assert_allclose(image.double().numpy(), scores.image, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(pixel.float().numpy(), scores.pixel, rtol=1e-4, atol=1e-5)
