@@ -276,7 +276,7 @@ def test_category_settings_override_per_category(tiny_demo):
 
 
 def test_inference_module_is_the_inductive_score_forward(tiny_demo):
-    from nfbench.methods.base import ProfilingNotSupported  # noqa: F401 (protocol name)
+    from nfbench.methods.base import ProfilingNotSupported
     from nfbench.methods.cflow import CFlowModel
     from nfbench.profiling import parameter_stats
 
@@ -293,7 +293,7 @@ def test_inference_module_is_the_inductive_score_forward(tiny_demo):
     np.testing.assert_allclose(image.numpy(), scores.image, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(pixel.float().numpy(), scores.pixel, rtol=1e-4, atol=1e-5)
     assert detector.profiling_components == ()
-    with pytest.raises(UserError, match="no profiling components"):
+    with pytest.raises(ProfilingNotSupported, match="no profiling components"):
         detector.inference_module("CNFs")
     assert parameter_stats(module.nf)["size_mb"] > 0
     # before fit: the same network, untrained

@@ -143,3 +143,17 @@ def test_run_stages_depend_on_every_module_a_run_imports(tiny_demo, tmp_path):
         missing = [f for f in imported
                    if not any(f == d or f.startswith(d.rstrip("/") + "/") for d in deps)]
         assert not missing, f"{name} does not depend on {missing}"
+
+
+def test_exactly_one_profile_is_the_papers_setup():
+    from nfbench.errors import UserError
+    from nfbench.pipeline.spec import reference_profile
+
+    params = load_params()
+    assert reference_profile(params) == "paper"
+    params["profiles"]["demo"]["reference"] = True
+    with pytest.raises(UserError, match="exactly one profile must say `reference: true`"):
+        reference_profile(params)
+    del params["profiles"]["demo"]["reference"], params["profiles"]["paper"]["reference"]
+    with pytest.raises(UserError, match="found 0"):
+        reference_profile(params)

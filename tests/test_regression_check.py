@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from nfbench.pipeline.check import DEFAULT_TOLERANCE, check
 from nfbench.datasets.demo.categories import DEMO_CATEGORIES

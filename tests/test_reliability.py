@@ -298,7 +298,7 @@ def _entry_path(images, root) -> Path:
 def _damage_entry(how: str, path: Path, other: Path, images) -> None:
     import torch
 
-    from nfbench.feature_cache import ENTRY_FORMAT, _digest
+    from nfbench.feature_cache import _digest
 
     if how == "flipped bytes":
         data = bytearray(path.read_bytes())

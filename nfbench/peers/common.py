@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from nfbench import metrics
-from nfbench.errors import UserError
+from nfbench.errors import UserError, check_choice
 from nfbench.peers import CONFIGS, ENABLE_HINT, METHODS, PEER, PEER_VERSION, deviations, \
     peer_version, record_path
 
@@ -44,8 +44,7 @@ def ours(method: str, profile: str, category: str, params: dict | None = None):
     from nfbench.pipeline.experiment import resolve_config
     from nfbench.pipeline.plan import load_params, load_spec, profile_params, variant_settings
 
-    if method not in METHODS:
-        raise UserError(f"peer --method must be one of {', '.join(METHODS)}, got {method!r}")
+    check_choice("peer --method", method, METHODS)
     entry = deviations()[method]
     spec = load_spec(entry["paper"])
     block = profile_params(params if params is not None else load_params(), entry["paper"],
@@ -84,8 +83,7 @@ def run_peer(method: str, dataset: str, category: str, *, config: str = "shipped
     from nfbench.pipeline.experiment import category_table, environment
     from nfbench.methods.base import config_to_dict, seed_everything
 
-    if config not in CONFIGS:
-        raise UserError(f"--config must be one of {', '.join(CONFIGS)}, got {config!r}")
+    check_choice("--config", config, CONFIGS)
     cfg, _ = ours(method, profile, category, params)
     version = peer_version()
     if version is None:

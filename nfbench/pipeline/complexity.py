@@ -1,30 +1,31 @@
 """The profiling stage: FLOPs, parameters and speed of a paper's method, as ``profile.json``.
 
 For each paper it measures the paper configuration (the method's defaults: the paper's
-backbone and input size; timed only on the paper profile or with ``time_paper``, since it is
-slow on a CPU), the profile's configuration of the main variant, the spec's extra complexity
+backbone and input size; timed only on the reference profile (params.yaml, the papers' setup)
+or with ``time_paper``, since it is slow on a CPU), the profile's configuration of the main variant, the spec's extra complexity
 configurations, and the rows of every ``layout: complexity`` table (CLS-CNFs' Table 3). The
 measuring itself is library code (:mod:`nfbench.profiling`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any, Callable
 
 from nfbench.atomic import write_text_atomic
+from nfbench.methods import method_class
 from nfbench.pipeline.plan import load_spec, profile_params, variant_settings
-from nfbench.pipeline.spec import PaperSpec
+from nfbench.pipeline.spec import PaperSpec, reference_profile, shared_settings
 from nfbench.profiling import profile_components, profile_method
 
 
-def _configurations(spec: PaperSpec, block: dict[str, Any], profile: str,
-                    time_paper: bool) -> list[dict[str, Any]]:
-    slow = profile == "paper" or time_paper
+def _configurations(spec: PaperSpec, block: dict[str, Any], profile: str, shared: dict,
+                    slow: bool) -> list[dict[str, Any]]:
     configs = [dict(label="paper configuration", settings={}, batch_size=1, time_it=slow)]
     configs += [dict(label=f"{profile} configuration",
-                     settings=variant_settings(spec, block, spec.main_variant),
+                     settings={**shared, **variant_settings(spec, block, spec.main_variant)},
                      batch_size=spec.complexity.batch_size, time_it=True)]
     for extra in spec.complexity.configs:  # variants of the paper's
         configs.append(dict(label=extra.label, settings=extra.settings,
@@ -39,22 +40,25 @@ def profile_paper(paper: str, profile: str, params: dict, results: Path,
     spec = load_spec(paper)
     block = profile_params(params, paper, profile)
     on_device = {"device": device} if device else {}
+    # the profile's shared settings first, as a run resolves them (experiment.resolve_config)
+    fields = {f.name for f in dataclasses.fields(method_class(spec.method).Config)}
+    shared = shared_settings(params, profile, fields)
+    slow = profile == reference_profile(params) or time_paper  # the paper setup is slow on a CPU
     entries = []
-    for config in _configurations(spec, block, profile, time_paper):
+    for config in _configurations(spec, block, profile, shared, slow):
         result = profile_method(spec.method, {**config["settings"], **on_device},
                                 config["batch_size"], time_it=config["time_it"])
         entries.append({"label": config["label"], **result})
         log(f"{config['label']}: {result['gmacs_fvcore']:.2f} GMACs, "
             f"{result['parameters'] / 1e6:.1f} M parameters")
-    slow = profile == "paper" or time_paper
     for table_id, table in spec.tables.items():
         if table.layout != "complexity":
             continue
         paper_settings = spec.variant(table.variant).settings
         for label, settings, time_it in (
                 ("paper configuration", paper_settings, slow),
-                (f"{profile} configuration", variant_settings(spec, block, table.variant),
-                 True)):
+                (f"{profile} configuration",
+                 {**shared, **variant_settings(spec, block, table.variant)}, True)):
             for entry in profile_components(spec.method, {**settings, **on_device},
                                             list(table.labels), table.batch_size,
                                             time_it=time_it):

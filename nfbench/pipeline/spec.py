@@ -149,7 +149,6 @@ class ComplexityConfig:
 @dataclass(frozen=True)
 class ComplexitySpec:
     published: Mapping[str, Any] = _none()
-    input_sizes: tuple[int, ...] = ()
     configs: tuple[ComplexityConfig, ...] = ()
     batch_size: int = COMPLEXITY_BATCH_SIZE
 
@@ -318,6 +317,18 @@ def profile_names(params: Mapping[str, Any]) -> tuple[str, ...]:
         raise UserError(f"params.yaml: profile: unknown profile {params['profile']!r}; "
                         f"available: {', '.join(sorted(names))}")
     return tuple(sorted(names))
+
+
+def reference_profile(params: Mapping[str, Any]) -> str:
+    """The profile marked ``reference: true`` in params.yaml's ``profiles:`` (exactly one):
+    the one that runs the papers' own setup, which reports cite as "what the paper used" and
+    profiling times in full."""
+    names = profile_names(params)
+    marked = [n for n in names if (params["profiles"][n] or {}).get("reference") is True]
+    if len(marked) != 1:
+        raise UserError("params.yaml: profiles: exactly one profile must say `reference: true`"
+                        f" (the papers' own setup); found {len(marked)}")
+    return marked[0]
 
 
 def shared_settings(params: Mapping[str, Any], profile: str,

@@ -204,7 +204,7 @@ def _table(c: _Checker, table_id: str, data: Any, variants: Mapping[str, Variant
 
 def _complexity(c: _Checker, data: Any) -> ComplexitySpec:
     data = c.mapping(data, "complexity")
-    c.keys(data, ("published", "input_sizes", "configs", "batch_size"), "complexity")
+    c.keys(data, ("published", "configs", "batch_size"), "complexity")
     configs = []
     for i, entry in enumerate(data.get("configs") or []):
         where = f"complexity.configs[{i}]"
@@ -215,11 +215,8 @@ def _complexity(c: _Checker, data: Any) -> ComplexitySpec:
             settings=MappingProxyType(dict(c.mapping(entry.get("settings"), f"{where}.settings"))),
             batch_size=c.integer(entry.get("batch_size", TABLE_BATCH_SIZE),
                                  f"{where}.batch_size", minimum=1)))
-    sizes = data.get("input_sizes") or []
     return ComplexitySpec(
         published=_freeze(c.mapping(data.get("published"), "complexity.published")),
-        input_sizes=tuple(c.integer(s, f"complexity.input_sizes[{i}]", minimum=1)
-                          for i, s in enumerate(sizes)),
         configs=tuple(configs),
         batch_size=c.integer(data.get("batch_size", COMPLEXITY_BATCH_SIZE),
                              "complexity.batch_size", minimum=1))

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from nfbench.atomic import atomic_path, write_text_atomic
 from nfbench.errors import UserError
 from nfbench.pipeline.plan import Run, expand_runs, profile_params, role_categories
 from nfbench.pipeline.spec import category_groups, load_spec
@@ -209,7 +210,7 @@ def build_tables(paper: str, profile: str, params: dict, results_dir: Path,
     tables = {}
     for table_id, table in spec.tables.items():
         if not table.built:
-            continue  # not reproducible, or built from the profiling stage (report.py)
+            continue  # not reproducible, or built from the profiling stage (pipeline/complexity.py)
         metrics = list(table.metrics)
         variants = dict(table.labels)
         role = block["datasets"][table.dataset]
@@ -329,6 +330,12 @@ def build_protocol_tables(paper: str, profile: str, params: dict, results_dir: P
     return out
 
 
+def _write_csv(frame: pd.DataFrame, path: Path) -> None:
+    """A tidy table as CSV (4 decimals), written whole or not at all."""
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False, float_format="%.4f")
+
+
 def write_protocol_tables(tables: dict[str, pd.DataFrame], paper_dir: Path) -> list[Path]:
     """``<paper_dir>/tables/<table>.protocol.csv``, one companion per table."""
     folder = Path(paper_dir) / "tables"
@@ -336,7 +343,7 @@ def write_protocol_tables(tables: dict[str, pd.DataFrame], paper_dir: Path) -> l
     paths = []
     for table_id, frame in tables.items():
         path = folder / f"{table_id}.protocol.csv"
-        frame.to_csv(path, index=False, float_format="%.4f")
+        _write_csv(frame, path)
         paths.append(path)
     return paths
 
@@ -353,7 +360,7 @@ def write_tables(tables: dict[str, pd.DataFrame], paper_dir: Path) -> list[Path]
     paths, summary, pairs = [], {}, []
     for table_id, frame in tables.items():
         path = paper_dir / "tables" / f"{table_id}.csv"
-        frame.to_csv(path, index=False, float_format="%.4f")
+        _write_csv(frame, path)
         paths.append(path)
         heads = frame[frame["row"] == "average"] if (frame["row"] == "average").any() else frame
         summary[table_id] = {
@@ -363,13 +370,13 @@ def write_tables(tables: dict[str, pd.DataFrame], paper_dir: Path) -> list[Path]
             columns={"mean": "reproduced"})
         if plot["metric"].nunique() > 1:  # one y label per bar
             plot["label"] = plot["label"] + " [" + plot["metric"] + "]"
-        plot.to_csv(paper_dir / "plots" / f"{table_id}.csv", index=False, float_format="%.4f")
+        _write_csv(plot, paper_dir / "plots" / f"{table_id}.csv")
         both = frame[frame["published"].notna() & frame["mean"].notna()]
         pairs += [dict(table=table_id, label=r.label, metric=r.metric, published=r.published,
                        reproduced=r.compared_mean if r.compared_metric != r.metric else r.mean,
                        comparable=bool(r.comparable)) for r in both.itertuples()]
-    pd.DataFrame(pairs, columns=["table", "label", "metric", "published", "reproduced",
-                                 "comparable"]).to_csv(
-        paper_dir / "plots" / "published_vs_reproduced.csv", index=False, float_format="%.4f")
-    (paper_dir / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+    _write_csv(pd.DataFrame(pairs, columns=["table", "label", "metric", "published", "reproduced",
+                                            "comparable"]),
+               paper_dir / "plots" / "published_vs_reproduced.csv")
+    write_text_atomic(paper_dir / "metrics.json", json.dumps(summary, indent=2) + "\n")
     return paths

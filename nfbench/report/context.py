@@ -10,6 +10,7 @@ from typing import Any
 from nfbench.backbones import BACKBONES
 from nfbench.datasets import DATASETS
 from nfbench.pipeline.plan import load_spec, profile_params, role_categories
+from nfbench.pipeline.spec import reference_profile
 from nfbench.pipeline.spec import TableSpec
 from nfbench.pipeline.tables import backbone_label, comparable_dataset
 
@@ -82,7 +83,7 @@ def setting_of(paper: str, profile: str, params: dict, variant: str, records: li
     role = profile_params(params, paper, profile)["datasets"][role_name]
     mine = [r for r in records if r["variant"] == variant] or records
     config = mine[0].get("config", {}) if mine else {}
-    paper_role = (params.get(paper, {}).get("paper", {}).get("datasets", {}) or {}).get(role_name, {})
+    paper_role = profile_params(params, paper, reference_profile(params))["datasets"].get(role_name, {})
     defaults = _paper_defaults(declared.method)
     paper_settings = {**defaults, **(paper_role.get("settings") or {})}
     return {"dataset": role["dataset"], "categories": role_categories(role),

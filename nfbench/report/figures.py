@@ -34,9 +34,18 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
+from nfbench.atomic import atomic_path  # noqa: E402
+
 GROUP_ROWS = ("textures", "objects", "average")
 METHOD_PALETTE = sns.color_palette("colorblind")
 REFERENCE_COLOUR = "0.45"
+
+
+def _save(fig, path: Path, dpi: int) -> None:
+    """Save ``fig`` as ``path`` (PNG) written whole or not at all, and close it."""
+    with atomic_path(path, suffix=Path(path).suffix) as tmp:
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
 
 
 def _wrap(text: str, width: int = 38) -> str:
@@ -144,8 +153,7 @@ def _scatter(points: pd.DataFrame, metrics: list[str], title: str, path: Path,
                bbox_to_anchor=(1.0, 0.5), fontsize=7, frameon=False)
     _title(fig, title + " — one point per category", 70 + 20 * len(metrics))
     fig.tight_layout()
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
+    _save(fig, path, dpi=120)
 
 
 def _dots(points: pd.DataFrame, metrics: list[str], title: str, path: Path,
@@ -210,8 +218,7 @@ def _dots(points: pd.DataFrame, metrics: list[str], title: str, path: Path,
                fontsize=7, frameon=False, title=note, title_fontsize=7)
     _title(fig, title, 60 + 25 * ncols)
     fig.tight_layout()
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
+    _save(fig, path, dpi=120)
 
 
 def ablation(frame: pd.DataFrame, title: str, x_label: str, path: Path,
@@ -249,8 +256,7 @@ def ablation(frame: pd.DataFrame, title: str, x_label: str, path: Path,
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     ax.set_title(_wrap(title, 60), fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
+    _save(fig, path, dpi=120)
     return True
 
 
@@ -309,8 +315,7 @@ def anomaly_maps(examples: dict[str, Any], path: Path, thresholds: dict[str, flo
                        "the oracle pixel threshold; ground truth outlined in red", 70), fontsize=7)
     # tight_layout ignores the suptitle: keep half an inch above the first row for it
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / fig.get_figheight()))
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
+    _save(fig, path, dpi=110)
 
 
 def roc(examples: dict[str, Any], path: Path, title: str = "image-level ROC") -> None:
@@ -331,8 +336,7 @@ def roc(examples: dict[str, Any], path: Path, title: str = "image-level ROC") ->
     ax.set_title(_wrap(title, 45), fontsize=8)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
     fig.tight_layout()
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
+    _save(fig, path, dpi=120)
 
 
 def pixel_histograms(examples: dict[str, Any], path: Path) -> None:
@@ -352,5 +356,4 @@ def pixel_histograms(examples: dict[str, Any], path: Path) -> None:
     fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7,
                frameon=False)
     fig.tight_layout()
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
+    _save(fig, path, dpi=110)

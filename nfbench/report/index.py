@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from nfbench.atomic import write_text_atomic
 from nfbench.pipeline.plan import expand_runs, load_spec
 from nfbench.report.context import profile_banner, setting_of
 from nfbench.report.markdown import cell, fmt, is_comparable
@@ -72,5 +73,5 @@ def write_index(reports_dir: Path, results_dir: Path, papers: list[str],
             cells += [fmt(row["delta"])] if comparable else []
             lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     path = Path(reports_dir) / "README.md"
-    path.write_text("\n".join(lines) + "\n")
+    write_text_atomic(path, "\n".join(lines) + "\n")
     return path

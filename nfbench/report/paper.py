@@ -11,6 +11,7 @@ matplotlib.use("Agg")
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from nfbench.atomic import write_text_atomic  # noqa: E402
 from nfbench.pipeline.plan import expand_runs, load_spec  # noqa: E402
 from nfbench.report import figures  # noqa: E402
 from nfbench.report.context import (DEMO_WARNING, REFERENCE_NOTE, dataset_label,  # noqa: E402
@@ -115,5 +116,5 @@ def write_report(paper: str, profile: str, params: dict, results_dir: Path,
     out += [f"| {r['run_id']} | {r['metrics']['image_auroc']:.4f} | {r['timing']['fit_seconds']:.1f} | "
             f"{r['created']} | {str(r['environment'].get('git_commit'))[:12]} |" for r in records]
     path = reports_dir / f"{paper}.md"
-    path.write_text("\n".join(out) + "\n")
+    write_text_atomic(path, "\n".join(out) + "\n")
     return path

@@ -34,15 +34,14 @@ shared feature cache for zero padding: the same network) and the flows' map
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
 from nfbench.datasets.base import ImageSet
-from nfbench.errors import UserError
 from nfbench.methods import register_method
-from nfbench.methods.base import Scores, resolve_device
+from nfbench.methods.base import ProfilingNotSupported, Scores, resolve_device
 from nfbench.methods.cflow.config import CFlowConfig
 from nfbench.methods.cflow.torch_model import CFlowModel
 from nfbench.methods.cnf.config import apply_category_settings, category_of
@@ -72,6 +71,7 @@ class CFlowDetector:
         self.config = config
         self.device = resolve_device(config.device)
         self.settings_ = config  # the config until fit resolves a category's settings
+        self.fit_info_: dict[str, Any] | None = None
         self.nf_: NFMap | None = None
         self.channels_: list[int] = []
 
@@ -137,7 +137,7 @@ class CFlowDetector:
         """:class:`CFlowModel`: images in [0, 1] -> (image scores, A_nf), inductive (see the
         module docstring). Before fit, the flows are untrained (reference maxima 0)."""
         if component is not None:
-            raise UserError(f"cflow has no profiling components, got {component!r}")
+            raise ProfilingNotSupported(f"cflow has no profiling components, got {component!r}")
         cfg = self.settings_
         encoder = build_encoder(cfg.backbone, cfg.layers, cfg.padding, False, self.device,
                                 pretrained)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from nfbench.errors import UserError, check_choice
+from nfbench.methods.synthetic.foreground import OBJECT_MASK_MODES
 from nfbench.methods.cnf.config import CNFMethodConfig
 
 #: w per category in the original run scripts (AD-CLSCNFs run_scripts/<ds>/<cls>/
@@ -73,7 +74,8 @@ class CLSCNFConfig(CNFMethodConfig):
                                      ("score_map", self.score_map, SCORE_MAPS),
                                      ("foreign_source", self.foreign_source, FOREIGN_SOURCES),
                                      ("soft_label", self.soft_label, ("image", "pixel")),
-                                     ("fe_reg_loss", self.fe_reg_loss, ("l1_sigmoid", "mse_linear"))):
+                                     ("fe_reg_loss", self.fe_reg_loss, ("l1_sigmoid", "mse_linear")),
+                                     ("object_mask", self.object_mask, OBJECT_MASK_MODES)):
             check_choice(name, value, allowed)
         if self.score_map != "nf" and self.finetune != "cls":
             raise UserError(f"score_map={self.score_map} needs the classification network "

@@ -5,7 +5,7 @@ map is ``A = A_nf + w A_p`` (Alg. 1, Alg. 2, Eq. 1-9).
 Training (Alg. 1):
 
 1. *FE stage* (:mod:`.finetune`, ``finetune="cls"``): the ImageNet encoder and the shallow
-   decoder (:mod:`.decoder`) learn to segment synthetic defects (:mod:`.synthetic`);
+   decoder (:mod:`.decoder`) learn to segment synthetic defects (:mod:`nfbench.methods.synthetic`);
    ``finetune="reg"`` is the FE_REG ablation, ``finetune="none"`` the frozen ImageNet encoder
    (FE_PRE).
 2. *CNF stage*: three conditional flows (:mod:`nfbench.methods.cnf`) on the fibers of the
@@ -46,7 +46,7 @@ import torch
 from torch import nn
 
 from nfbench.datasets.base import ImageSet
-from nfbench.errors import UserError
+from nfbench.errors import check_choice
 from nfbench.methods import register_method
 from nfbench.methods.base import ProfilingNotSupported, Scores, resolve_device
 from nfbench.methods.clscnf import w_selection
@@ -89,7 +89,13 @@ class CLSCNFDetector:
     def __init__(self, config: CLSCNFConfig = CLSCNFConfig()):
         self.config = config
         self.device = resolve_device(config.device)
-        self.settings_ = config  # the config until fit resolves a category's settings
+        self._forget()
+
+    def _forget(self) -> None:
+        """The unfitted state: a new ``fit`` starts from it, so that nothing of an earlier
+        fit (another category's encoders, maps, w or schedule) survives a refit."""
+        self.settings_ = self.config  # the config until fit resolves a category's settings
+        self.fit_info_: dict[str, Any] | None = None
         self.category_: str | None = None
         self.encoder_: nn.Module | None = None
         self.decoder_: PixelDecoder | None = None
@@ -113,6 +119,7 @@ class CLSCNFDetector:
 
     # -- Detector protocol ---------------------------------------------------------------
     def fit(self, train: ImageSet) -> "CLSCNFDetector":
+        self._forget()
         self.category_ = category_of(train)
         self.settings_ = cfg = apply_category_settings(self.config, self.category_)
         seed = int(torch.initial_seed())
@@ -169,9 +176,7 @@ class CLSCNFDetector:
         needs = {"CLS": ("encoder", "decoder"), "FE_CLS-CNFs": ("encoder", "nf"),
                  "FE_PRE-CNFs": ("nf",), "CLS-CNFs-sFE": ("encoder", "decoder", "nf"),
                  "CLS-CNFs-nsFE": ("encoder", "decoder", "nf")}
-        if kind not in needs:
-            raise UserError(f"unknown clscnf component {kind!r}; one of "
-                            f"{', '.join(COMPONENTS + ('FE_PRE-CNFs',))}")
+        check_choice("clscnf component", kind, COMPONENTS + ("FE_PRE-CNFs",))
         if any(parts[name] is None for name in needs[kind]):
             raise RuntimeError(f"{kind} needs a fitted detector with its networks "
                                f"({', '.join(needs[kind])})")

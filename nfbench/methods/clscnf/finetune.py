@@ -1,8 +1,8 @@
 """CLS-CNFs' first stage (Alg. 1 step 1): fine-tuning the feature extractor.
 
 ``finetune="cls"`` (FE_CLS): the ImageNet encoder (WideResNet-50-2; offline: EfficientNet-Lite0)
-and the shallow decoder (:mod:`.decoder`) learn to segment synthetic defects (:mod:`.synthetic`)
-with the soft-label cross-entropy (Eq. 1): decoder only for ``fe_freeze_epochs`` (N_pD), then
+and the shallow decoder (:mod:`.decoder`) learn to segment synthetic defects
+(:mod:`nfbench.methods.synthetic`) with the soft-label cross-entropy (Eq. 1): decoder only for ``fe_freeze_epochs`` (N_pD), then
 encoder and decoder for ``fe_meta_epochs``. The encoder stays in eval mode, so its BatchNorm
 statistics remain ImageNet's (§IV-B). Synthetic defects are redrawn every ``regen_every``
 passes (N_s; the original code redraws every sample on every access, i.e. ``regen_every=1``).
