@@ -320,3 +320,18 @@ def test_classifier_learns_the_demo_above_chance(tiny_demo):
     scores = detector.fit(train).score(test)
     assert pixel_auroc(test.load_masks(), scores.pixel) > 0.6
     assert image_auroc(np.asarray(test.labels), scores.image) > 0.7
+
+
+def test_a_refit_forgets_the_first_categorys_networks(tiny_demo):
+    """Fit on brick (fine-tuned encoder + classifier), then on coin whose category settings
+    turn fine-tuning off: nothing of brick's fit (encoder, decoder, schedule) survives."""
+    settings = {**SMOKE, "category_settings": {"coin": {"finetune": "none", "score_map": "nf"}}}
+    detector = create_method("clscnf", **settings)
+    seed_everything(0)
+    detector.fit(_sets(tiny_demo, "brick")[0].subset(range(6)))
+    assert detector.encoder_ is not None and detector.decoder_ is not None
+    seed_everything(0)
+    detector.fit(_sets(tiny_demo, "coin")[0].subset(range(6)))
+    assert detector.category_ == "coin" and detector.settings_.finetune == "none"
+    assert detector.encoder_ is None and detector.decoder_ is None and detector.nf_ is not None
+    assert detector.config.category_settings == settings["category_settings"]
