@@ -275,7 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
     def pipeline_command(name: str, help_text: str, func, paper_required: bool = True):
         command = sub.add_parser(name, help=help_text)
         command.add_argument("--paper", required=paper_required, help="csflow | patchflow | clscnf")
-        command.add_argument("--profile", help="one of params.yaml's profiles (default: its profile)")
+        command.add_argument("--profile",
+                             help="one of params.yaml's profiles (default: its profile)")
         command.add_argument("--results", type=Path, default=Path("results"))
         command.set_defaults(func=func)
         return command

@@ -18,10 +18,11 @@ Consumers read the attributes only; every default lives here, once:
 :func:`papers` lists the paper specs in ``benchmarks/`` (the YAML files with a ``paper:`` key),
 ordered by their ``order:`` key. Category groups (textures / objects) are a property of the
 dataset, defined once in its module (:data:`nfbench.datasets.mvtec_ad.TEXTURES` /
-``OBJECTS``, :data:`nfbench.datasets.demo.categories.CATEGORY_KIND`); a table only names the group rows
-it shows (``groups: [textures, objects]``), :func:`category_groups` fills them.
+``OBJECTS``, :data:`nfbench.datasets.demo.categories.CATEGORY_KIND`); a table only names the
+group rows it shows (``groups: [textures, objects]``), :func:`category_groups` fills them.
 
-Profiles are parameters (``params.yaml``): :func:`profile_names` and :func:`shared_settings`.
+Profiles are parameters (``params.yaml``): :func:`profile_names`, :func:`shared_settings` and
+:func:`reference_profile` (the papers' own setup).
 """
 
 from __future__ import annotations
