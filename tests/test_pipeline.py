@@ -337,3 +337,16 @@ def test_spec_defaults_live_in_the_dataclasses():
     assert not hasattr(spec, "raw") and not hasattr(spec, "get")
     with pytest.raises(TypeError):
         spec["tables"]
+
+
+def test_data_prepare_fetches_what_the_profiles_runs_read():
+    """``nfbench data prepare`` derives its datasets from the runs' resolved configs: the
+    roles' datasets, and DTD only while a CLS-CNFs run pastes DTD textures."""
+    from nfbench.pipeline.plan import profile_datasets
+
+    params = load_params()
+    assert profile_datasets("demo", params) == ["demo"]
+    assert set(profile_datasets("paper", params)) == {"mvtec_ad", "mtd", "btad", "dtd"}
+    for name in ("mvtec_ad", "btad"):  # the roles of the CLS-CNFs variants (the *_cnf: CFlow)
+        params["clscnf"]["paper"]["datasets"][name]["settings"]["foreign_source"] = "procedural"
+    assert "dtd" not in profile_datasets("paper", params)

@@ -242,7 +242,7 @@ def profile_datasets(profile: str, params: dict[str, Any]) -> list[str]:
     """The datasets the runs of ``profile`` read (``nfbench data prepare``): every dataset a
     paper's role maps to, and DTD where a run pastes DTD textures (CLS-CNFs' synthetic
     defects, ``foreign_source: dtd``)."""
-    from nfbench.methods import method_class
+    from nfbench.pipeline.experiment import resolve_config
 
     names: list[str] = []
     for paper in pipeline_papers(params):
@@ -253,8 +253,9 @@ def profile_datasets(profile: str, params: dict[str, Any]) -> list[str]:
             if role is None:
                 continue
             names.append(role["dataset"])
-            settings = variant_settings(spec, block, name)
-            default = getattr(method_class(variant.method).Config(), "foreign_source", None)
-            if settings.get("foreign_source", default) == "dtd":
+            # the run's resolved config (defaults, profile, role, variant), as the run sees it
+            config = resolve_config(variant.method, profile, variant_settings(spec, block, name),
+                                    params).config
+            if getattr(config, "foreign_source", None) == "dtd":
                 names.append("dtd")
     return list(dict.fromkeys(names))
