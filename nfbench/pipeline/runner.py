@@ -28,6 +28,7 @@ import dataclasses
 import os
 import sys
 import time
+from contextlib import contextmanager
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
 from pathlib import Path
@@ -158,13 +159,88 @@ class Progress:
         self.bar.close()
 
 
-def _init_worker(threads: int, slots) -> None:
+class _Terminated(BaseException):
+    """Raised in a worker by SIGTERM/SIGINT (or its bench's death) while it runs a run, so
+    that the atomic writers' ``finally`` blocks remove their temporary files before it exits."""
+
+
+#: True while a worker executes a run (a signal then unwinds it; otherwise it exits at once).
+_IN_RUN = False
+
+
+def _worker_signal(signum, frame) -> None:
+    if _IN_RUN:
+        raise _Terminated(signum)
+    os._exit(128 + signum)
+
+
+def _watch_parent(parent: int) -> None:
+    """End this worker when its bench dies, whatever killed it (SIGKILL included).
+
+    Linux: ``prctl(PR_SET_PDEATHSIG, SIGTERM)``, the kernel's own parent-death signal (the
+    workers are started by the bench's main thread, whose end is what the kernel watches).
+    Elsewhere: a daemon thread that polls the parent id once a second."""
+    import signal
+    import threading
+
+    if sys.platform == "linux":
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.prctl(1, signal.SIGTERM, 0, 0, 0) == 0:  # 1 = PR_SET_PDEATHSIG
+                if os.getppid() != parent:  # the bench died before the watch was set
+                    os._exit(128 + signal.SIGTERM)
+                return
+        except (OSError, AttributeError):
+            pass
+
+    def poll() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=poll, daemon=True, name="nfbench-parent-watch").start()
+
+
+def _init_worker(threads: int, slots, parent: int | None = None) -> None:
+    """A local worker's start: end with the bench (signals, parent death), pin its GPU slot
+    (``torch.cuda.set_device``: before any CUDA allocation), set its torch threads."""
+    import signal
+
     import torch
 
     global _WORKER_DEVICE
+    for signum in (signal.SIGTERM, signal.SIGINT):  # fork inherits the bench's handlers
+        signal.signal(signum, _worker_signal)
+    _watch_parent(parent if parent is not None else os.getppid())
     torch.set_num_threads(threads)
     if slots is not None:
         _WORKER_DEVICE = slots.get()
+        if _WORKER_DEVICE.startswith("cuda"):
+            torch.cuda.set_device(torch.device(_WORKER_DEVICE))
+
+
+def _worker_run(run: Run, results_dir: Path) -> Path:
+    """:func:`run_one` in a worker: a signal unwinds the run (temporary files removed), then
+    the worker exits; the device's cached memory is released after every run, so that the
+    next run of this worker starts from an empty allocator."""
+    global _IN_RUN
+    _IN_RUN = True
+    try:
+        return run_one(run, results_dir)
+    except _Terminated as stop:
+        os._exit(128 + int(stop.args[0]))
+    finally:
+        _IN_RUN = False
+        _release_device_memory()
+
+
+def _release_device_memory() -> None:
+    """``torch.cuda.empty_cache()`` where this process has initialised CUDA (else nothing)."""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
 
 
 def _gpu_slots(runs: list[Run], runs_per_gpu: float) -> list[str] | None:
@@ -216,6 +292,58 @@ def execute(runs: list[Run], results_dir: Path, progress: bool = True,
     return paths
 
 
+def _longest_first(todo: list[Run], results_dir: Path) -> list[Run]:
+    """``todo`` ordered by estimated seconds, longest first (the cost model of ``nfbench plan``,
+    refined by any earlier record of the run), so that a pool does not end with one long run
+    alone; the given order where no estimate can be made. Order changes no number: every run
+    is independent and deterministic."""
+    from nfbench.pipeline.cost import estimate, load_cost_model
+
+    try:
+        seconds, _ = estimate(todo, load_cost_model(), results_dir)
+    except Exception:  # an estimate is an optimisation, never a reason to fail
+        return list(todo)
+    order = sorted(range(len(todo)), key=lambda i: -seconds[i])
+    return [todo[i] for i in order]
+
+
+@contextmanager
+def _interruptible():
+    """SIGTERM in the bench raises :class:`KeyboardInterrupt` (as SIGINT does), so that one
+    path stops the batch: queued runs cancelled, workers ended, temporary files removed."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _stop_pool(pool: ProcessPoolExecutor, grace: float = 10.0) -> None:
+    """Cancel the queued runs and end every worker now: SIGTERM (a worker unwinds its run,
+    removing temporary files), SIGKILL for any still alive after ``grace`` seconds."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+    deadline = time.monotonic() + grace
+    for process in processes:
+        process.join(max(0.0, deadline - time.monotonic()))
+        if process.is_alive():
+            process.kill()
+            process.join(1.0)
+
+
 def _execute_local(todo: list[Run], results_dir: Path, status: Progress, jobs: int | None,
                    runs_per_gpu: float) -> None:
     slots = _gpu_slots(todo, runs_per_gpu)
@@ -224,26 +352,38 @@ def _execute_local(todo: list[Run], results_dir: Path, status: Progress, jobs: i
     else:
         jobs = max(1, min(jobs or default_jobs(), len(todo)))
     if jobs == 1 and slots is None:
-        for run in todo:
-            status.update(run.run_id, message=_summary(run_one(run, results_dir)))
+        with _interruptible():
+            for run in todo:
+                status.update(run.run_id, message=_summary(run_one(run, results_dir)))
         return
     threads = max(1, (os.cpu_count() or 1) // jobs)
+    parent: int | None = os.getpid()
     if slots is None:
         # fork starts workers at once (torch is already imported, no thread pool used yet);
         # elsewhere (macOS, Windows) fork is unsafe and spawn is the default
         context, queue = get_context("fork" if sys.platform == "linux" else "spawn"), None
     else:  # CUDA must not be forked; each worker takes one GPU slot
-        context = get_context("spawn")
-        queue = context.Manager().Queue()
+        if sys.platform == "linux":
+            # a fork server that imported the heavy modules (not CUDA) once: workers start
+            # with them loaded instead of importing torch each
+            context = get_context("forkserver")
+            context.set_forkserver_preload(["torch", "nfbench.pipeline.experiment"])
+            parent = None  # a worker's parent is the fork server (it ends with the bench)
+        else:
+            context = get_context("spawn")
+        queue = context.Queue()
         for slot in slots:
             queue.put(slot)
-    with ProcessPoolExecutor(jobs, mp_context=context, initializer=_init_worker,
-                             initargs=(threads, queue)) as pool:
-        futures = {pool.submit(run_one, run, results_dir): run for run in todo}
-        for future in as_completed(futures):
-            try:
-                path = future.result()
-            except BaseException:  # stop the batch: queued runs are cancelled, not run
-                pool.shutdown(cancel_futures=True)
-                raise
-            status.update(futures[future].run_id, message=_summary(path))
+    with _interruptible():
+        pool = ProcessPoolExecutor(jobs, mp_context=context, initializer=_init_worker,
+                                   initargs=(threads, queue, parent))
+        try:
+            futures = {pool.submit(_worker_run, run, results_dir): run
+                       for run in _longest_first(todo, results_dir)}
+            for future in as_completed(futures):
+                path = future.result()  # a failure stops the batch (below)
+                status.update(futures[future].run_id, message=_summary(path))
+        except BaseException:  # a failed run, Ctrl-C, SIGTERM: nothing queued starts
+            _stop_pool(pool)
+            raise
+        pool.shutdown()
