@@ -211,7 +211,11 @@ def cmd_report(args: argparse.Namespace) -> None:
                       _profile(args, params)))
 
 
-def cmd_check(args: argparse.Namespace) -> None:
+#: ``nfbench check``'s exit status: a regression (1), records only missing (3); bad input is 2
+CHECK_REGRESSION, CHECK_MISSING = 1, 3
+
+
+def cmd_check(args: argparse.Namespace) -> int:
     from nfbench.pipeline.check import check
 
     result = check(args.baseline, args.results, update=args.update, papers=args.paper,
@@ -219,16 +223,26 @@ def cmd_check(args: argparse.Namespace) -> None:
     if args.update:
         print(f"baseline written: {args.baseline} ({len(result.added)} added, "
               f"{len(result.replaced)} replaced, {len(result.kept)} kept)")
-        return
+        return 0
     for problem in result.problems:
         print(f"REGRESSION {problem}", file=sys.stderr)
+    for run_id in result.missing:
+        print(f"MISSING {run_id}: no fresh result record", file=sys.stderr)
     if result.unknown:
         print(f"note: {len(result.unknown)} run(s) not in the baseline (first: "
               f"{result.unknown[0]}); add them with --update", file=sys.stderr)
     if result.problems:
-        raise UserError(f"{len(result.problems)} regression(s) against {args.baseline}")
+        print(f"error: {len(result.problems)} regression(s) against {args.baseline}"
+              + (f" ({len(result.missing)} record(s) missing too)" if result.missing else ""),
+              file=sys.stderr)
+        return CHECK_REGRESSION
+    if result.missing:
+        print(f"error: no regression, but {len(result.missing)} baseline run(s) have no "
+              f"record under {args.results} (run them, e.g. dvc repro)", file=sys.stderr)
+        return CHECK_MISSING
     print(f"every baseline metric reproduced exactly: {args.baseline}" if args.exact
           else f"no regression against {args.baseline}")
+    return 0
 
 
 def cmd_results(args: argparse.Namespace) -> None:
@@ -313,7 +327,13 @@ def build_parser() -> argparse.ArgumentParser:
     report = pipeline_command("report", "write reports/<paper>.md and reports/README.md",
                               cmd_report, paper_required=False)
     report.add_argument("--reports", type=Path, default=Path("reports"))
-    check = sub.add_parser("check", help="compare fresh records with a committed baseline")
+    check = sub.add_parser(
+        "check", help="compare fresh records with a committed baseline",
+        description="Compare fresh records with a committed baseline. Exit status: 0 every "
+                    "baseline run reproduced, 1 a regression (REGRESSION lines), 3 no "
+                    "regression but baseline runs without a record (MISSING lines), 2 bad "
+                    "input (an unknown paper, duplicate run ids, a metric or tolerance that "
+                    "is not a finite number in [0, 1]).")
     check.add_argument("--baseline", type=Path, required=True)
     check.add_argument("--results", type=Path, default=Path("results"))
     check.add_argument("--paper", action="append", help="only this paper (repeatable)")
@@ -377,7 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        args.func(args)
+        status = args.func(args) or 0
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -398,7 +418,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         import os
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    return 0
+    return status
 
 
 if __name__ == "__main__":

@@ -2,8 +2,15 @@
 
 A baseline (``benchmarks/baselines/<profile>.json``) holds, per run id, the metrics of a
 trusted run, and a tolerance per metric. A run regresses when a metric falls below its
-baseline by more than the tolerance; a run missing from the results is a failure too; a run
-in the results that the baseline does not know is reported as a hint (not a failure).
+baseline by more than the tolerance; a baseline run missing from the results is reported apart
+(a missing record is not a regression: ``nfbench check`` exits 1 on a regression, 3 when
+records are only missing); a run in the results that the baseline does not know is reported
+as a hint (not a failure).
+
+Every input is checked before anything is compared: an unknown ``--paper`` (a typo would
+filter every run away and pass), two records with one ``run_id``, a metric that is not a
+finite number in [0, 1] (every metric of the suite is an AUROC, AUPR, PRO or F1) and a
+tolerance that is not a finite number in [0, 1] are each one error line.
 
 ``--update`` merges: it replaces exactly the baseline entries it has fresh records for
 (restricted to ``--paper`` when given), keeps every other entry and every metric, and writes
@@ -27,6 +34,11 @@ def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def _in_unit_range(value) -> bool:
+    """A finite number in [0, 1] (NaN and infinities fail both comparisons or the second)."""
+    return _is_number(value) and 0.0 <= value <= 1.0
+
+
 def _check_metrics(metrics, where: str) -> dict:
     if not isinstance(metrics, dict):
         raise UserError(f"{where}: metrics must be an object of name: number, got "
@@ -34,6 +46,9 @@ def _check_metrics(metrics, where: str) -> dict:
     for name, value in metrics.items():
         if value is not None and not _is_number(value):
             raise UserError(f"{where}: metric {name!r} must be a number or null, got {value!r}")
+        if value is not None and not _in_unit_range(value):
+            raise UserError(f"{where}: metric {name!r} must be a finite number in [0, 1] or "
+                            f"null, got {value!r}")
     return metrics
 
 
@@ -44,11 +59,13 @@ def _read_json(path: Path, what: str):
         raise UserError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise UserError(f"{what} {path} is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise UserError(f"{what} {path} is nested too deeply to be a {what}") from None
 
 
 def collect(results_dir: Path, papers: list[str] | None = None) -> dict[str, dict[str, float]]:
     """``run_id → metrics`` of every record under ``results_dir/<paper>/runs``."""
-    found = {}
+    found, where = {}, {}
     for path in sorted(Path(results_dir).glob("*/runs/*/*/seed*.json")):
         record = _read_json(path, "result record")
         if not isinstance(record, dict):
@@ -62,6 +79,10 @@ def collect(results_dir: Path, papers: list[str] | None = None) -> dict[str, dic
             raise UserError(f"result record {path} has no run_id")
         if "metrics" not in record:
             raise UserError(f"result record {path} has no metrics")
+        if record["run_id"] in found:
+            raise UserError(f"two result records carry run_id {record['run_id']!r}: "
+                            f"{where[record['run_id']]} and {path}")
+        where[record["run_id"]] = path
         found[record["run_id"]] = _check_metrics(record["metrics"], f"result record {path}")
     return found
 
@@ -79,6 +100,10 @@ def load_baseline(path: Path) -> dict:
     tolerance = baseline.get("tolerance", {})
     if not isinstance(tolerance, dict) or not all(_is_number(v) for v in tolerance.values()):
         raise UserError(f"baseline {path}: 'tolerance' must map metric names to numbers")
+    for name, value in tolerance.items():
+        if not _in_unit_range(value):
+            raise UserError(f"baseline {path}: tolerance of {name!r} must be a finite number "
+                            f"in [0, 1], got {value!r}")
     return baseline
 
 
@@ -86,15 +111,20 @@ def _missing(value) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
 
+def missing_runs(baseline: dict, fresh: dict[str, dict[str, float]]) -> list[str]:
+    """The baseline's run ids that have no fresh record (reported apart from regressions)."""
+    return sorted(set(baseline["runs"]) - set(fresh))
+
+
 def compare(baseline: dict, fresh: dict[str, dict[str, float]], exact: bool = False) -> list[str]:
-    """One message per regression (empty = pass). ``exact``: every metric the baseline holds
-    must be reproduced to the last digit, either way (a refactor's check: same code path,
-    same machine and thread count), not merely within the tolerance below."""
+    """One message per regression (empty = pass) among the baseline runs that have a fresh
+    record (:func:`missing_runs` lists the others). ``exact``: every metric the baseline
+    holds must be reproduced to the last digit, either way (a refactor's check: same code
+    path, same machine and thread count), not merely within the tolerance below."""
     tolerance = {**DEFAULT_TOLERANCE, **baseline.get("tolerance", {})}
     problems = []
     for run_id, expected in sorted(baseline["runs"].items()):
         if run_id not in fresh:
-            problems.append(f"{run_id}: no fresh result")
             continue
         if exact:
             problems += [f"{run_id}: {metric} {fresh[run_id].get(metric)!r} != baseline {value!r}"
@@ -117,10 +147,11 @@ def compare(baseline: dict, fresh: dict[str, dict[str, float]], exact: bool = Fa
 
 @dataclass
 class CheckResult:
-    """What :func:`check` found: regressions, runs the baseline does not know, and for an
-    update the run ids added, replaced and kept."""
+    """What :func:`check` found: regressions, baseline runs without a fresh record, runs the
+    baseline does not know, and for an update the run ids added, replaced and kept."""
 
     problems: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
     unknown: list[str] = field(default_factory=list)
     added: list[str] = field(default_factory=list)
     replaced: list[str] = field(default_factory=list)
@@ -136,6 +167,17 @@ def check(baseline_path: Path, results_dir: Path, update: bool = False,
     """Compare fresh records with the baseline (``exact``: to the last digit), or with
     ``update`` merge them into it."""
     baseline_path = Path(baseline_path)
+    if papers:
+        from nfbench.pipeline.spec import papers as known_papers
+
+        unknown = [p for p in papers if p not in known_papers()]
+        if unknown:
+            raise UserError(f"unknown paper(s) {', '.join(map(repr, unknown))}; known: "
+                            f"{', '.join(known_papers())}")
+    if update:
+        from nfbench.atomic import check_output_file
+
+        check_output_file(baseline_path, "--baseline")  # a folder, or a path under a file
     fresh = collect(results_dir, papers)
     if papers:  # a record without "paper" still belongs to the paper its run id names
         fresh = {k: v for k, v in fresh.items() if _paper_of(k) in papers}
@@ -165,11 +207,14 @@ def check(baseline_path: Path, results_dir: Path, update: bool = False,
     if papers:
         baseline["runs"] = {k: v for k, v in baseline["runs"].items() if _paper_of(k) in papers}
     result.problems = compare(baseline, fresh, exact)
+    result.missing = missing_runs(baseline, fresh)
     result.unknown = sorted(set(fresh) - set(baseline["runs"]))
     return result
 
 
 def run_check(baseline_path: Path, results_dir: Path, update: bool = False,
               papers: list[str] | None = None) -> list[str]:
-    """Compare (or, with ``update``, merge into the baseline); returns the regressions."""
-    return check(baseline_path, results_dir, update, papers).problems
+    """Compare (or, with ``update``, merge into the baseline); returns the regressions and
+    the missing records (each ``<run_id>: no fresh result``)."""
+    result = check(baseline_path, results_dir, update, papers)
+    return result.problems + [f"{run_id}: no fresh result" for run_id in result.missing]

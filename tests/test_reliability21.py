@@ -1,0 +1,112 @@
+"""Issue 21: checks that pass on typos, full disks, hostile params and config files, odd
+records and datasets: each is one line (or its own exit status), before any work.
+
+Each test names the guarantee of docs/reliability.md ("Round two") it proves.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nfbench.cli import main
+from nfbench.errors import UserError
+
+
+def _record(results: Path, run_id: str, name: str | None = None, **metrics) -> Path:
+    paper, variant, category, seed = run_id.split("/")
+    path = results / paper / "runs" / variant / category / f"{name or seed}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"paper": paper, "run_id": run_id, "metrics": metrics}))
+    return path
+
+
+def _one_error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+# --------------------------------------------------------------------------------------------
+# item 4 (and issue 20 item 4): nfbench check
+
+
+def test_check_refuses_an_unknown_paper(tmp_path, capsys):
+    _record(tmp_path / "r", "csflow/full/brick/seed0", image_auroc=0.9)
+    baseline = tmp_path / "b.json"
+    baseline.write_text(json.dumps({"runs": {"csflow/full/brick/seed0": {"image_auroc": 0.9}}}))
+    assert main(["check", "--baseline", str(baseline), "--results", str(tmp_path / "r"),
+                 "--paper", "csflwo"]) == 2
+    assert "unknown paper(s) 'csflwo'" in _one_error_line(capsys)
+
+
+def test_check_refuses_two_records_with_one_run_id(tmp_path, capsys):
+    _record(tmp_path / "r", "csflow/full/brick/seed0", image_auroc=0.9)
+    _record(tmp_path / "r", "csflow/full/brick/seed0", name="seed1", image_auroc=0.5)
+    baseline = tmp_path / "b.json"
+    for extra in ([], ["--exact"], ["--update"]):
+        assert main(["check", "--baseline", str(baseline), "--results", str(tmp_path / "r"),
+                     *extra]) == 2
+        assert "two result records carry run_id" in _one_error_line(capsys)
+    assert not baseline.exists()
+
+
+@pytest.mark.parametrize("tolerance", ["NaN", "-0.1", "1e300", "Infinity"])
+def test_check_refuses_a_bad_tolerance(tolerance, tmp_path, capsys):
+    _record(tmp_path / "r", "csflow/full/brick/seed0", image_auroc=0.9)
+    baseline = tmp_path / "b.json"
+    baseline.write_text('{"runs": {"csflow/full/brick/seed0": {"image_auroc": 0.9}}, '
+                        f'"tolerance": {{"image_auroc": {tolerance}}}}}')
+    assert main(["check", "--baseline", str(baseline), "--results", str(tmp_path / "r")]) == 2
+    assert "tolerance of 'image_auroc' must be a finite number in [0, 1]" in \
+        _one_error_line(capsys)
+
+
+@pytest.mark.parametrize("value", ["Infinity", "NaN", "-0.5", "7"])
+def test_check_refuses_a_non_finite_or_out_of_range_metric(value, tmp_path, capsys):
+    record = _record(tmp_path / "r", "csflow/full/brick/seed0", image_auroc=0.9)
+    record.write_text(record.read_text().replace("0.9", value))
+    baseline = tmp_path / "b.json"
+    assert main(["check", "--baseline", str(baseline), "--results", str(tmp_path / "r"),
+                 "--update"]) == 2
+    assert "must be a finite number in [0, 1]" in _one_error_line(capsys)
+    assert not baseline.exists()  # --update wrote no Infinity
+
+
+def test_check_reports_missing_records_apart_with_exit_3(tmp_path, capsys):
+    results = tmp_path / "r"
+    _record(results, "csflow/full/brick/seed0", image_auroc=0.9)
+    baseline = tmp_path / "b.json"
+    baseline.write_text(json.dumps({"runs": {"csflow/full/brick/seed0": {"image_auroc": 0.9},
+                                             "csflow/full/logo/seed0": {"image_auroc": 0.8}}}))
+    assert main(["check", "--baseline", str(baseline), "--results", str(results)]) == 3
+    err = capsys.readouterr().err
+    assert "MISSING csflow/full/logo/seed0" in err and "REGRESSION" not in err
+    _record(results, "csflow/full/brick/seed0", image_auroc=0.5)  # now a regression too
+    assert main(["check", "--baseline", str(baseline), "--results", str(results)]) == 1
+    err = capsys.readouterr().err
+    assert "REGRESSION csflow/full/brick/seed0" in err and "MISSING csflow/full/logo" in err
+
+
+def test_check_update_baseline_that_is_a_folder_or_under_a_file(tmp_path, capsys):
+    _record(tmp_path / "r", "csflow/full/brick/seed0", image_auroc=0.9)
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "file").write_text("x")
+    for target in (tmp_path / "folder", tmp_path / "file" / "b.json"):
+        assert main(["check", "--baseline", str(target), "--results", str(tmp_path / "r"),
+                     "--update"]) == 2
+        assert "--baseline" in _one_error_line(capsys)
+
+
+def test_deeply_nested_baseline_is_one_line(tmp_path, capsys):
+    _record(tmp_path / "r", "csflow/full/brick/seed0", image_auroc=0.9)
+    baseline = tmp_path / "b.json"
+    baseline.write_text("[" * 100_000 + "]" * 100_000)
+    assert main(["check", "--baseline", str(baseline), "--results", str(tmp_path / "r")]) == 2
+    assert "nested too deeply" in _one_error_line(capsys)
