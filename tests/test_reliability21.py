@@ -110,3 +110,83 @@ def test_deeply_nested_baseline_is_one_line(tmp_path, capsys):
     baseline.write_text("[" * 100_000 + "]" * 100_000)
     assert main(["check", "--baseline", str(baseline), "--results", str(tmp_path / "r")]) == 2
     assert "nested too deeply" in _one_error_line(capsys)
+
+
+# --------------------------------------------------------------------------------------------
+# items 5 and 9: params.yaml and --config files, type-checked before any work
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    """A project folder (its own params.yaml; the repository's benchmarks/) as the CWD."""
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    (tmp_path / "benchmarks").symlink_to(ROOT / "benchmarks")
+    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def _edit_params(project: Path, edit) -> None:
+    import yaml
+
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    edit(params)
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda p: p["csflow"]["demo"].update(seeds="abc"), "csflow.demo.seeds: expected a non-empty list"),
+    (lambda p: p["csflow"]["demo"].update(seeds=[0, "x"]), "csflow.demo.seeds[1]: expected an integer"),
+    (lambda p: p["csflow"]["demo"].update(datasets=5), "csflow.demo.datasets: expected a mapping"),
+    (lambda p: p["csflow"]["demo"]["datasets"]["mvtec_ad"].update(categories=5),
+     "csflow.demo.datasets.mvtec_ad.categories: expected 'all' or a list"),
+    (lambda p: p.update(profile=[1]), "profile: expected a non-empty string"),
+])
+def test_params_of_a_wrong_type_are_one_line_naming_file_and_key(edit, message, project, capsys):
+    _edit_params(project, edit)
+    assert main(["plan"]) == 2
+    line = _one_error_line(capsys)
+    assert "params.yaml" in line and message in line
+
+
+@pytest.mark.parametrize("text, message", [
+    ("csflow: [\n", "not valid YAML"),
+    ("", "is empty"),
+    ("profile: !!python/object/apply:os.system ['echo hi']\n", "python/object/apply"),
+])
+def test_broken_params_file_is_one_line(text, message, project, capsys):
+    (project / "params.yaml").write_text(text)
+    assert main(["plan"]) == 2
+    line = _one_error_line(capsys)
+    assert "params.yaml" in line and message in line
+
+
+@pytest.mark.parametrize("text, message", [
+    ("method: gaussian\ndataset: demo\nsettings: [\n", "not valid YAML"),
+    ("method: gaussian\ndataset: demo\nsettings: 5\n", "settings: expected a mapping"),
+    ("method: gaussian\ndataset: demo\nseed: abc\n", "seed: expected an integer"),
+    ("method: gaussian\ndataset: demo\nshots: abc\n", "shots: expected an integer"),
+    ("method: gaussian\ndataset: demo\nroot: [1]\n", "root: expected a non-empty string"),
+    ("method: gaussian\ndataset: demo\njoint: 'no'\n", "joint: expected true or false"),
+    ("method: !!python/object/apply:os.system ['echo hi']\n", "python/object/apply"),
+])
+def test_config_file_fields_are_type_checked(text, message, tmp_path, capsys):
+    config = tmp_path / "run.yaml"
+    config.write_text(text)
+    assert main(["run", "--config", str(config), "--print-config"]) == 2
+    line = _one_error_line(capsys)
+    assert str(config) in line and message in line
+
+
+@pytest.mark.parametrize("method, pair, message", [
+    ("csflow", "input_size=60000", "input_size must be in [32, 2048]"),
+    ("cflow", "category_settings=5", "category_settings must be a mapping"),
+    ("cflow", "category_settings={brick: 5}", "category_settings['brick'] must be a mapping"),
+    ("cflow", "category_settings={brick: {lrr: 1}}", "invalid key(s) lrr"),
+])
+def test_bad_settings_are_refused_at_resolve_time(method, pair, message, capsys):
+    assert main(["run", "--method", method, "--dataset", "demo", "--set", pair,
+                 "--print-config"]) == 2
+    assert message in _one_error_line(capsys)

@@ -205,6 +205,8 @@ RANGE_RULES: tuple[tuple[str, tuple[float, float, str]], ...] = (
     (r"(^|_)sigma$|(^|_)grad_clip$|width_scale$", (0, _INF, "()")),
     (r"(warm|freeze)_epochs$|_index$|_exponent$", (0, _INF, "[)")),
     (r"(^|_)crop_size$", (0, _INF, "[)")),  # 0: no crop
+    # a sane image side: refused before a 60000 px input allocates tens of GB
+    (r"(^|_)input_size$", (32, 2048, "[]")),
 )
 """Ranges by field name, first match wins. Every other integer (counts and sizes: epochs,
 batch_size, hidden, input_size, n_*) must be >= 1, every float finite. A field declares its own
@@ -273,6 +275,8 @@ def validate_config(config: Any) -> Any:
             raise UserError(f"{f.name} must be true or false, got {value!r}")
         elif annotation == "str" and not isinstance(value, str):
             raise UserError(f"{f.name} must be a string, got {value!r}")
+        elif annotation.startswith("dict") and not isinstance(value, dict):
+            raise UserError(f"{f.name} must be a mapping, got {value!r}")
         elif annotation.startswith("tuple[") and annotation.rstrip("]").split("[", 1)[1]:
             kinds = annotation[len("tuple["):-1].split(",")
             if not isinstance(value, tuple):

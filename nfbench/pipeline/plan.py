@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 from nfbench.errors import UserError
 from nfbench.paths import project_root
@@ -41,11 +40,14 @@ def active_profile(params: dict[str, Any], requested: str | None = None) -> str:
 
 
 def load_params(path: Path | None = None) -> dict[str, Any]:
-    """``params.yaml`` at the project top (or ``path``)."""
+    """``params.yaml`` at the project top (or ``path``), type-checked before any work
+    (:mod:`nfbench.pipeline.params_validation`)."""
+    from nfbench.pipeline.params_validation import read_yaml, validate_params
+
     path = Path(path) if path is not None else project_root() / "params.yaml"
     if not path.is_file():
         raise UserError(f"no parameters file {path}")
-    return yaml.safe_load(path.read_text())
+    return validate_params(read_yaml(path, "parameters file"), path)
 
 
 def project_params() -> dict[str, Any]:

@@ -43,9 +43,9 @@ def resolve_run_args(args: argparse.Namespace) -> dict[str, Any]:
     if args.config is not None:
         if not Path(args.config).is_file():
             raise UserError(f"no config file {args.config}")
-        loaded = yaml.safe_load(Path(args.config).read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise UserError(f"{args.config}: expected a mapping (from --print-config)")
+        from nfbench.pipeline.params_validation import read_yaml, validate_run_config
+
+        loaded = validate_run_config(read_yaml(args.config, "config file"), args.config)
     for name in RUN_FIELDS:
         given = getattr(args, name, None)  # `is`, not `in`: --seed 0 is a value (0 == False)
         if (given is None or given is False) and loaded.get(name) is not None:

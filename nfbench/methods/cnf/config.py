@@ -71,6 +71,15 @@ class CNFMethodConfig(CNFSettings):
     def check(self) -> None:
         """The checks beyond types and ranges; a method's config extends them."""
         check_choice("normalization", self.normalization, NORMALIZATIONS)
+        fields = {f.name for f in dataclasses.fields(self)} - {"category_settings", "input_size"}
+        for category, overrides in self.category_settings.items():
+            if not isinstance(overrides, dict):  # found here, at resolve time, not at fit
+                raise UserError(f"category_settings[{category!r}] must be a mapping of "
+                                f"settings, got {overrides!r}")
+            bad = sorted(set(overrides) - fields)
+            if bad:
+                raise UserError(f"category_settings[{category!r}] has invalid key(s) "
+                                f"{', '.join(map(str, bad))}")
         check_choice("padding", self.padding, PADDINGS)
         if self.condition_dim % 4:
             raise UserError(f"condition_dim must be a multiple of 4, got {self.condition_dim}")
