@@ -119,6 +119,12 @@ def save_atomic(obj, path: Path) -> None:
         raise UserError(f"cannot write to the cache folder {Path(path).parent}: "
                         f"{exc.strerror or exc}; make it writable or set NFBENCH_CACHE to "
                         "another folder") from None
+    except RuntimeError as exc:  # torch.save's writer reports a failed write (ENOSPC) so
+        if "write" not in str(exc).lower():
+            raise
+        raise UserError(f"cannot write to the cache folder {Path(path).parent}: "
+                        f"{str(exc).splitlines()[0]} (is the disk full?); free space or set "
+                        "NFBENCH_CACHE to another folder") from None
 
 
 ENTRY_FORMAT = "nfbench-entry-1"

@@ -190,3 +190,79 @@ def test_bad_settings_are_refused_at_resolve_time(method, pair, message, capsys)
     assert main(["run", "--method", method, "--dataset", "demo", "--set", pair,
                  "--print-config"]) == 2
     assert message in _one_error_line(capsys)
+
+
+# --------------------------------------------------------------------------------------------
+# item 6: a full disk is one line, and a finished result is kept elsewhere
+
+
+def _enospc(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+@pytest.fixture
+def rescue_dir(tmp_path, monkeypatch):
+    import tempfile
+
+    folder = tmp_path / "tmpdir"
+    folder.mkdir()
+    monkeypatch.setattr(tempfile, "gettempdir", lambda: str(folder))
+    return folder / "nfbench-rescued"
+
+
+def test_full_disk_at_out_keeps_the_finished_record(tmp_path, rescue_dir, monkeypatch, capsys):
+    from nfbench.pipeline import experiment
+
+    record = {"method": "gaussian", "category": "brick", "metrics": {
+        "image_auroc": 0.75, "pixel_auroc": 0.5, "aupro": 0.25}}
+    monkeypatch.setattr(experiment, "run_experiment", lambda *a, **k: dict(record))
+    monkeypatch.setattr(experiment, "write_text_atomic", _enospc)
+    out = tmp_path / "out" / "r.json"
+    assert main(["run", "--method", "gaussian", "--dataset", "demo", "--category", "brick",
+                 "--out", str(out)]) == 2
+    line = _one_error_line(capsys)
+    assert "No space left on device" in line and "the finished result was saved to" in line
+    rescued = list(rescue_dir.glob("*-r.json"))
+    assert len(rescued) == 1 and str(rescued[0]) in line
+    assert json.loads(rescued[0].read_text())["metrics"]["image_auroc"] == 0.75
+    assert not out.exists()
+
+
+def test_full_disk_at_results_keeps_the_record_and_leaves_nothing(tmp_path, rescue_dir,
+                                                                  monkeypatch):
+    from nfbench.pipeline import runner
+    from nfbench.pipeline.plan import Run
+
+    def full(examples, path):
+        from nfbench.atomic import atomic_path
+
+        with atomic_path(path, suffix=".npz") as tmp:
+            tmp.write_bytes(b"half")
+            _enospc()
+
+    monkeypatch.setattr(runner, "write_examples", full)
+    run = Run(paper="csflow", method="csflow", variant="full", dataset="demo",
+              category="brick", seed=0, profile="demo")
+    with pytest.raises(UserError, match="No space left on device; the finished result was "
+                                        "saved to .*nfbench-rescued"):
+        runner.store({"run_id": run.run_id, "metrics": {"image_auroc": 0.5}}, {},
+                     tmp_path / "results", run)
+    assert [p for p in (tmp_path / "results").rglob("*") if p.is_file()] == []
+    assert len(list(rescue_dir.glob("*seed0.json"))) == 1
+
+
+def test_full_feature_cache_is_one_line(tmp_path, monkeypatch):
+    import torch
+
+    from nfbench import feature_cache
+
+    def full(obj, path):
+        Path(path).write_bytes(b"half")
+        raise RuntimeError("[enforce fail at inline_container.cc:626] . PytorchStreamWriter "
+                           "failed writing file data/0: file write failed")
+
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(UserError, match="cannot write to the cache folder .*file write failed "
+                                        r"\(is the disk full\?\)"):
+        feature_cache.save_atomic({"x": torch.zeros(2)}, tmp_path / "cache" / "e.pt")
+    assert list((tmp_path / "cache").iterdir()) == []

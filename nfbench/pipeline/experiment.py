@@ -249,10 +249,21 @@ def _mark_undefined(record: dict[str, Any]) -> None:
 
 
 def write_record(record: dict[str, Any], path: Path) -> None:
-    """Write a record as JSON atomically (temporary file, then rename)."""
-    text = json.dumps(_finite_or_none(record), indent=2, default=_json_default,
+    """Write a record as JSON atomically (temporary file, then rename); where that fails
+    (full disk), the record is rescued and the error line says where (:mod:`nfbench.rescue`)."""
+    text = record_json(record)
+    try:
+        write_text_atomic(path, text)
+    except OSError as exc:  # a full disk after hours of training: keep the result elsewhere
+        from nfbench.rescue import unwritable
+
+        raise unwritable("the record", path, exc, text) from None
+
+
+def record_json(record: dict[str, Any]) -> str:
+    """A record's strict-JSON text (non-finite floats as ``null``), as it is written."""
+    return json.dumps(_finite_or_none(record), indent=2, default=_json_default,
                       allow_nan=False) + "\n"
-    write_text_atomic(path, text)
 
 
 def _finite_or_none(value: Any) -> Any:

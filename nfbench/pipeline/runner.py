@@ -86,7 +86,14 @@ def compute(run: Run) -> tuple[dict, dict]:
 def store(record: dict, examples: dict, results_dir: Path, run: Run) -> Path:
     """Write a run's figure material, then its record (the record last: it marks the run done)."""
     path = Path(results_dir) / run.record_path
-    write_examples(examples, path.with_suffix(".npz"))
+    try:
+        write_examples(examples, path.with_suffix(".npz"))
+    except OSError as exc:  # full disk: the record (the numbers) is rescued, not lost
+        from nfbench.pipeline.experiment import record_json
+        from nfbench.rescue import unwritable
+
+        raise unwritable("the figure material", path.with_suffix(".npz"), exc,
+                         record_json(record), rescue_as=path) from None
     write_record(record, path)
     return path
 
