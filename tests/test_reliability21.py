@@ -266,3 +266,44 @@ def test_full_feature_cache_is_one_line(tmp_path, monkeypatch):
                                         r"\(is the disk full\?\)"):
         feature_cache.save_atomic({"x": torch.zeros(2)}, tmp_path / "cache" / "e.pt")
     assert list((tmp_path / "cache").iterdir()) == []
+
+
+# --------------------------------------------------------------------------------------------
+# item 3: a truncated .npz beside a record is remade, and never breaks a report
+
+
+def _stored_run(results: Path, monkeypatch):
+    from nfbench.pipeline import identity
+    from nfbench.pipeline.experiment import write_examples, write_record
+    from nfbench.pipeline.plan import Run
+
+    monkeypatch.setattr(identity, "run_identity", lambda run: {"digest": "same"})
+    run = Run(paper="csflow", method="csflow", variant="full", dataset="demo",
+              category="brick", seed=0, profile="demo")
+    path = results / run.record_path
+    write_examples({"labels": np.arange(4), "image_scores": np.linspace(0, 1, 4000)},
+                   path.with_suffix(".npz"))
+    write_record({"run_id": run.run_id, "identity": {"digest": "same"}}, path)
+    return run, path.with_suffix(".npz")
+
+
+def test_truncated_npz_beside_a_record_is_remade(tmp_path, monkeypatch):
+    from nfbench.pipeline.runner import pending
+
+    run, npz = _stored_run(tmp_path, monkeypatch)
+    assert pending([run], tmp_path) == []  # whole: skipped
+    npz.write_bytes(npz.read_bytes()[: npz.stat().st_size // 2])
+    assert pending([run], tmp_path) == [run]
+
+
+def test_damaged_or_pickled_npz_is_one_line(tmp_path, monkeypatch):
+    from nfbench.pipeline.experiment import read_examples
+
+    run, npz = _stored_run(tmp_path, monkeypatch)
+    assert set(read_examples(npz)) == {"labels", "image_scores"}
+    npz.write_bytes(npz.read_bytes()[:100])
+    with pytest.raises(UserError, match="damaged or truncated"):
+        read_examples(npz)
+    np.savez(npz, objects=np.array([{"a": 1}, None], dtype=object))
+    with pytest.raises(UserError, match="pickled object array"):
+        read_examples(npz)

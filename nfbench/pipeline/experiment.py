@@ -283,6 +283,38 @@ def write_examples(examples: dict[str, np.ndarray], path: Path) -> None:
         np.savez_compressed(tmp, **examples)
 
 
+def read_examples(path: Path) -> dict[str, np.ndarray]:
+    """A run's figure material, every array loaded (plain arrays only: a pickled object
+    array is refused); a damaged or truncated file is one :class:`UserError` naming it and
+    the fix (``nfbench bench`` remakes a run whose ``.npz`` is not whole)."""
+    import zipfile
+
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {name: data[name] for name in data.files}
+    except ValueError as exc:
+        if "allow_pickle" in str(exc):
+            raise UserError(f"figure material {path} holds a pickled object array; only plain "
+                            "arrays are read (remove it and rerun the bench)") from None
+        raise UserError(f"figure material {path} is damaged ({exc}); remove it and rerun "
+                        "the bench") from None
+    except (OSError, EOFError, zipfile.BadZipFile, KeyError) as exc:
+        raise UserError(f"figure material {path} is damaged or truncated "
+                        f"({getattr(exc, 'strerror', None) or exc}); rerun the bench, which "
+                        "remakes it") from None
+
+
+def examples_whole(path: Path) -> bool:
+    """Whether ``path`` is a whole ``.npz`` (every member present, its checksum right)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.testzip() is None
+    except (OSError, zipfile.BadZipFile, EOFError, ValueError):
+        return False
+
+
 def _json_default(value: Any) -> Any:
     if isinstance(value, (np.floating, np.integer)):
         return value.item()

@@ -105,13 +105,17 @@ def run_one(run: Run, results_dir: Path) -> Path:
 
 
 def pending(runs: list[Run], results_dir: Path, force: bool = False) -> list[Run]:
-    """The runs whose record is missing or has another identity (all with ``force``)."""
+    """The runs whose record is missing, has another identity or lacks whole figure
+    material (all with ``force``)."""
+    from nfbench.pipeline.experiment import examples_whole
     from nfbench.pipeline.identity import run_identity, stored_identity
 
     if force:
         return list(runs)
+    # a record is kept only beside whole figure material (a truncated .npz is remade)
     return [run for run in runs
-            if stored_identity(Path(results_dir) / run.record_path) != run_identity(run)["digest"]]
+            if stored_identity(Path(results_dir) / run.record_path) != run_identity(run)["digest"]
+            or not examples_whole((Path(results_dir) / run.record_path).with_suffix(".npz"))]
 
 
 def _summary(path: Path) -> str:

@@ -134,11 +134,13 @@ def defect_fraction(results_dir: Path, runs: list[Run], category: str) -> float:
             continue
         path = Path(results_dir) / run.record_path.with_suffix(".npz")
         if path.is_file():
-            with np.load(path) as e:
-                if "pixel_hist_defect" in e:
-                    defect = float(np.sum(e["pixel_hist_defect"]))
-                    total = defect + float(np.sum(e["pixel_hist_normal"]))
-                    return defect / total if total else float("nan")
+            from nfbench.pipeline.experiment import read_examples
+
+            e = read_examples(path)
+            if "pixel_hist_defect" in e:
+                defect = float(np.sum(e["pixel_hist_defect"]))
+                total = defect + float(np.sum(e["pixel_hist_normal"]))
+                return defect / total if total else float("nan")
     return float("nan")
 
 

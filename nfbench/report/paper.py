@@ -82,7 +82,9 @@ def write_report(paper: str, profile: str, params: dict, results_dir: Path,
                        if frame["published"].notna().any() else "reproduced")
             out += [f"![{table.title}: {caption}](figures/{png.name})", ""]
 
-    examples = {r.category: np.load(results_dir / r.record_path.with_suffix(".npz"))
+    from nfbench.pipeline.experiment import read_examples
+
+    examples = {r.category: read_examples(results_dir / r.record_path.with_suffix(".npz"))
                 for r in runs if r.variant == main and r.seed == runs[0].seed}
     if examples:
         maps_png, roc_png = figures_dir / f"{paper}_maps.png", figures_dir / f"{paper}_roc.png"
