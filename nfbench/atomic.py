@@ -59,20 +59,18 @@ def write_text_atomic(path: Path | str, text: str) -> None:
 def check_output_file(path: Path | str, what: str = "--out") -> None:
     """Refuse, before any work, an output path that cannot be written: a directory, a path
     under a file, or a folder where no file can be created (read-only, no permission).
-    Creates the missing parent folders (they would be created for the write anyway)."""
+    Creates nothing: missing parent folders are made by the write itself, so a later error
+    leaves no empty folders behind (the probe is made in the nearest existing one)."""
     from nfbench.errors import UserError
 
     path = Path(path)
     if path.is_dir():
         raise UserError(f"{what} {path} is a directory; give a file name")
-    for parent in path.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise UserError(f"{what} {path} cannot be created: {parent} is a file")
-            break
+    existing = next((p for p in path.absolute().parents if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise UserError(f"{what} {path} cannot be created: {existing} is a file")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, probe = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".probe")
+        handle, probe = tempfile.mkstemp(dir=existing, prefix=f".{path.name}.", suffix=".probe")
         os.close(handle)
         os.remove(probe)
     except OSError as exc:

@@ -37,7 +37,8 @@ def cmd_data_verify(args: argparse.Namespace) -> None:
     from nfbench.datasets.base import verify_files
     from nfbench.errors import DatasetLayoutError
 
-    table = load_table(args.name, args.root, args.category and [args.category])
+    table = load_table(args.name, args.root, args.category and [args.category],
+                       check_files=False)  # verify_files lists every unreadable file
     problems = verify_files(table)
     for problem in problems:
         print(f"unreadable: {problem}", file=sys.stderr)
@@ -144,6 +145,8 @@ def cmd_plan(args: argparse.Namespace) -> None:
 
     params = load_params()
     papers = pipeline_papers(params, args.paper)
+    if args.gpus is not None and args.gpus < 1:
+        raise UserError(f"--gpus must be at least 1, got {args.gpus}")
     if args.gpus is not None or args.cost:
         from nfbench.pipeline.cost import plan_table
 
@@ -249,6 +252,9 @@ def cmd_results(args: argparse.Namespace) -> None:
     from nfbench.atomic import check_output_file
     from nfbench.pipeline import results
 
+    from nfbench.pipeline.check import known_papers_only
+
+    known_papers_only(args.paper)  # `--paper nope` is an error, not a header-only CSV
     if args.csv:
         check_output_file(args.csv, "--csv")  # before reading every record
     frame = results.load(args.results, args.paper)

@@ -208,7 +208,10 @@ def test_fetch_tar_gz_verifies_extracts_and_keeps_archive(server, tmp_path, caps
     assert cached.read_bytes() == data  # kept for resume / offline rebuild
     assert not cached.with_name("ds.tar.gz.part").exists()
     assert leftovers(root.parent) == []
-    assert capsys.readouterr().err.count("LICENCE: be nice") == 1
+    err = capsys.readouterr().err
+    assert err.count("LICENCE: be nice") == 1
+    # issue 21 item 12: where the archives are kept is said even without progress (--quiet)
+    assert f"archives kept in {cached.parent}" in err
 
 
 def test_fetch_zip_with_inner_root(server, tmp_path):
@@ -389,6 +392,7 @@ def test_checksum_mismatch_raises_and_deletes(server, tmp_path):
     assert url in message and wrong in message and sha(data) in message
     assert not dest.exists()
     assert not (tmp_path / "f.bin.part").exists()
+    assert not (tmp_path / "f.bin.part.validators.json").exists()  # issue 21 item 12
 
 
 def test_http_404_raises(server, tmp_path):

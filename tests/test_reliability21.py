@@ -307,3 +307,107 @@ def test_damaged_or_pickled_npz_is_one_line(tmp_path, monkeypatch):
     np.savez(npz, objects=np.array([{"a": 1}, None], dtype=object))
     with pytest.raises(UserError, match="pickled object array"):
         read_examples(npz)
+
+
+# --------------------------------------------------------------------------------------------
+# item 10: records, baselines, results folders
+
+
+def test_random_bytes_as_a_record_are_one_line(tmp_path, capsys):
+    path = tmp_path / "r" / "csflow" / "runs" / "full" / "brick" / "seed0.json"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(np.random.default_rng(0).integers(0, 256, 300, dtype=np.uint8).tobytes())
+    assert main(["results", "--results", str(tmp_path / "r")]) == 2
+    assert f"{path}: not a run record" in _one_error_line(capsys)
+
+
+def test_report_before_any_record_or_table_is_one_line(tmp_path, capsys):
+    reports = tmp_path / "reports"
+    assert main(["report", "--paper", "csflow", "--profile", "smoke", "--results",
+                 str(tmp_path / "empty"), "--reports", str(reports)]) == 2
+    assert "no result record for" in _one_error_line(capsys)
+    assert not reports.exists()
+
+
+def test_results_folder_that_is_a_file_is_refused_before_the_first_run(tmp_path, capsys,
+                                                                       monkeypatch):
+    from nfbench.pipeline import runner
+
+    monkeypatch.setattr(runner, "run_one", lambda *a: pytest.fail("ran"))
+    (tmp_path / "afile").write_text("x")
+    for results in (tmp_path / "afile", tmp_path / "afile" / "sub"):
+        assert main(["bench", "--paper", "csflow", "--profile", "smoke", "--variant",
+                     "baseline_gaussian", "--results", str(results)]) == 2
+        assert "is a file" in _one_error_line(capsys)
+
+
+def test_peers_folder_that_is_a_symlink_is_one_line_and_kept(tmp_path, capsys):
+    results = tmp_path / "r"
+    results.mkdir()
+    target = tmp_path / "elsewhere"
+    target.mkdir()
+    (target / "keep.txt").write_text("x")
+    (results / "peers").symlink_to(target)
+    assert main(["peers", "--results", str(results), "--profile", "smoke"]) == 2
+    assert "is a symbolic link" in _one_error_line(capsys)
+    assert (target / "keep.txt").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# item 11: a folder dataset's odd files are one line before any digest
+
+
+@pytest.mark.parametrize("how", ["loop", "folder"])
+def test_odd_training_image_of_a_folder_dataset_is_one_line(how, tiny_demo, tmp_path, capsys):
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(tiny_demo / "brick", root / "brick")
+    image = sorted((root / "brick" / "train" / "good").iterdir())[0]
+    image.unlink()
+    if how == "loop":
+        image.symlink_to(image)
+    else:
+        image.symlink_to(tmp_path)
+    out = tmp_path / "r.json"
+    assert main(["run", "--method", "gaussian", "--dataset", "folder", "--root", str(root),
+                 "--category", "brick", "--out", str(out)]) == 2
+    assert f"cannot read image {image}" in _one_error_line(capsys)
+    from nfbench.datasets import load_table
+    from nfbench.pipeline.identity import dataset_fingerprint
+
+    with pytest.raises(UserError, match="cannot read image"):
+        dataset_fingerprint("folder", str(root), "brick")
+    assert len(load_table("folder", root, check_files=False))  # verify still lists them all
+
+
+# --------------------------------------------------------------------------------------------
+# item 12: the small ones
+
+
+def test_bench_seed_outside_the_plan_is_an_error(capsys):
+    assert main(["bench", "--paper", "csflow", "--profile", "smoke", "--seed", "7"]) == 2
+    assert "no run of seed 7; planned: 0" in _one_error_line(capsys)
+
+
+def test_results_of_an_unknown_paper_is_an_error(tmp_path, capsys):
+    out = tmp_path / "runs.csv"
+    assert main(["results", "--paper", "nope", "--csv", str(out)]) == 2
+    assert "unknown paper(s) 'nope'" in _one_error_line(capsys)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("gpus", ["0", "-1"])
+def test_plan_with_no_gpus_is_an_error(gpus, capsys):
+    assert main(["plan", "--gpus", gpus]) == 2
+    assert "--gpus must be at least 1" in _one_error_line(capsys)
+
+
+def test_one_line_error_leaves_no_empty_parent_folders(tmp_path, capsys):
+    out = tmp_path / "new" / "deeper" / "r.json"
+    assert main(["run", "--method", "nope", "--dataset", "demo", "--out", str(out)]) == 2
+    _one_error_line(capsys)
+    assert main(["run", "--method", "gaussian", "--dataset", "demo", "--set", "lr=1",
+                 "--out", str(out)]) == 2
+    _one_error_line(capsys)
+    assert list(tmp_path.iterdir()) == []

@@ -78,13 +78,22 @@ def categories_of(name: str, root: Path | None = None) -> tuple[str, ...]:
 
 
 def load_table(name: str, root: Path | None = None,
-               categories: Sequence[str] | None = None) -> pd.DataFrame:
-    """The validated sample table of dataset ``name`` at ``root`` (default location if None)."""
+               categories: Sequence[str] | None = None,
+               check_files: bool = True) -> pd.DataFrame:
+    """The validated sample table of dataset ``name`` at ``root`` (default location if None).
+    ``check_files``: every image and mask must be a readable regular file (one
+    :class:`DatasetLayoutError` naming the first that is not, before any digest or run reads
+    it; ``data verify`` lists them all instead)."""
     spec = get_dataset(name)
     if name == "folder" and root is None:
         raise UserError("the 'folder' dataset needs --root DIR (a folder in MVTec AD layout)")
     root = Path(root) if root is not None else default_dataset_root(name)
-    return spec.loader(root, categories)
+    table = spec.loader(root, categories)
+    if check_files:
+        from nfbench.datasets.base import check_files_present
+
+        check_files_present(table)
+    return table
 
 
 def image_sets(table: pd.DataFrame, category: str, size: int) -> tuple[ImageSet, ImageSet]:

@@ -10,6 +10,8 @@ a content fingerprint that keys the feature cache.
 from __future__ import annotations
 
 import hashlib
+import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -90,6 +92,25 @@ def mask_size_problem(mask_path: str | Path, image_path: str | Path,
         return None
     return (f"mask {mask_path} is {mask_size[0]}x{mask_size[1]} but its image {image_path} "
             f"is {size[0]}x{size[1]}")
+
+
+def check_files_present(table: pd.DataFrame) -> None:
+    """Every image and mask of ``table`` is a regular file this process may read: a symlink
+    loop, a link to a folder, a folder or a file without read permission is one
+    :class:`DatasetLayoutError` naming it (one ``stat`` per file; no file is opened)."""
+    for column, what in (("path", "image"), ("mask_path", "mask")):
+        for path in table[column]:
+            if not isinstance(path, (str, Path)):
+                continue  # no mask (a normal image)
+            try:
+                mode = os.stat(path).st_mode  # follows links: a loop fails here (ELOOP)
+            except OSError as exc:
+                raise DatasetLayoutError(f"cannot read {what} {path}: "
+                                         f"{exc.strerror or exc}") from None
+            if not stat.S_ISREG(mode):
+                raise DatasetLayoutError(f"cannot read {what} {path}: not a regular file")
+            if not os.access(path, os.R_OK):
+                raise DatasetLayoutError(f"cannot read {what} {path}: permission denied")
 
 
 def verify_files(table: pd.DataFrame) -> list[str]:

@@ -262,6 +262,7 @@ def download_and_hash(url: str, dest: Path, sha256: str | None, *, expected_size
     actual = sha256_of(part)
     if sha256 is not None and actual != sha256:
         part.unlink()
+        _validators_path(part).unlink(missing_ok=True)  # nothing of the bad transfer stays
         raise DownloadError(f"checksum mismatch for {url}: expected sha256 {sha256}, got {actual}; "
                             "the corrupt file was deleted, run again to download it afresh")
     os.replace(part, dest)

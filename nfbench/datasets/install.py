@@ -157,8 +157,8 @@ def fetch(archives: list[Archive], root: Path, *, notice: str | None = None,
             _install(tree, root)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-    if progress:
-        print(f"archives kept in {cache} (delete to free space)", file=sys.stderr)
+    # said even with --quiet: the archives take as much space as the dataset
+    print(f"archives kept in {cache} (delete to free space)", file=sys.stderr)
     return True
 
 

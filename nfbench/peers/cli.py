@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from nfbench.errors import UserError
 from nfbench.peers import CONFIGS, METHODS
 
 
@@ -46,6 +47,9 @@ def cmd_peers(args: argparse.Namespace) -> None:
     params = load_params()
     profile = active_profile(params, args.profile)
     out = Path(args.results) / "peers"
+    if out.is_symlink() or (out.exists() and not out.is_dir()):  # never follow it to delete
+        raise UserError(f"{out} is a {'symbolic link' if out.is_symlink() else 'file'}; the "
+                        "peers stage owns that folder: remove it or give another --results")
     if out.exists():  # the stage's output is the whole folder: no stale records
         shutil.rmtree(out)
     start = time.perf_counter()

@@ -158,6 +158,17 @@ class CheckResult:
     kept: list[str] = field(default_factory=list)
 
 
+def known_papers_only(papers: list[str] | None) -> None:
+    """Refuse a ``--paper`` filter naming no paper of ``benchmarks/`` (a typo would filter
+    every run away and report nothing wrong)."""
+    from nfbench.pipeline.spec import papers as known_papers
+
+    unknown = [p for p in papers or [] if p not in known_papers()]
+    if unknown:
+        raise UserError(f"unknown paper(s) {', '.join(map(repr, unknown))}; known: "
+                        f"{', '.join(known_papers())}")
+
+
 def _paper_of(run_id: str) -> str:
     return run_id.split("/")[0]
 
@@ -167,13 +178,7 @@ def check(baseline_path: Path, results_dir: Path, update: bool = False,
     """Compare fresh records with the baseline (``exact``: to the last digit), or with
     ``update`` merge them into it."""
     baseline_path = Path(baseline_path)
-    if papers:
-        from nfbench.pipeline.spec import papers as known_papers
-
-        unknown = [p for p in papers if p not in known_papers()]
-        if unknown:
-            raise UserError(f"unknown paper(s) {', '.join(map(repr, unknown))}; known: "
-                            f"{', '.join(known_papers())}")
+    known_papers_only(papers)
     if update:
         from nfbench.atomic import check_output_file
 

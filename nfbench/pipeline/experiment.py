@@ -250,12 +250,12 @@ def _mark_undefined(record: dict[str, Any]) -> None:
 
 def write_record(record: dict[str, Any], path: Path) -> None:
     """Write a record as JSON atomically (temporary file, then rename); where that fails
-    (full disk), the record is rescued and the error line says where (:mod:`nfbench.rescue`)."""
+    (full disk), the record is rescued and the error line says where (:mod:`nfbench.pipeline.rescue`)."""
     text = record_json(record)
     try:
         write_text_atomic(path, text)
     except OSError as exc:  # a full disk after hours of training: keep the result elsewhere
-        from nfbench.rescue import unwritable
+        from nfbench.pipeline.rescue import unwritable
 
         raise unwritable("the record", path, exc, text) from None
 

@@ -172,6 +172,10 @@ def select_runs(runs: list[Run], categories: list[str] | None = None,
     if categories and not chosen:
         known = sorted({r.category for r in runs})
         raise UserError(f"no run of category {', '.join(categories)}; planned: {', '.join(known)}")
+    unplanned = sorted(set(seeds or []) - {r.seed for r in runs})
+    if unplanned:  # `--seed 7` outside the plan would run nothing and say nothing
+        raise UserError(f"no run of seed {', '.join(map(str, unplanned))}; planned: "
+                        f"{', '.join(map(str, sorted({r.seed for r in runs})))}")
     if shard is not None:
         i, n = shard
         chosen = sorted(chosen, key=lambda r: r.run_id)[i::n]

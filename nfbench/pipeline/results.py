@@ -68,8 +68,12 @@ def load(results_dir: Path | str = "results", papers: Iterable[str] | None = Non
     for path in record_paths(results_dir, papers):
         try:
             rows.append(record_row(json.loads(path.read_text())))
-        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:  # incl. bad UTF-8
             raise UserError(f"{path}: not a run record ({exc})") from None
+        except RecursionError:
+            raise UserError(f"{path}: not a run record (nested too deeply)") from None
+        except OSError as exc:
+            raise UserError(f"cannot read {path}: {exc.strerror or exc}") from None
     if not rows:
         return pd.DataFrame(columns=[*ID_COLUMNS, "settings"])
     return pd.DataFrame(rows).sort_values(["paper", "variant", "category", "seed"],

@@ -90,7 +90,7 @@ def store(record: dict, examples: dict, results_dir: Path, run: Run) -> Path:
         write_examples(examples, path.with_suffix(".npz"))
     except OSError as exc:  # full disk: the record (the numbers) is rescued, not lost
         from nfbench.pipeline.experiment import record_json
-        from nfbench.rescue import unwritable
+        from nfbench.pipeline.rescue import unwritable
 
         raise unwritable("the figure material", path.with_suffix(".npz"), exc,
                          record_json(record), rescue_as=path) from None
@@ -268,6 +268,16 @@ def _gpu_slots(runs: list[Run], runs_per_gpu: float) -> list[str] | None:
     return [device for device in targets for _ in range(per_gpu)]
 
 
+def _check_results_dir(results_dir: Path) -> None:
+    """Refuse, before the first run, a results folder that is a file or lies under one."""
+    for path in (results_dir, *results_dir.parents):
+        if path.exists():
+            if not path.is_dir():
+                raise UserError(f"--results {results_dir} cannot be a results folder: {path} "
+                                "is a file")
+            return
+
+
 def execute(runs: list[Run], results_dir: Path, progress: bool = True,
             jobs: int | None = None, force: bool = False, executor: str = "local",
             address: str | None = None, runs_per_gpu: float = 1, device: str | None = None,
@@ -281,6 +291,7 @@ def execute(runs: list[Run], results_dir: Path, progress: bool = True,
     from nfbench.pipeline.devices import validate_device
 
     validate_device(device)
+    _check_results_dir(Path(results_dir))
     runs = [with_device(run, device) for run in runs]
     for requested in {run_device(r) for r in runs}:
         validate_device(requested)

@@ -12,6 +12,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from nfbench.atomic import write_text_atomic  # noqa: E402
+from nfbench.errors import UserError  # noqa: E402
 from nfbench.pipeline.plan import expand_runs, load_spec  # noqa: E402
 from nfbench.report import figures  # noqa: E402
 from nfbench.report.context import (DEMO_WARNING, REFERENCE_NOTE, dataset_label,  # noqa: E402
@@ -23,14 +24,32 @@ from nfbench.report.sections import (complexity_section, oracle_threshold,  # no
                                      protocol_section, questions_section)
 
 
+def _require_inputs(paper: str, spec, runs, results_dir: Path) -> None:
+    """One line, before any report file is written, when a record or table the report reads
+    does not exist yet (the stages that make them have not run)."""
+    missing = [r.run_id for r in runs if not (results_dir / r.record_path).is_file()]
+    if missing:
+        raise UserError(f"no result record for {len(missing)} of {len(runs)} {paper} run(s) "
+                        f"under {results_dir} (first: {missing[0]}); run `nfbench bench "
+                        f"--paper {paper}` (or dvc repro) first")
+    tables = [results_dir / paper / "tables" / f"{table_id}.csv"
+              for table_id, table in spec.tables.items()
+              if table.reproducible and table.layout != "complexity"]
+    absent = [path for path in tables if not path.is_file()]
+    if absent:
+        raise UserError(f"no table {absent[0]} yet; run `nfbench tables --paper {paper}` "
+                        "(or dvc repro) first")
+
+
 def write_report(paper: str, profile: str, params: dict, results_dir: Path,
                  reports_dir: Path) -> Path:
     """Write ``reports/<paper>.md`` and its figures; returns the Markdown path."""
     spec = load_spec(paper)
     results_dir, reports_dir = Path(results_dir), Path(reports_dir)
     figures_dir = reports_dir / "figures"
-    figures_dir.mkdir(parents=True, exist_ok=True)
     runs = expand_runs(paper, profile, params)
+    _require_inputs(paper, spec, runs, results_dir)  # before anything is written
+    figures_dir.mkdir(parents=True, exist_ok=True)
     records = [json.loads((results_dir / r.record_path).read_text()) for r in runs]
     main = spec.main_variant
     main_setting = setting_of(paper, profile, params, main, records)
