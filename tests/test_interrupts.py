@@ -88,3 +88,80 @@ def test_workers_end_with_their_bench(how, tiny_demo, tmp_path):
     if how != "sigkill-bench":
         assert bench.returncode != 0
         assert "Traceback" not in bench.stderr.read()
+
+
+# --------------------------------------------------------------------------------------------
+# issue 19 §1-2: local workers pinned to their GPU, empty_cache between runs, imports before
+# the workers start, longest runs first
+
+
+def _pinned_in_a_fork(queue_out) -> None:
+    """In a forked child (the test process keeps its signal handlers): fake CUDA, start a
+    worker with one GPU slot, report the device it pinned."""
+    import queue
+
+    import torch
+
+    from nfbench.pipeline import runner
+
+    pinned = []
+    torch.cuda.set_device = lambda device: pinned.append(str(device))
+    slots = queue.SimpleQueue()
+    slots.put("cuda:1")
+    runner._init_worker(1, slots, os.getppid())
+    queue_out.put((runner.worker_device(), pinned))
+
+
+def test_local_gpu_worker_is_pinned_to_its_slot():
+    from multiprocessing import get_context
+
+    context = get_context("fork")
+    out = context.Queue()
+    child = context.Process(target=_pinned_in_a_fork, args=(out,))
+    child.start()
+    assert out.get(timeout=60) == ("cuda:1", ["cuda:1"])
+    child.join(10)
+
+
+def test_device_cache_is_emptied_after_every_run_of_a_worker(monkeypatch, tmp_path):
+    import torch
+
+    from nfbench.pipeline import runner
+
+    emptied = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: emptied.append(1))
+    monkeypatch.setattr(runner, "run_one", lambda run, results: Path(results) / "r.json")
+    for _ in range(2):
+        runner._worker_run(None, tmp_path)
+    assert len(emptied) == 2
+
+
+def test_gpu_workers_start_from_a_preloaded_fork_server_each_with_its_slot():
+    from nfbench.pipeline import runner
+
+    pool = runner._make_pool(2, ["cpu", "cpu"], threads=1)  # slots: the GPU path, on a CPU
+    try:
+        assert pool._mp_context.get_start_method() == ("forkserver" if sys.platform == "linux"
+                                                       else "spawn")
+        devices = [pool.submit(runner.worker_device).result(timeout=120) for _ in range(2)]
+        assert devices == ["cpu", "cpu"]
+    finally:
+        pool.shutdown()
+
+
+def test_runs_are_submitted_longest_first(tmp_path):
+    from nfbench.pipeline import runner
+    from nfbench.pipeline.cost import estimate, load_cost_model
+    from nfbench.pipeline.plan import expand_runs, load_params
+
+    params = load_params()
+    runs = [*expand_runs("patchflow", "smoke", params)[:2], *expand_runs("csflow", "smoke",
+                                                                          params)[:2]]
+    seconds = dict(zip([r.run_id for r in runs], estimate(runs, load_cost_model(), tmp_path)[0]))
+    shortest_first = sorted(runs, key=lambda r: seconds[r.run_id])
+    ordered = runner._longest_first(shortest_first, tmp_path)
+    assert sorted(r.run_id for r in ordered) == sorted(r.run_id for r in runs)
+    assert [seconds[r.run_id] for r in ordered] == sorted(seconds.values(), reverse=True)
+    assert len(set(seconds.values())) > 1 and ordered != shortest_first

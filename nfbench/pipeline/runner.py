@@ -366,19 +366,10 @@ def _stop_pool(pool: ProcessPoolExecutor, grace: float = 10.0) -> None:
             process.join(1.0)
 
 
-def _execute_local(todo: list[Run], results_dir: Path, status: Progress, jobs: int | None,
-                   runs_per_gpu: float) -> None:
-    slots = _gpu_slots(todo, runs_per_gpu)
-    if slots is not None:
-        jobs = len(slots)
-    else:
-        jobs = max(1, min(jobs or default_jobs(), len(todo)))
-    if jobs == 1 and slots is None:
-        with _interruptible():
-            for run in todo:
-                status.update(run.run_id, message=_summary(run_one(run, results_dir)))
-        return
-    threads = max(1, (os.cpu_count() or 1) // jobs)
+def _make_pool(jobs: int, slots: list[str] | None, threads: int) -> ProcessPoolExecutor:
+    """The local worker pool: ``jobs`` CPU workers, or one worker per GPU slot, each started
+    by :func:`_init_worker` (it ends with the bench, is pinned to its slot, uses ``threads``
+    torch threads)."""
     parent: int | None = os.getpid()
     if slots is None:
         # fork starts workers at once (torch is already imported, no thread pool used yet);
@@ -396,9 +387,30 @@ def _execute_local(todo: list[Run], results_dir: Path, status: Progress, jobs: i
         queue = context.Queue()
         for slot in slots:
             queue.put(slot)
+    return ProcessPoolExecutor(jobs, mp_context=context, initializer=_init_worker,
+                               initargs=(threads, queue, parent))
+
+
+def worker_device() -> str | None:
+    """The GPU slot (device) this local worker is pinned to; None outside such a worker."""
+    return _WORKER_DEVICE
+
+
+def _execute_local(todo: list[Run], results_dir: Path, status: Progress, jobs: int | None,
+                   runs_per_gpu: float) -> None:
+    slots = _gpu_slots(todo, runs_per_gpu)
+    if slots is not None:
+        jobs = len(slots)
+    else:
+        jobs = max(1, min(jobs or default_jobs(), len(todo)))
+    if jobs == 1 and slots is None:
+        with _interruptible():
+            for run in todo:
+                status.update(run.run_id, message=_summary(run_one(run, results_dir)))
+        return
+    threads = max(1, (os.cpu_count() or 1) // jobs)
     with _interruptible():
-        pool = ProcessPoolExecutor(jobs, mp_context=context, initializer=_init_worker,
-                                   initargs=(threads, queue, parent))
+        pool = _make_pool(jobs, slots, threads)
         try:
             futures = {pool.submit(_worker_run, run, results_dir): run
                        for run in _longest_first(todo, results_dir)}
