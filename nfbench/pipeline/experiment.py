@@ -305,12 +305,16 @@ def read_examples(path: Path) -> dict[str, np.ndarray]:
 
 
 def examples_whole(path: Path) -> bool:
-    """Whether ``path`` is a whole ``.npz`` (every member present, its checksum right)."""
+    """Whether ``path`` is a whole ``.npz``: its zip directory (at the end of the file, so
+    lost by any truncation) reads, and every member lies inside the file. Reads the
+    directory only (about 0.1 ms; decompressing every member would cost 30 ms a run)."""
     import zipfile
 
     try:
+        size = os.path.getsize(path)
         with zipfile.ZipFile(path) as archive:
-            return archive.testzip() is None
+            return all(info.header_offset + info.compress_size <= size
+                       for info in archive.infolist())
     except (OSError, zipfile.BadZipFile, EOFError, ValueError):
         return False
 

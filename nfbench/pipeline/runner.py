@@ -171,7 +171,7 @@ class Progress:
 
 
 class _Terminated(BaseException):
-    """Raised in a worker by SIGTERM/SIGINT (or its bench's death) while it runs a run, so
+    """Raised in a worker by SIGTERM (from its bench, or its bench's death) during a run, so
     that the atomic writers' ``finally`` blocks remove their temporary files before it exits."""
 
 
@@ -222,8 +222,11 @@ def _init_worker(threads: int, slots, parent: int | None = None) -> None:
     import torch
 
     global _WORKER_DEVICE
-    for signum in (signal.SIGTERM, signal.SIGINT):  # fork inherits the bench's handlers
-        signal.signal(signum, _worker_signal)
+    # fork inherits the bench's handlers. Ctrl-C reaches the whole process group: the bench
+    # alone acts on it (it cancels the queue and sends SIGTERM), so that a worker never
+    # ends first and turns the interruption into a broken pool
+    signal.signal(signal.SIGTERM, _worker_signal)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _watch_parent(parent if parent is not None else os.getppid())
     torch.set_num_threads(threads)
     if slots is not None:
@@ -233,7 +236,7 @@ def _init_worker(threads: int, slots, parent: int | None = None) -> None:
 
 
 def _worker_run(run: Run, results_dir: Path) -> Path:
-    """:func:`run_one` in a worker: a signal unwinds the run (temporary files removed), then
+    """:func:`run_one` in a worker: SIGTERM unwinds the run (temporary files removed), then
     the worker exits; the device's cached memory is released after every run, so that the
     next run of this worker starts from an empty allocator."""
     global _IN_RUN
@@ -417,7 +420,14 @@ def _execute_local(todo: list[Run], results_dir: Path, status: Progress, jobs: i
             for future in as_completed(futures):
                 path = future.result()  # a failure stops the batch (below)
                 status.update(futures[future].run_id, message=_summary(path))
-        except BaseException:  # a failed run, Ctrl-C, SIGTERM: nothing queued starts
+        except KeyboardInterrupt:  # Ctrl-C, SIGTERM: nothing queued starts, workers end now
             _stop_pool(pool)
+            raise
+        except BaseException:  # a failed run: nothing queued starts; the runs under way
+            try:  # finish and keep their records (the next bench skips them)
+                pool.shutdown(wait=True, cancel_futures=True)
+            except KeyboardInterrupt:
+                _stop_pool(pool)
+                raise
             raise
         pool.shutdown()
