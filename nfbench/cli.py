@@ -251,7 +251,6 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_results(args: argparse.Namespace) -> None:
     from nfbench.atomic import check_output_file
     from nfbench.pipeline import results
-
     from nfbench.pipeline.check import known_papers_only
 
     known_papers_only(args.paper)  # `--paper nope` is an error, not a header-only CSV
