@@ -141,7 +141,7 @@ def _one_line_error(capsys, message: str) -> str:
     ("csflow", "epochs=-3", "epochs must be >= 1, got -3"),
     ("gaussian", "input_size=96.5", "input_size must be an integer, got 96.5"),
     ("gaussian", "batch_size=0", "batch_size must be >= 1"),
-    ("gaussian", "input_size=-5", "input_size must be >= 1"),
+    ("gaussian", "input_size=-5", "input_size must be in [32, 2048]"),
     ("csflow", "lr=.nan", "lr must be a finite number"),
     ("csflow", "lr=-1e-3", "lr must be > 0"),
     ("patchflow", "validation_fraction=1.5", "validation_fraction must be in (0, 1]"),
