@@ -171,7 +171,11 @@ def write_report(paper: str, profile: str, params: dict, results_dir: Path,
     out += complexity_section(spec, results_dir / paper / "profile.json",
                                [r for r in records if r["variant"] == main], records)
     out += ["## Deviations from the paper", ""]
-    out += [f"- **{d.what}**: {d.why}" for d in spec.deviations] + [""]
+    out += [f"- **{d.what}**: {d.why}" for d in spec.deviations if not d.diagnostic] + [""]
+    diagnostics = [d for d in spec.deviations if d.diagnostic]
+    if diagnostics:  # explanations of what the runs show, not differences from the paper
+        out += ["## Diagnostics", ""]
+        out += [f"- **{d.what}**: {d.why}" for d in diagnostics] + [""]
     out += ["## Runs", "", "| run | image AUROC | fit [s] | created | commit |", "|---|---|---|---|---|"]
     out += [f"| {r['run_id']} | {r['metrics']['image_auroc']:.4f} | {r['timing']['fit_seconds']:.1f} | "
             f"{r['created']} | {str(r['environment'].get('git_commit'))[:12]} |" for r in records]
