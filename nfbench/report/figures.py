@@ -1,19 +1,23 @@
-"""Report figures (PNG) from the tidy tables and the records' figure material (NPZ).
+"""Report figures (a 200 dpi PNG with a PDF beside it) from the tidy tables and the records'
+figure material (NPZ).
 
 Statistical plots use seaborn on the tidy tables of :mod:`nfbench.pipeline.tables`:
 
 - :func:`published_vs_reproduced`: where published and reproduced numbers are comparable (the
   paper profile, a user's real data), a scatter per metric with the y = x line and the
   tolerance band, one point per category (per-category tables) or per row; otherwise a dot
-  plot of the reproduced values per category or row on the full 0-100 axis, the published
-  value as a separate hollow marker labelled "not comparable", reference rows (Gaussian
-  baseline, chance) in grey;
+  plot of the reproduced values per category or row, the axis zoomed to the data (chance
+  left off where it falls outside), the published value as a hollow marker on every row
+  that has one, labelled "not comparable", reference rows (Gaussian baseline, chance) in
+  grey. One metric per panel, a value under the paper's metric code labelled with that
+  code; no figure where every panel would hold a single dot (the table says it);
 - :func:`ablation`: an ablation table (``figure: {kind: ablation}`` in the spec) as lines with
   markers, published and reproduced on the same axes.
 
-Image figures: :func:`anomaly_maps` (rows image / ground truth / anomaly map / prediction per
-category, one colour scale per row with its colour bar) and :func:`roc` (each curve's AUROC in
-its legend entry), :func:`pixel_histograms`.
+Image figures: :func:`anomaly_maps` (per category: the image with its ground truth outlined
+and its defect type named, the anomaly map overlaid on the image in a perceptual colormap
+with a readable colour bar, the oracle prediction) and :func:`roc` (each curve's AUROC in its
+legend entry), :func:`pixel_histograms`. Error bars (std over seeds) only where n > 1.
 
 Every axis that does not start at 0 says so (a break mark on the axis and "axis from N" in its
 label); legends sit outside the data; long labels are wrapped.
@@ -296,7 +300,7 @@ def anomaly_maps(examples: dict[str, Any], path: Path, thresholds: dict[str, flo
     kinds = ["image, ground truth", "anomaly map on image"] + (["prediction (oracle)"] if with_prediction else [])
     per = len(kinds)
     fig, axes = plt.subplots(per * len(examples), count + 1, squeeze=False,
-                             figsize=(1.6 * count + 1.4, 1.6 * per * len(examples) + 0.5),
+                             figsize=(1.35 * count + 1.4, 1.35 * per * len(examples) + 0.6),
                              gridspec_kw={"width_ratios": [1] * count + [0.08]})
     for r, (category, e) in enumerate(examples.items()):
         maps = np.asarray(e["example_maps"], dtype=np.float32)
