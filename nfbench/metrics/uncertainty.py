@@ -97,32 +97,37 @@ def image_auroc_replicates(labels, scores, n_boot: int = N_BOOT,
     return _auroc_rows(labels[idx[0]], scores[idx])
 
 
-def pixel_statistics(masks, maps, bins: int = 256) -> dict[str, np.ndarray]:
+def pixel_statistics(masks, maps, bins: int = 256, sample: int = 2_000_000
+                     ) -> dict[str, np.ndarray]:
     """Per-image sufficient statistics of the pixel metrics: shared bin edges (quantiles of
-    all pixel scores), per-image histograms of normal and defective pixel scores
-    ``[N, bins]``, one histogram per defect region (8-connected, as the AUPRO) ``[R, bins]``
-    with its image index ``[R]``."""
-    from nfbench.metrics.curves import _label_regions
+    the pixel scores, estimated on at most ``sample`` evenly strided pixels), per-image
+    histograms of normal and defective pixel scores ``[N, bins]``, one histogram per defect
+    region (8-connected, as the AUPRO) ``[R, bins]`` with its image index ``[R]``. Image by
+    image: memory stays at one image's pixels beyond the inputs."""
+    from scipy import ndimage
 
-    masks = np.asarray(masks) > 0.5
-    maps = np.asarray(maps, dtype=np.float64)
-    edges = np.unique(np.quantile(maps, np.linspace(0, 1, bins + 1)))
-    which = np.clip(np.searchsorted(edges, maps, side="right") - 1, 0, max(len(edges) - 2, 0))
+    from nfbench.metrics.curves import _EIGHT_CONNECTED
+
+    masks, maps = np.asarray(masks), np.asarray(maps)
+    flat = maps.reshape(-1)
+    step = max(1, flat.size // sample)
+    edges = np.unique(np.quantile(flat[::step].astype(np.float64), np.linspace(0, 1, bins + 1)))
     k = max(len(edges) - 1, 1)
-    n = masks.shape[0]
-    flat = which.reshape(n, -1) + k * np.arange(n)[:, None]
-    defect = masks.reshape(n, -1)
-    hist = lambda sel: np.bincount(flat[sel], minlength=n * k).reshape(n, k)
-    regions, _ = _label_regions(masks)
-    r = regions.reshape(-1)
-    inside = r > 0
-    n_regions = int(r.max()) if r.size else 0
-    region_hist = np.bincount((r[inside] - 1) * k + which.reshape(-1)[inside],
-                              minlength=n_regions * k).reshape(n_regions, k)
-    counts = [len(np.unique(regions[i][regions[i] > 0])) for i in range(n)]
-    region_image = np.repeat(np.arange(n), counts)  # region ids grow image by image
-    return {"edges": edges, "normal": hist(~defect), "defect": hist(defect),
-            "region_hist": region_hist, "region_image": region_image}
+    normal, defect, region_hist, region_image = [], [], [], []
+    for i in range(maps.shape[0]):
+        which = np.clip(np.searchsorted(edges, maps[i].astype(np.float64), side="right") - 1, 0, k - 1)
+        truth = masks[i] > 0.5
+        normal.append(np.bincount(which[~truth], minlength=k))
+        defect.append(np.bincount(which[truth], minlength=k))
+        labels, n = ndimage.label(truth, structure=_EIGHT_CONNECTED)
+        if n:
+            inside = labels > 0
+            region_hist.append(np.bincount((labels[inside] - 1) * k + which[inside],
+                                           minlength=n * k).reshape(n, k))
+            region_image += [i] * n
+    return {"edges": edges, "normal": np.stack(normal), "defect": np.stack(defect),
+            "region_hist": np.concatenate(region_hist) if region_hist else np.zeros((0, k), int),
+            "region_image": np.asarray(region_image, dtype=int)}
 
 
 def _binned_metrics(normal: np.ndarray, defect: np.ndarray, pro: np.ndarray | None,
