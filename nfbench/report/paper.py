@@ -80,6 +80,15 @@ def _difference(paper: str, profile: str, params: dict, results_dir: Path):
     return difference
 
 
+def _auroc_with_interval(record: dict) -> str:
+    """A run's image AUROC with the record's test-set interval, where it has one."""
+    value = record["metrics"].get("image_auroc")
+    if value is None:
+        return "—"
+    lo, hi = (record.get("intervals") or {}).get("image_auroc", (None, None))
+    return f"{value:.4f}" + (f" [{lo:.3f}, {hi:.3f}]" if lo is not None else "")
+
+
 def write_report(paper: str, profile: str, params: dict, results_dir: Path,
                  reports_dir: Path) -> Path:
     """Write ``reports/<paper>.md`` and its figures; returns the Markdown path."""
@@ -176,8 +185,9 @@ def write_report(paper: str, profile: str, params: dict, results_dir: Path,
     if diagnostics:  # explanations of what the runs show, not differences from the paper
         out += ["## Diagnostics", ""]
         out += [f"- **{d.what}**: {d.why}" for d in diagnostics] + [""]
-    out += ["## Runs", "", "| run | image AUROC | fit [s] | created | commit |", "|---|---|---|---|---|"]
-    out += [f"| {r['run_id']} | {r['metrics']['image_auroc']:.4f} | {r['timing']['fit_seconds']:.1f} | "
+    out += ["## Runs", "", "| run | image AUROC [95 % interval] | fit [s] | created | commit |",
+            "|---|---|---|---|---|"]
+    out += [f"| {r['run_id']} | {_auroc_with_interval(r)} | {r['timing']['fit_seconds']:.1f} | "
             f"{r['created']} | {str(r['environment'].get('git_commit'))[:12]} |" for r in records]
     path = reports_dir / f"{paper}.md"
     write_text_atomic(path, "\n".join(out) + "\n")
