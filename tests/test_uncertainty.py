@@ -84,3 +84,22 @@ def test_average_over_categories_averages_replicates():
     points, reps = u.average([([0.8], a), ([1.0], b)])
     assert points == [pytest.approx(0.9)] and np.allclose(reps, 0.9)
     assert u.average([([0.8], a), ([1.0], None)])[1] is None
+
+
+def test_record_fields_hold_replicates_and_intervals_and_joint_runs_average_them():
+    from nfbench.pipeline.experiment import _bootstrap_fields
+
+    rng = np.random.default_rng(2)
+    labels = np.r_[np.zeros(10), np.ones(6)].astype(int)
+    masks = np.zeros((16, 16, 16), bool)
+    masks[10:, 4:9, 4:9] = True
+    maps = rng.normal(size=masks.shape) + masks
+    scores = maps.reshape(16, -1).max(1)
+    exact = compute_all(labels, scores, masks, maps)
+    one = u.record_bootstrap(labels, scores, masks, maps, exact)
+    assert set(one) == set(u.BOOTSTRAPPED) and all(len(v) == u.N_BOOT for v in one.values())
+    fields = _bootstrap_fields({"a": one, "b": {k: [1.0] * u.N_BOOT for k in one}})
+    reps = fields["bootstrap"]["replicates"]["image_auroc"]
+    assert reps[0] == pytest.approx((one["image_auroc"][0] + 1.0) / 2)  # replicate b averaged
+    lo, hi = fields["intervals"]["image_auroc"]
+    assert lo <= hi and fields["bootstrap"]["n"] == u.N_BOOT
