@@ -77,10 +77,10 @@ def table_markdown(frame: pd.DataFrame) -> str:
     pub = "published" if comparable else "published (for reference; not comparable)"
     head = ["row", "metric", pub]
     if variants:
-        head += ["reproduced, paper's metric code (mean ± std)"] + (["Δ"] if comparable else []) \
+        head += ["reproduced, paper's metric code (mean ± std [95 % interval])"] + (["Δ"] if comparable else []) \
             + ["reproduced, official metric"]
     else:
-        head += ["reproduced (mean ± std)"] + (["Δ"] if comparable else [])
+        head += ["reproduced (mean ± std [95 % interval])"] + (["Δ"] if comparable else [])
     head += ["within tolerance", "verdict"] if comparable else []
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     notes: dict[tuple[str, str], int] = {}

@@ -27,7 +27,8 @@ def status_text(counts: dict[str, int]) -> str:
     """"2 reproduce, 1 below, 0 above" / "not comparable in this profile (12 published numbers)"."""
     judged = counts[REPRODUCES] + counts[BELOW] + counts[ABOVE] + counts["not judged"]
     if not judged and counts["not comparable"]:
-        return f"not comparable in this profile ({counts['not comparable']} published numbers)"
+        n = counts["not comparable"]
+        return f"not comparable in this profile ({n} published number{'s' if n != 1 else ''})"
     if not judged:
         return "no published number"
     text = (f"{counts[REPRODUCES]} reproduce, {counts[BELOW]} below, {counts[ABOVE]} above")
