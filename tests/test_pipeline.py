@@ -70,6 +70,9 @@ def _fake_results(results: Path, runs, value) -> None:
                   "created": "2026-01-01T00:00:00+00:00"}
         if run.category == "all":
             record["per_category"] = {c: metrics for c in run.joint_categories}
+        spread = np.random.default_rng(1).normal(0, 0.01, 200)  # the same test-set resamples
+        record["bootstrap"] = {"n": 200, "replicates": {k: (v + spread).tolist()
+                                                        for k, v in metrics.items()}}
         path = results / run.record_path
         write_record(record, path)
         rng = np.random.default_rng(0)
@@ -196,7 +199,8 @@ def test_multi_metric_and_complexity_tables_reach_the_report(tmp_path):
     (tmp_path / "clscnf" / "profile.json").write_text(json.dumps(profile))
     report = write_report("clscnf", "smoke", params, tmp_path, tmp_path / "reports").read_text()
     assert "| CLS-CNFs-nsFE | 1026 | 310.0 | 1.38 | 1.55 |" in report
-    assert "| image_auroc | 60.0 | 90.0 | +30.0 | yes |" in report  # FE_CLS vs FE_PRE, measured
+    # FE_CLS vs FE_PRE, measured: the interval of the difference excludes zero (issue 20)
+    assert "| image_auroc | 60.0 | 90.0 | +30.0 [30.0, 30.0] | yes |" in report
     # rows identical in this run say why (every variant but fe_cls scores 0.6 here)
     assert tables["table2"].set_index("variant").loc["full_w_synthetic", "same_as"].iloc[0] == \
         "A_p (CLS)"  # the first row with the same records

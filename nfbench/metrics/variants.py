@@ -21,7 +21,8 @@ METRIC_VARIANTS = {
                          "AD-CLSCNFs evaluate.py; official: average precision",
     # AD-CLSCNFs evaluate.py cal_pro_metric (from the CDO project)
     "aupro@clscnf": "CDO cal_pro_metric: 200 equal score steps from the max down, masks > 0.45, "
-                    "filled regions, FPR <= 0.3 min-max rescaled, no interpolated end point, "
+                    "filled regions, FPR <= 0.3 min-max rescaled (without the original's +1e-7 "
+                    "in the denominator: a relative change below 3e-7), no interpolated end point, "
                     "AD-CLSCNFs evaluate.py; official: exact curve, interpolated at 0.3",
     # BOX-LEO/PatchFlow metrics.py pixel_AUROC on data.py get_mask_dataset
     "pixel_auroc@patchflow": "pixel AUROC over the defective test images only, PatchFlow "

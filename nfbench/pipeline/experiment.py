@@ -118,13 +118,21 @@ def _examples(test, scores, labels: np.ndarray, masks: np.ndarray, count: int = 
             "pixel_hist_normal": np.histogram(pixels[~defect], edges)[0],
             "pixel_hist_defect": np.histogram(pixels[defect], edges)[0],
             "example_index": np.asarray(order), "example_images": images.astype(np.float16),
+            # the defect type of each example (a plain unicode array: loads without pickle)
+            "example_defects": np.asarray([str(test.defect_types[i]) if test.defect_types
+                                           else ("defective" if labels[i] else "good")
+                                           for i in order], dtype=str),
             "example_maps": shrink(scores.pixel[order], "bilinear").astype(np.float32),
             "example_masks": shrink(masks[order], "nearest") > 0.5}
 
 
-def _evaluate(detector, test, examples: dict | None = None) -> tuple[dict[str, float], float]:
+def _evaluate(detector, test, examples: dict | None = None,
+              bootstrap: dict | None = None) -> tuple[dict[str, float], float]:
     """Score ``test`` and compute every metric; returns (metrics, seconds spent scoring).
-    If ``examples`` is a dict, it receives what :func:`_examples` keeps for figures."""
+    If ``examples`` is a dict, it receives what :func:`_examples` keeps for figures; if
+    ``bootstrap`` is a dict, it receives the test-set bootstrap replicates of the official
+    metrics (:func:`nfbench.metrics.uncertainty.record_bootstrap`: its own RNG, computed after
+    the metrics, so it changes no metric value)."""
     labels = np.asarray(test.labels)
     if labels.sum() == 0 or labels.sum() == len(labels):
         raise UserError(f"{test.name}: the test split needs normal and anomalous images")
@@ -136,7 +144,12 @@ def _evaluate(detector, test, examples: dict | None = None) -> tuple[dict[str, f
     masks = test.load_masks()
     if examples is not None:
         examples.update(_examples(test, scores, labels, masks))
-    return metrics.compute_all(labels, scores.image, masks, scores.pixel), seconds
+    values = metrics.compute_all(labels, scores.image, masks, scores.pixel)
+    if bootstrap is not None:
+        from nfbench.metrics.uncertainty import record_bootstrap
+
+        bootstrap.update(record_bootstrap(labels, scores.image, masks, scores.pixel, values))
+    return values, seconds
 
 
 def run_experiment(method: str, dataset: str, category: str, *, root: Path | None = None,
@@ -180,9 +193,10 @@ def run_experiment(method: str, dataset: str, category: str, *, root: Path | Non
     start = time.perf_counter()
     detector.fit(train, **(protocol.fit_kwargs() if protocol is not None else {}))
     fit_seconds = time.perf_counter() - start - (protocol.seconds if protocol is not None else 0.0)
-    per_category, score_seconds = {}, 0.0
+    per_category, score_seconds, boots = {}, 0.0, {}
     for name, test in tests.items():
-        per_category[name], seconds = _evaluate(detector, test, examples)
+        boots[name] = {}
+        per_category[name], seconds = _evaluate(detector, test, examples, boots[name])
         examples = None  # figures show the first category only
         score_seconds += seconds
     n_test = sum(len(t) for t in tests.values())
@@ -207,6 +221,7 @@ def run_experiment(method: str, dataset: str, category: str, *, root: Path | Non
     }
     if joint:
         record["per_category"] = per_category
+    record.update(_bootstrap_fields(boots))
     if getattr(detector, "fit_info_", None) is not None:  # e.g. the effective schedule
         record["fit_info"] = detector.fit_info_
     if protocol is not None:
@@ -214,6 +229,23 @@ def run_experiment(method: str, dataset: str, category: str, *, root: Path | Non
         record["timing"]["protocol_seconds"] = record["original_protocol"]["seconds"]
     _mark_undefined(record)
     return record
+
+
+def _bootstrap_fields(boots: dict[str, dict[str, list[float]]]) -> dict[str, Any]:
+    """The record's ``bootstrap`` (per metric, replicates of the run's metric: for a joint
+    run, replicate b averaged over categories, each category's test set resampled
+    independently) and ``intervals`` (per metric, the 95 % percentile interval [lo, hi]);
+    ``docs/uncertainty.md``."""
+    from nfbench.metrics.uncertainty import BOOT_SEED, LEVEL, N_BOOT
+
+    shared = set.intersection(*(set(b) for b in boots.values())) if boots else set()
+    reps = {m: np.mean([b[m] for b in boots.values()], axis=0) for m in sorted(shared)}
+    alpha = (1 - LEVEL) / 2
+    return {"bootstrap": {"n": N_BOOT, "seed": BOOT_SEED, "stratified": True,
+                          "replicates": {m: np.round(r, 6).tolist() for m, r in reps.items()}},
+            "intervals": {m: [round(float(np.quantile(r, alpha)), 6),
+                              round(float(np.quantile(r, 1 - alpha)), 6)]
+                          for m, r in reps.items()}}
 
 
 def recorded_config(detector: Any) -> dict[str, Any]:

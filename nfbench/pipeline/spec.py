@@ -134,8 +134,12 @@ class QuestionSpec:
 
 @dataclass(frozen=True)
 class DeviationSpec:
+    """One entry of a spec's ``deviations``; ``diagnostic: true`` marks an explanation of an
+    observation (not a difference from the paper), which reports list in their own section."""
+
     what: str
     why: str
+    diagnostic: bool = False
 
 
 @dataclass(frozen=True)

@@ -262,10 +262,11 @@ def parse_spec(data: Any, path: Path) -> PaperSpec:
     deviations = []
     for i, d in enumerate(data.get("deviations") or []):
         d = c.mapping(d, f"deviations[{i}]")
-        c.keys(d, ("what", "why"), f"deviations[{i}]")
+        c.keys(d, ("what", "why", "diagnostic"), f"deviations[{i}]")
         deviations.append(DeviationSpec(
             what=c.text(d.get("what"), f"deviations[{i}].what", required=True),
-            why=c.text(d.get("why"), f"deviations[{i}].why", required=True)))
+            why=c.text(d.get("why"), f"deviations[{i}].why", required=True),
+            diagnostic=c.flag(d.get("diagnostic", False), f"deviations[{i}].diagnostic")))
     return PaperSpec(
         paper=paper, title=c.text(data.get("title"), "title", required=True), method=method,
         order=c.integer(data.get("order"), "order"), path=path,

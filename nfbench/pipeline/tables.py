@@ -3,7 +3,10 @@
 A tidy row is one cell of a paper's table: ``table, variant, row, label, metric, n, mean,
 std, published, delta, within_tolerance, profile``. Values are in % like the papers.
 ``mean ± std`` is over seeds; a group or average row first averages categories within each
-seed. Nothing here trains: a missing record is an error naming the run.
+seed. ``ci_lo``/``ci_hi`` (``compared_ci_*`` for the paper's metric code) are the 95 % interval
+(test-set bootstrap and seed spread, :mod:`nfbench.pipeline.intervals`); ``verdict`` is
+*reproduces* / *below* / *above* where the numbers are comparable with a published one.
+Nothing here trains: a missing record is an error naming the run.
 
 A table may declare ``published_metric`` (one name, or ``{metric: name}``): the paper's own
 metric code that made its published numbers (a variant of :data:`nfbench.metrics.METRIC_VARIANTS`,
@@ -33,7 +36,8 @@ from nfbench.pipeline.spec import category_groups, load_spec
 
 COLUMNS = ["table", "variant", "row", "label", "metric", "n", "mean", "std", "published", "delta",
            "within_tolerance", "profile", "compared_metric", "compared_mean", "compared_std",
-           "kind", "comparable", "same_as", "same_reason"]
+           "kind", "comparable", "same_as", "same_reason", "ci_lo", "ci_hi", "compared_ci_lo",
+           "compared_ci_hi", "verdict"]
 #: ``kind`` of a tidy row: the paper's method, a reference measured in the same run (the
 #: Gaussian baseline), or chance (what a random score gets)
 KINDS = ("method", "reference", "chance")
@@ -227,6 +231,8 @@ def build_tables(paper: str, profile: str, params: dict, results_dir: Path,
         for (variant, _, _), record in records.items():
             configs.setdefault(variant, record.get("config", {}))
         run_settings = {run.variant: run.settings for run in runs}
+        paths = {(r.variant, r.category, r.seed): Path(results_dir) / r.record_path.with_suffix(".npz")
+                 for r in runs}
         identical = _identical_variants(records, [v for v in variants if kind_of[v] != "chance"],
                                         metrics, categories, seeds) if value is None else {}
         fractions = {c: defect_fraction(results_dir, runs, c) for c in categories} \
@@ -252,6 +258,11 @@ def build_tables(paper: str, profile: str, params: dict, results_dir: Path,
                                              else value(record, metric, category, variant))
             return _cell(by_seed)
 
+        def interval(metric: str, variant: str, members: list[str]):
+            from nfbench.pipeline.intervals import cell_interval
+
+            return cell_interval(records, paths, variant, members, metric, seeds, value)
+
         def add(row: str, label: str, metric: str, variant: str, members: list[str],
                 published: float | None) -> None:
             n, mean, std = cell(metric, variant, members)
@@ -264,13 +275,25 @@ def build_tables(paper: str, profile: str, params: dict, results_dir: Path,
             within = (abs(delta) <= tolerance[metric]) if (
                 published is not None and metric in tolerance and comparable) else None
             same, why = identical.get(variant, (None, None))
+            nan = float("nan")
+            iv = interval(metric, variant, members) if kind != "chance" else None
+            c_iv = iv if compared == metric else interval(compared, variant, members)
+            verdict = None
+            if published is not None and comparable and kind == "method" and np.isfinite(c_mean) \
+                    and (c_iv.known or metric in tolerance):  # no interval, no tolerance: no verdict
+                from nfbench.metrics.uncertainty import verdict as judge
+
+                verdict = judge(published, c_iv, tolerance.get(metric))
             rows.append(dict(table=table_id, variant=variant, row=row, label=label, metric=metric,
                              n=n, mean=mean, std=std, published=published, delta=delta,
                              within_tolerance=within, profile=profile, compared_metric=compared,
                              compared_mean=c_mean, compared_std=c_std, kind=kind,
                              comparable=comparable,
                              same_as=render_label(variants[same], configs.get(same, {}))
-                             if same else None, same_reason=why))
+                             if same else None, same_reason=why,
+                             ci_lo=iv.lo if iv else nan, ci_hi=iv.hi if iv else nan,
+                             compared_ci_lo=c_iv.lo if c_iv else nan,
+                             compared_ci_hi=c_iv.hi if c_iv else nan, verdict=verdict))
 
         published = table.published
         for metric in metrics:

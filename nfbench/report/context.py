@@ -72,14 +72,15 @@ def _paper_defaults(method: str) -> dict[str, Any]:
     return {f.name: f.default for f in dataclasses.fields(method_class(method).Config)
             if f.default is not dataclasses.MISSING}
 
-def setting_of(paper: str, profile: str, params: dict, variant: str, records: list[dict]
-               ) -> dict[str, Any]:
+def setting_of(paper: str, profile: str, params: dict, variant: str, records: list[dict],
+               role_name: str | None = None) -> dict[str, Any]:
     """What ``variant`` of ``paper`` ran on under ``profile``: dataset, categories, backbone and
     input size (from its records' config), and what the paper used instead (the paper
-    profile's dataset for that role, the method's paper defaults)."""
+    profile's dataset for that role, the method's paper defaults). ``role_name``: the dataset
+    role whose categories a table averages (a table's ``dataset``), if not the variant's."""
     spec = load_spec(paper)
     declared = spec.variants[variant]
-    role_name = declared.dataset
+    role_name = role_name or declared.dataset
     role = profile_params(params, paper, profile)["datasets"][role_name]
     mine = [r for r in records if r["variant"] == variant] or records
     config = mine[0].get("config", {}) if mine else {}

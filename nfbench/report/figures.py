@@ -1,19 +1,23 @@
-"""Report figures (PNG) from the tidy tables and the records' figure material (NPZ).
+"""Report figures (a 200 dpi PNG with a PDF beside it) from the tidy tables and the records'
+figure material (NPZ).
 
 Statistical plots use seaborn on the tidy tables of :mod:`nfbench.pipeline.tables`:
 
 - :func:`published_vs_reproduced`: where published and reproduced numbers are comparable (the
   paper profile, a user's real data), a scatter per metric with the y = x line and the
   tolerance band, one point per category (per-category tables) or per row; otherwise a dot
-  plot of the reproduced values per category or row on the full 0-100 axis, the published
-  value as a separate hollow marker labelled "not comparable", reference rows (Gaussian
-  baseline, chance) in grey;
+  plot of the reproduced values per category or row, the axis zoomed to the data (chance
+  left off where it falls outside), the published value as a hollow marker on every row
+  that has one, labelled "not comparable", reference rows (Gaussian baseline, chance) in
+  grey. One metric per panel, a value under the paper's metric code labelled with that
+  code; no figure where every panel would hold a single dot (the table says it);
 - :func:`ablation`: an ablation table (``figure: {kind: ablation}`` in the spec) as lines with
   markers, published and reproduced on the same axes.
 
-Image figures: :func:`anomaly_maps` (rows image / ground truth / anomaly map / prediction per
-category, one colour scale per row with its colour bar) and :func:`roc` (each curve's AUROC in
-its legend entry), :func:`pixel_histograms`.
+Image figures: :func:`anomaly_maps` (per category: the image with its ground truth outlined
+and its defect type named, the anomaly map overlaid on the image in a perceptual colormap
+with a readable colour bar, the oracle prediction) and :func:`roc` (each curve's AUROC in its
+legend entry), :func:`pixel_histograms`. Error bars (std over seeds) only where n > 1.
 
 Every axis that does not start at 0 says so (a break mark on the axis and "axis from N" in its
 label); legends sit outside the data; long labels are wrapped.
@@ -41,10 +45,18 @@ METHOD_PALETTE = sns.color_palette("colorblind")
 REFERENCE_COLOUR = "0.45"
 
 
-def _save(fig, path: Path, dpi: int) -> None:
-    """Save ``fig`` as ``path`` (PNG) written whole or not at all, and close it."""
-    with atomic_path(path, suffix=Path(path).suffix) as tmp:
-        fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
+#: resolution of every PNG; a PDF (vector) is written beside it
+DPI = 200
+#: perceptual colormap of anomaly maps
+MAP_CMAP = "magma"
+
+
+def _save(fig, path: Path, dpi: int = DPI) -> None:
+    """Save ``fig`` as ``path`` (PNG at :data:`DPI`) and as a PDF beside it, each written
+    whole or not at all, and close it. ``dpi`` is kept for callers; every PNG gets DPI."""
+    for target in (Path(path), Path(path).with_suffix(".pdf")):
+        with atomic_path(target, suffix=target.suffix) as tmp:
+            fig.savefig(tmp, dpi=DPI, bbox_inches="tight")
     plt.close(fig)
 
 
@@ -89,7 +101,10 @@ def _points(frame: pd.DataFrame) -> pd.DataFrame:
     else:
         out["series"] = np.where(out["kind"] == "method", "reproduced", out["label"])
         out["item"] = out["label"].astype(str)
-    out["value"] = np.where(out["compared_metric"] != out["metric"], out["compared_mean"], out["mean"])
+    paper_code = out["compared_metric"].notna() & (out["compared_metric"] != out["metric"])
+    out["value"] = np.where(paper_code, out["compared_mean"], out["mean"])
+    # a value under the paper's metric code is labelled with that code, not the official name
+    out["metric"] = np.where(paper_code, out["compared_metric"], out["metric"])
     return out
 
 
@@ -106,6 +121,9 @@ def published_vs_reproduced(frame: pd.DataFrame, title: str, path: Path,
     has_published = frame["published"].notna().any()
     points = _points(frame)
     metrics = list(dict.fromkeys(points["metric"]))
+    per_panel = points[points["kind"] == "method"].groupby("metric").size()
+    if per_panel.empty or per_panel.max() <= 1:
+        return False  # one dot per panel adds nothing to the table cell: the table alone
     if comparable and has_published:
         _scatter(points, metrics, title, path, tolerance or {})
     else:
@@ -153,7 +171,7 @@ def _scatter(points: pd.DataFrame, metrics: list[str], title: str, path: Path,
                bbox_to_anchor=(1.0, 0.5), fontsize=7, frameon=False)
     _title(fig, title + " — one point per category", 70 + 20 * len(metrics))
     fig.tight_layout()
-    _save(fig, path, dpi=120)
+    _save(fig, path)
 
 
 def _dots(points: pd.DataFrame, metrics: list[str], title: str, path: Path,
@@ -198,7 +216,14 @@ def _dots(points: pd.DataFrame, metrics: list[str], title: str, path: Path,
                            + shift[s], facecolors="none", edgecolors=palette[s], marker="D",
                            s=34, linewidths=1.0, zorder=3,
                            label="published" + (" (not comparable)" if note else ""))
-        ax.set_xlim(0, 101)
+        shown = np.r_[data.loc[data["kind"] != "chance", "value"].astype(float),
+                      data["published"].dropna().astype(float)]
+        shown = shown[np.isfinite(shown)]
+        low = max(0.0, math.floor((shown.min() - 2.0) / 5.0) * 5.0) if shown.size else 0.0
+        high = min(101.0, math.ceil((shown.max() + 1.0) / 5.0) * 5.0 + 1.0) if shown.size else 101.0
+        ax.set_xlim(low, high)
+        if low > 0:
+            mark_truncated(ax, "x")
         if "average" in y_of and len(y_of) > 1:  # the average row below the categories
             ax.axhline(y_of["average"] - 0.5, color="0.6", linewidth=0.6)
         ax.set_xlabel(f"{metric} [%]", fontsize=8)
@@ -218,7 +243,7 @@ def _dots(points: pd.DataFrame, metrics: list[str], title: str, path: Path,
                fontsize=7, frameon=False, title=note, title_fontsize=7)
     _title(fig, title, 60 + 25 * ncols)
     fig.tight_layout()
-    _save(fig, path, dpi=120)
+    _save(fig, path)
 
 
 def ablation(frame: pd.DataFrame, title: str, x_label: str, path: Path,
@@ -234,8 +259,13 @@ def ablation(frame: pd.DataFrame, title: str, x_label: str, path: Path,
     order = list(rep["label"])
     x = np.arange(len(order))
     fig, ax = plt.subplots(figsize=(max(3.6, 0.9 * len(order) + 1.6), 3.3))
-    ax.errorbar(x, rep["mean"], yerr=rep["std"].where(rep["n"] > 1), marker="o", capsize=2,
-                label="reproduced (this run)", color=METHOD_PALETTE[0])
+    seeds = int(rep["n"].max())
+    label = f"reproduced (this run, n={seeds})"
+    if (rep["n"] > 1).any():  # error bars (seed std) only where there are several seeds
+        ax.errorbar(x, rep["mean"], yerr=rep["std"].where(rep["n"] > 1), marker="o", capsize=2,
+                    label=label + ", ± std over seeds", color=METHOD_PALETTE[0])
+    else:
+        ax.plot(x, rep["mean"], marker="o", label=label, color=METHOD_PALETTE[0])
     if rep["published"].notna().any():
         ax.plot(x, rep["published"].astype(float), marker="D", linestyle="--", color="0.25",
                 markerfacecolor="white",
@@ -256,26 +286,28 @@ def ablation(frame: pd.DataFrame, title: str, x_label: str, path: Path,
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     ax.set_title(_wrap(title, 60), fontsize=8)
     fig.tight_layout()
-    _save(fig, path, dpi=120)
+    _save(fig, path)
     return True
 
 
 def anomaly_maps(examples: dict[str, Any], path: Path, thresholds: dict[str, float | None]) -> None:
-    """Per category four labelled rows (image with the ground truth outlined, ground truth,
-    anomaly map, prediction at the oracle threshold) over its example test images (columns
-    labelled defective/normal); the map row shares one colour scale, shown by its colour bar."""
+    """Per category three labelled rows over its example test images (columns titled with
+    their defect type): the image with the ground truth outlined, the anomaly map overlaid on
+    the image (perceptual colormap :data:`MAP_CMAP`, one colour scale per category with its
+    colour bar) and the prediction at the oracle threshold."""
     count = max(len(e["example_index"]) for e in examples.values())
     with_prediction = all(t is not None for t in thresholds.values())
-    kinds = ["image", "ground truth", "anomaly map"] + (["prediction"] if with_prediction else [])
+    kinds = ["image, ground truth", "anomaly map on image"] + (["prediction (oracle)"] if with_prediction else [])
     per = len(kinds)
     fig, axes = plt.subplots(per * len(examples), count + 1, squeeze=False,
-                             figsize=(1.25 * count + 0.9, 1.25 * per * len(examples) + 0.4),
+                             figsize=(1.35 * count + 1.4, 1.35 * per * len(examples) + 0.6),
                              gridspec_kw={"width_ratios": [1] * count + [0.08]})
     for r, (category, e) in enumerate(examples.items()):
         maps = np.asarray(e["example_maps"], dtype=np.float32)
         vmin, vmax = float(np.min(maps)), float(np.max(maps))
         labels = np.asarray(e["labels"])[np.asarray(e["example_index"])]
-        numbering = {1: 0, 0: 0}
+        defects = [str(d) for d in e["example_defects"]] if "example_defects" in e else \
+            ["defective" if x else "good" for x in labels]
         images = {}
         for c in range(count):
             cells = [axes[per * r + k, c] for k in range(per)]
@@ -286,43 +318,41 @@ def anomaly_maps(examples: dict[str, Any], path: Path, thresholds: dict[str, flo
             if c >= len(e["example_index"]):
                 continue
             mask = np.asarray(e["example_masks"][c])
-            numbering[int(labels[c])] += 1
-            cells[0].set_title(f"{'defective' if labels[c] else 'normal'} {numbering[int(labels[c])]}",
-                               fontsize=7)
-            cells[0].imshow(np.transpose(np.asarray(e["example_images"][c], np.float32), (1, 2, 0)))
-            if mask.any():
-                cells[0].contour(mask, levels=[0.5], colors="red", linewidths=0.6)
-            images["gt"] = cells[1].imshow(mask, cmap="gray", vmin=0, vmax=1)
-            images["map"] = cells[2].imshow(maps[c], cmap="jet", vmin=vmin, vmax=vmax)
+            image = np.clip(np.transpose(np.asarray(e["example_images"][c], np.float32), (1, 2, 0)), 0, 1)
+            cells[0].set_title(_wrap(defects[c].replace("_", " "), 14), fontsize=7)
+            cells[0].imshow(image)
+            cells[1].imshow(image.mean(axis=2), cmap="gray", vmin=0, vmax=1)
+            images["map"] = cells[1].imshow(maps[c], cmap=MAP_CMAP, vmin=vmin, vmax=vmax, alpha=0.65)
             if with_prediction:
-                images["pred"] = cells[3].imshow(maps[c] >= thresholds[category], cmap="gray",
-                                                 vmin=0, vmax=1)
+                cells[2].imshow(image)
+                pred = np.ma.masked_where(maps[c] < thresholds[category], np.ones_like(maps[c]))
+                cells[2].imshow(pred, cmap="cool", vmin=0, vmax=1, alpha=0.55)
+            for ax in cells[:1] + cells[1:]:
                 if mask.any():
-                    cells[3].contour(mask, levels=[0.5], colors="red", linewidths=0.6)
+                    ax.contour(mask, levels=[0.5], colors="#00e5ff" if ax is not cells[0] else "red",
+                               linewidths=0.7)
         for k, kind in enumerate(kinds):
-            axes[per * r + k, 0].set_ylabel(f"{category}\n{kind}" if k == 0 else kind, fontsize=7)
-        bars = [("gt", 1), ("map", 2)] + ([("pred", 3)] if with_prediction else [])
-        axes[per * r, count].axis("off")
-        for key, k in bars:
-            cax = axes[per * r + k, count]
-            bar = fig.colorbar(images[key], cax=cax)
-            bar.ax.tick_params(labelsize=5)
-            if key != "map":
-                bar.set_ticks([0, 1], labels=["normal", "defect"])
-            else:
-                bar.set_label("score", fontsize=5)
-    fig.suptitle(_wrap("Anomaly maps: one colour scale per category's map row; prediction at "
-                       "the oracle pixel threshold; ground truth outlined in red", 70), fontsize=7)
-    # tight_layout ignores the suptitle: keep half an inch above the first row for it
+            axes[per * r + k, 0].set_ylabel(f"{category}\n{kind}" if k == 0 else _wrap(kind, 14),
+                                            fontsize=7)
+        for k in range(per):
+            axes[per * r + k, count].axis("off")
+        cax = axes[per * r + 1, count]
+        cax.axis("on")
+        bar = fig.colorbar(images["map"], cax=cax)
+        bar.ax.tick_params(labelsize=7)
+        bar.set_label("anomaly score", fontsize=7)
+    fig.suptitle(_wrap("Anomaly maps over the test images (defect type above each column; ground "
+                       "truth outlined); prediction: pixels at or above the oracle threshold "
+                       "(best F1 over the test set), in pink", 80), fontsize=8)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / fig.get_figheight()))
-    _save(fig, path, dpi=110)
+    _save(fig, path)
 
 
 def roc(examples: dict[str, Any], path: Path, title: str = "image-level ROC") -> None:
     """One ROC curve per category, its AUROC in the legend entry."""
     from sklearn.metrics import roc_auc_score, roc_curve
 
-    fig, ax = plt.subplots(figsize=(3.4, 3.2))
+    fig, ax = plt.subplots(figsize=(5.0, 4.6))
     palette = sns.color_palette("colorblind", len(examples))
     for colour, (category, e) in zip(palette, examples.items()):
         labels, scores = np.asarray(e["labels"]), np.asarray(e["image_scores"])
@@ -336,7 +366,7 @@ def roc(examples: dict[str, Any], path: Path, title: str = "image-level ROC") ->
     ax.set_title(_wrap(title, 45), fontsize=8)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
     fig.tight_layout()
-    _save(fig, path, dpi=120)
+    _save(fig, path)
 
 
 def pixel_histograms(examples: dict[str, Any], path: Path) -> None:
@@ -356,4 +386,4 @@ def pixel_histograms(examples: dict[str, Any], path: Path) -> None:
     fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7,
                frameon=False)
     fig.tight_layout()
-    _save(fig, path, dpi=110)
+    _save(fig, path)

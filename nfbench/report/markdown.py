@@ -25,15 +25,33 @@ def fmt(value: Any, digits: int = 1) -> str:
         return "—"
     return f"{value:.{digits}f}"
 
-def cell(row: pd.Series) -> str:
-    """``mean ± std (n=k)`` over seeds; one seed: ``mean (n=1)``; chance: the level alone."""
+def interval_text(lo: Any, hi: Any) -> str:
+    """`` [lo, hi]`` (a 95 % interval, in points), or nothing where none is known."""
+    if lo is None or hi is None or pd.isna(lo) or pd.isna(hi):
+        return ""
+    return f" [{lo:.1f}, {hi:.1f}]"
+
+def cell(row: pd.Series, lo: str = "ci_lo", hi: str = "ci_hi") -> str:
+    """``mean ± std [lo, hi] (n=k)`` over seeds, [lo, hi] the 95 % interval (test-set
+    bootstrap and seeds, where known; ``docs/uncertainty.md``); one seed: ``mean [lo, hi]
+    (n=1)``; chance: the level alone."""
     if row["n"] == 0 or math.isnan(row["mean"]):
         return "—"
     if row.get("kind") == "chance":
         return f"{row['mean']:.1f}"
+    ci = interval_text(row.get(lo), row.get(hi))
     if int(row["n"]) == 1 or pd.isna(row["std"]):
-        return f"{row['mean']:.1f} (n={int(row['n'])})"
-    return f"{row['mean']:.1f} ± {row['std']:.1f} (n={int(row['n'])})"
+        return f"{row['mean']:.1f}{ci} (n={int(row['n'])})"
+    return f"{row['mean']:.1f} ± {row['std']:.1f}{ci} (n={int(row['n'])})"
+
+#: the sentence every table with intervals carries
+INTERVAL_NOTE = ("[lo, hi]: 95 % interval of the reproduced number (stratified bootstrap of the "
+                 "test images, per category, all categories jointly for averages; with the "
+                 "seed spread where n > 1; `docs/uncertainty.md`); ± is the standard deviation "
+                 "over seeds.")
+
+def _verdict(value: Any) -> str:
+    return value if isinstance(value, str) and value else "—"
 
 def _within(value: Any) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)) or value == "":
@@ -59,11 +77,11 @@ def table_markdown(frame: pd.DataFrame) -> str:
     pub = "published" if comparable else "published (for reference; not comparable)"
     head = ["row", "metric", pub]
     if variants:
-        head += ["reproduced, paper's metric code (mean ± std)"] + (["Δ"] if comparable else []) \
+        head += ["reproduced, paper's metric code (mean ± std [95 % interval])"] + (["Δ"] if comparable else []) \
             + ["reproduced, official metric"]
     else:
-        head += ["reproduced (mean ± std)"] + (["Δ"] if comparable else [])
-    head += ["within tolerance"] if comparable else []
+        head += ["reproduced (mean ± std [95 % interval])"] + (["Δ"] if comparable else [])
+    head += ["within tolerance", "verdict"] if comparable else []
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     notes: dict[tuple[str, str], int] = {}
     for _, row in frame.iterrows():
@@ -82,13 +100,13 @@ def table_markdown(frame: pd.DataFrame) -> str:
         if variants and row["compared_metric"] != row["metric"]:
             compared = row.copy()
             compared["mean"], compared["std"] = row["compared_mean"], row["compared_std"]
-            cells += [f"{cell(compared)} [`{row['compared_metric']}`]"] + \
+            cells += [f"{cell(compared, 'compared_ci_lo', 'compared_ci_hi')} [`{row['compared_metric']}`]"] + \
                 ([delta] if comparable else []) + [cell(row)]
         elif variants:
             cells += [cell(row)] + ([delta] if comparable else []) + ["(same)"]
         else:
             cells += [cell(row)] + ([delta] if comparable else [])
-        cells += [_within(row["within_tolerance"])] if comparable else []
+        cells += [_within(row["within_tolerance"]), _verdict(row.get("verdict"))] if comparable else []
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     if notes:
         lines.append("")

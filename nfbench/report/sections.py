@@ -28,13 +28,22 @@ def oracle_threshold(e: Any) -> float | None:
     f1 = 2 * tp / np.maximum(2 * tp + fp + (defect.sum() - tp), 1)
     return float(np.asarray(e["pixel_hist_edges"])[int(np.argmax(f1))])
 
-def questions_section(spec: PaperSpec, tables_dir: Path) -> list[str]:
+def questions_section(spec: PaperSpec, tables_dir: Path, difference=None) -> list[str]:
     """Answers, measured on this run's tables, to the questions a spec asks (``questions``:
     does variant ``better`` beat ``than`` in ``table`` (on its ``row``, for per-category
-    tables), metric by metric?)."""
+    tables), metric by metric?). ``difference(question, metric)`` gives the 95 % interval of
+    better − than (:func:`nfbench.pipeline.intervals.cell_difference`, in points): the answer
+    is *yes*/*no* only where it excludes zero, else *not resolved*; without it, every answer
+    is *not resolved*."""
+    from nfbench.metrics.uncertainty import resolved
+    from nfbench.report.markdown import interval_text
+
     if not spec.questions:
         return []
-    out = ["## Questions answered by this run", ""]
+    out = ["## Questions answered by this run", "",
+           "*helps?* is *yes* or *no* only where the 95 % interval of the difference (paired "
+           "bootstrap of the same test images, with the seed spread where n > 1; "
+           "`docs/uncertainty.md`) excludes zero; otherwise *not resolved*.", ""]
     for q in spec.questions:
         frame = pd.read_csv(tables_dir / f"{q.table}.csv")
         if q.row is not None:  # per-category tables: which row (e.g. average); else one row a variant
@@ -45,12 +54,15 @@ def questions_section(spec: PaperSpec, tables_dir: Path) -> list[str]:
             a, b = by_variant.get(q.better), by_variant.get(q.than)
             if a is None or b is None or math.isnan(a) or math.isnan(b):
                 continue
-            verdict = "yes" if a > b else "no"
-            lines.append(f"| {metric} | {b:.1f} | {a:.1f} | {a - b:+.1f} | {verdict} |")
+            diff = difference(q, metric) if difference is not None else None
+            verdict = ("yes" if a > b else "no") if diff is not None and resolved(diff) \
+                else "not resolved"
+            ci = interval_text(diff.lo, diff.hi) if diff is not None else ""
+            lines.append(f"| {metric} | {b:.1f} | {a:.1f} | {a - b:+.1f}{ci or ' [—]'} | {verdict} |")
         where = f"{q.row} row of {q.table}" if q.row is not None else q.table
         out += [f"**{q.question}** ({q.than} → {q.better}, {where})", "",
-                f"| metric | {q.than} | {q.better} | Δ | helps? |", "|---|---|---|---|---|",
-                *lines, ""]
+                f"| metric | {q.than} | {q.better} | Δ [95 % interval] | helps? |",
+                "|---|---|---|---|---|", *lines, ""]
         if q.note:
             out += [q.note, ""]
     return out
@@ -78,10 +90,15 @@ def protocol_section(spec: PaperSpec, tables_dir: Path) -> list[str]:
     out += [f"- `{m}`: {METRIC_VARIANTS[m]}" for m in variants]
     out += ["", "Difference = original protocol − honest, in points (%). Selection points, both "
             "normalisations and the chosen w of every run are in its record "
-            "(`original_protocol`).", ""]
+            "(`original_protocol`). Metrics an original never reported (CS-Flow: everything "
+            "but image AUROC) have no row. Where a variant's w was chosen by the authors on "
+            "the test set, its honest side is the run whose w was chosen on synthetic "
+            "validation defects (`*_w_synthetic`), and the authors' w is one more protocol "
+            "row.", ""]
     for table_id, path in companions.items():
         frame = pd.read_csv(path)
         frame = frame[frame["n"] > 0]
+        frame = _honest_w(_reported_only(frame))
         if frame.empty:
             continue
         # the paper's title names the paper's data; the rows are this profile's categories
@@ -94,8 +111,59 @@ def protocol_section(spec: PaperSpec, tables_dir: Path) -> list[str]:
         out.append("")
     return out
 
-def complexity_section(spec: PaperSpec, profile_path: Path, main_records: list[dict]
-                       ) -> list[str]:
+#: the metrics each original code printed (a protocol row of another metric would report
+#: something the original never reported); protocols not listed printed every metric here
+ORIGINAL_METRICS = {"csflow": ("image_auroc",)}
+
+
+def _reported_only(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` without the rows of metrics the row's original protocol never reported."""
+    from nfbench.pipeline.protocols import REPORTED_AS
+
+    protocol_of = {text: name for name, text in REPORTED_AS.items()}
+    keep = [m in ORIGINAL_METRICS.get(protocol_of.get(r, ""), (m,))
+            for m, r in zip(frame["metric"], frame["reported_as"])]
+    return frame[keep]
+
+
+def _synthetic_partner(variant: str, variants: set[str]) -> str | None:
+    """``full`` → ``full_w_synthetic`` (``full_btad`` → ``full_w_synthetic_btad``), if run."""
+    for partner in (variant.replace("full", "full_w_synthetic", 1),):
+        if partner != variant and partner in variants:
+            return partner
+    return None
+
+
+def _honest_w(frame: pd.DataFrame) -> pd.DataFrame:
+    """Rows of a variant whose w the authors chose on the test set (one with a
+    ``*_w_synthetic`` partner in the table) take the partner's honest value (w without test
+    labels) and get one more protocol row: the authors' w, against that honest value."""
+    variants = set(frame["variant"])
+    rows = []
+    for r in frame.to_dict("records"):
+        partner = _synthetic_partner(r["variant"], variants)
+        if partner is None:
+            rows.append(r)
+            continue
+        match = frame[(frame["variant"] == partner) & (frame["row"] == r["row"].replace(
+            r["variant"], partner)) & (frame["metric"] == r["metric"])] if r["row"] == r["variant"] \
+            else frame[(frame["variant"] == partner) & (frame["row"] == r["row"]) &
+                       (frame["metric"] == r["metric"])]
+        if match.empty:
+            rows.append(r)
+            continue
+        honest = float(match["honest"].iloc[0])
+        rows.append({**r, "label": f"{r['label']} (honest: w from synthetic validation)",
+                     "honest": honest, "difference": r["original"] - honest})
+        rows.append({**r, "label": f"{r['label']}, the authors' per-category w",
+                     "honest": honest, "original": r["honest"],
+                     "difference": r["honest"] - honest,
+                     "reported_as": "the authors' w (chosen on the test set), last epoch"})
+    return pd.DataFrame(rows, columns=frame.columns)
+
+
+def complexity_section(spec: PaperSpec, profile_path: Path, main_records: list[dict],
+                       all_records: list[dict] | None = None) -> list[str]:
     out = ["## Complexity and speed", ""]
     published = spec.complexity.published
     if published:
@@ -126,6 +194,23 @@ def complexity_section(spec: PaperSpec, profile_path: Path, main_records: list[d
                     "below say what we know of the gap.", ""]
     if main_records:
         fits = [r["timing"]["fit_seconds"] for r in main_records]
-        out += [f"Training time per category (this run, {main_records[0]['timing']['device']}): "
-                f"median {np.median(fits):.1f} s over {len(fits)} runs.", ""]
+        device = main_records[0]["timing"]["device"]
+        if any(r.get("config", {}).get("reuse_stages") for r in main_records):
+            # a run that found its trained stages in the stage cache records loading time
+            method = main_records[0]["method"]
+            longest = {}
+            for r in all_records or main_records:
+                if r["method"] == method:
+                    c = r["category"]
+                    longest[c] = max(longest.get(c, 0.0), r["timing"]["fit_seconds"])
+            out += [f"Fit time of the main variant's runs (this run, {device}): median "
+                    f"{np.median(fits):.1f} s over {len(fits)} runs. **Not training time**: "
+                    "with stage reuse (`reuse_stages`), a run whose trained stages were already "
+                    "in the stage cache records the time to load them. The longest recorded "
+                    f"fit of any `{method}` run per category (the run that trained the shared "
+                    f"stages, or one training more): median {np.median(list(longest.values())):.1f} s "
+                    f"over {len(longest)} categories.", ""]
+        else:
+            out += [f"Training time per category (this run, {device}): "
+                    f"median {np.median(fits):.1f} s over {len(fits)} runs.", ""]
     return out
