@@ -128,11 +128,17 @@ def backbone_label(name: str | None) -> str:
 
 def defect_fraction(results_dir: Path, runs: list[Run], category: str) -> float:
     """Share of defective pixels in ``category``'s test set (chance level of pixel AUPR), from
-    the pixel-score histograms of any record of that category; nan without one."""
+    any record of that category (its ``data.defect_pixel_fraction``, else the pixel-score
+    histograms of its figure material, which a fresh clone lacks); nan without one."""
     for run in runs:
         if run.category != category:
             continue
-        path = Path(results_dir) / run.record_path.with_suffix(".npz")
+        path = Path(results_dir) / run.record_path
+        if path.is_file():
+            fraction = json.loads(path.read_text()).get("data", {}).get("defect_pixel_fraction", {})
+            if category in fraction:
+                return float(fraction[category])
+        path = path.with_suffix(".npz")
         if path.is_file():
             with np.load(path) as e:
                 if "pixel_hist_defect" in e:
