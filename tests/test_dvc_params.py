@@ -197,3 +197,20 @@ def test_run_records_are_tracked_by_git_and_their_figure_material_is_not():
         assert not ignored(f"results/{paper}/runs/full/brick/seed0.json")
         assert ignored(f"results/{paper}/runs/full/brick/seed0.npz")
     assert not ignored("results/peers/csflow/shipped/brick/seed0.json")
+
+
+def test_params_yaml_is_in_the_formatting_dvc_writes(tmp_path):
+    """`dvc exp run -S` re-dumps params.yaml (ruamel, round-trip): the committed file is already
+    in that formatting, so an experiment's diff is the one key it sets (comments kept)."""
+    from dvc.utils.hydra import apply_overrides
+
+    committed = (ROOT / "params.yaml").read_text()
+    path = tmp_path / "params.yaml"
+    path.write_text(committed)
+    apply_overrides(path, ["profile=demo"])  # a no-op override: only DVC's dump
+    assert path.read_text() == committed
+    apply_overrides(path, ["csflow.demo.settings.epochs=3"])
+    changed = [(a, b) for a, b in zip(committed.splitlines(), path.read_text().splitlines())
+               if a != b]
+    assert len(changed) == 1 and len(path.read_text().splitlines()) == len(committed.splitlines())
+    assert changed[0][0].replace("epochs: 12", "epochs: 3") == changed[0][1]
