@@ -356,8 +356,8 @@ def write_protocol_tables(tables: dict[str, pd.DataFrame], paper_dir: Path) -> l
 
 def write_tables(tables: dict[str, pd.DataFrame], paper_dir: Path) -> list[Path]:
     """Write ``<paper_dir>/tables/<table>.csv`` (one per table), ``<paper_dir>/metrics.json``
-    (the headline numbers only, for ``dvc metrics show``: per table, its average rows as
-    ``<variant>[.average].<metric>`` → mean) and, for ``dvc plots show``,
+    (the headline numbers only, for ``dvc metrics show``: per table, the average row of each of
+    its method's variants as ``<variant>.<metric>`` → mean) and, for ``dvc plots show``,
     ``<paper_dir>/plots/<table>.csv`` (label, metric, kind, reproduced, published) and
     ``<paper_dir>/plots/published_vs_reproduced.csv`` (every cell with both numbers)."""
     paper_dir = Path(paper_dir)
@@ -369,9 +369,9 @@ def write_tables(tables: dict[str, pd.DataFrame], paper_dir: Path) -> list[Path]
         _write_csv(frame, path)
         paths.append(path)
         heads = frame[frame["row"] == "average"] if (frame["row"] == "average").any() else frame
-        summary[table_id] = {
-            f"{r.row if r.row == r.variant else f'{r.variant}.{r.row}'}.{r.metric}": round(r.mean, 4)
-            for r in heads.itertuples() if np.isfinite(r.mean)}
+        heads = heads[heads["kind"] == "method"]  # the chance and reference rows are in the CSV
+        summary[table_id] = {f"{r.variant}.{r.metric}": round(r.mean, 4)
+                             for r in heads.itertuples() if np.isfinite(r.mean)}
         plot = frame[["label", "metric", "kind", "mean", "published"]].rename(
             columns={"mean": "reproduced"})
         if plot["metric"].nunique() > 1:  # one y label per bar
