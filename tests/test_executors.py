@@ -224,3 +224,26 @@ def test_command_line_seed_zero_wins_over_the_config_file(tmp_path, capsys):
     saved.write_text(capsys.readouterr().out)
     assert main(["run", "--config", str(saved), "--seed", "0", "--print-config"]) == 0
     assert "seed: 0" in capsys.readouterr().out.splitlines()
+
+
+def test_bench_of_a_whole_paper_runs_one_batch_per_variant_in_one_process(tmp_path,
+                                                                          monkeypatch):
+    """`bench --paper P` (the pipeline's one stage per paper) hands the runner one batch per
+    variant, as `bench --variant V` would, so that each run gets the torch thread count it gets
+    there (a CPU result depends on it); a `--variant` selection stays one batch."""
+    from nfbench.pipeline import runner
+    from nfbench.pipeline.plan import expand_runs, load_params
+
+    batches = []
+    monkeypatch.setattr(runner, "execute", lambda runs, *a, **k: batches.append(
+        ([r.run_id for r in runs], k["label"])))
+    assert main(["bench", "--paper", "csflow", "--profile", "demo", "--results",
+                 str(tmp_path)]) == 0
+    runs = expand_runs("csflow", "demo", load_params())
+    variants = list(dict.fromkeys(r.variant for r in runs))
+    assert [label for _, label in batches] == [f"csflow/{v}" for v in variants]
+    assert [i for ids, _ in batches for i in ids] == [r.run_id for r in runs]
+    batches.clear()
+    assert main(["bench", "--paper", "csflow", "--profile", "demo", "--variant", "full",
+                 "--variant", "mtd", "--results", str(tmp_path)]) == 0
+    assert [label for _, label in batches] == ["csflow/full+mtd"]

@@ -36,3 +36,40 @@ def test_timing_runs_blocked_autorange_for_at_least_min_run_time(one_thread):
     result = measure_module(_ScoresAndMap(), 8, batch_size=2, device=torch.device("cpu"),
                             min_run_time=0.05)
     assert result["images_per_second"] > 0 and result["timing"]["device"] == "cpu"
+
+
+def test_the_profiling_stage_reuses_measurements_of_unchanged_configs_and_code(
+        tmp_path, monkeypatch):
+    """A rerun of `nfbench profile` with nothing changed measures nothing again; a changed
+    setting or a changed measuring code measures again (cache/profiling/, keyed by both)."""
+    import json
+
+    from nfbench.pipeline import complexity
+    from nfbench.pipeline.plan import load_params
+
+    monkeypatch.setenv("NFBENCH_CACHE", str(tmp_path / "cache"))
+    calls = []
+
+    def fake_method(method, settings, batch_size=1, time_it=True):
+        calls.append(("method", json.dumps(settings, sort_keys=True)))
+        return {"gmacs_fvcore": 1.0, "parameters": 2e6, "settings": settings}
+
+    def fake_components(method, settings, rows, batch_size, time_it=True):
+        calls.append(("components", json.dumps(settings, sort_keys=True)))
+        return [{"component": row, "size_mb": 1.0} for row in rows]
+
+    monkeypatch.setattr(complexity, "profile_method", fake_method)
+    monkeypatch.setattr(complexity, "profile_components", fake_components)
+    params = load_params()
+    out = complexity.profile_paper("clscnf", "demo", params, tmp_path / "res", log=lambda _: None)
+    first, measured = out.read_text(), len(calls)
+    assert measured >= 3 and any(kind == "components" for kind, _ in calls)
+    complexity.profile_paper("clscnf", "demo", params, tmp_path / "res", log=lambda _: None)
+    assert len(calls) == measured and out.read_text() == first  # all read back, same file
+    params["clscnf"]["demo"]["settings"]["input_size"] = 96  # the demo configuration changes
+    complexity.profile_paper("clscnf", "demo", params, tmp_path / "res", log=lambda _: None)
+    assert 0 < len(calls) - measured < measured
+    complexity._measuring_code.cache_clear()
+    monkeypatch.setattr(complexity, "_measuring_code", lambda method: "other code")
+    complexity.profile_paper("clscnf", "demo", params, tmp_path / "res", log=lambda _: None)
+    assert len(calls) - measured > measured - 1  # everything again

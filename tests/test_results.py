@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+
 import pytest
 
 from nfbench.pipeline import results
@@ -55,3 +57,32 @@ def test_a_file_that_is_not_a_record_is_one_clear_error(tmp_path):
     bad.write_text("[1, 2]")
     with pytest.raises(UserError, match="not a run record"):
         results.load(tmp_path)
+
+
+def test_a_fresh_clone_without_figure_material_keeps_the_chance_level(tiny_demo, tmp_path,
+                                                                      one_thread):
+    """Run records are in git, their NPZ figure material is not: the tables' chance level of
+    pixel AUPR comes from the record itself, equal to the one the NPZ histograms give."""
+    from nfbench.pipeline.experiment import run_experiment, write_examples, write_record
+    from nfbench.pipeline.plan import Run
+    from nfbench.pipeline.tables import defect_fraction
+
+    run = Run(paper="csflow", method="gaussian", variant="baseline_gaussian", dataset="demo",
+              category="brick", seed=0, profile="smoke", root=str(tiny_demo))
+    examples: dict = {}
+    record = run_experiment("gaussian", "demo", "brick", root=tiny_demo, profile="smoke",
+                            overrides={"backbone": "efficientnet_lite0", "input_size": 64},
+                            examples=examples, original_protocol=False)
+    path = tmp_path / run.record_path
+    write_examples(examples, path.with_suffix(".npz"))
+    write_record(record, path)
+    assert set(record["data"]["defect_pixel_fraction"]) == {"brick"}
+    fraction = record["data"]["defect_pixel_fraction"]["brick"]
+    del record["data"]["defect_pixel_fraction"]  # a record of the earlier code: from the NPZ
+    write_record(record, path)
+    assert defect_fraction(tmp_path, [run], "brick") == fraction
+    path.with_suffix(".npz").unlink()
+    assert np.isnan(defect_fraction(tmp_path, [run], "brick"))
+    record["data"]["defect_pixel_fraction"] = {"brick": fraction}
+    write_record(record, path)
+    assert defect_fraction(tmp_path, [run], "brick") == fraction and 0 < fraction < 1

@@ -5,20 +5,60 @@ backbone and input size; timed only on the reference profile (params.yaml, the p
 or with ``time_paper``, since it is slow on a CPU), the profile's configuration of the main variant, the spec's extra complexity
 configurations, and the rows of every ``layout: complexity`` table (CLS-CNFs' Table 3). The
 measuring itself is library code (:mod:`nfbench.profiling`).
+
+Counting a paper configuration's FLOPs takes minutes on a CPU, so every measurement is kept in
+``<cache>/profiling/<key>.json`` (:func:`nfbench.paths.cache_root`), keyed by what it measures
+(method, settings, batch size, timed or not, device) and the code that computes it (the
+method's code digest, as in run identity, and :mod:`nfbench.profiling`'s source) and the
+counters' versions: a rerun of the stage after an unrelated change reads them back.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
 import json
 from pathlib import Path
 from typing import Any, Callable
 
 from nfbench.atomic import write_text_atomic
 from nfbench.methods import method_class
+from nfbench.paths import cache_root
 from nfbench.pipeline.plan import load_spec, profile_params, variant_settings
 from nfbench.pipeline.spec import PaperSpec, reference_profile, shared_settings
 from nfbench.profiling import profile_components, profile_method
+
+
+@functools.lru_cache(maxsize=None)
+def _measuring_code(method: str) -> str:
+    """Digest of the code a measurement of ``method`` runs: the method's code digest (run
+    identity's) and the profiling library's source, with the counters' versions."""
+    import fvcore
+    import torch
+
+    from nfbench import profiling
+    from nfbench.pipeline.identity import code_version
+
+    digest = hashlib.sha1(Path(profiling.__file__).read_bytes())
+    digest.update(f"{code_version(method)} {torch.__version__} "
+                  f"{getattr(fvcore, '__version__', '?')}".encode())
+    return digest.hexdigest()[:16]
+
+
+def cached(kind: str, method: str, what: dict[str, Any], measure: Callable[[], Any]) -> Any:
+    """``measure()``, or its result stored earlier for the same ``kind``, ``method``, ``what``
+    (JSON-ready arguments) and measuring code (:func:`_measuring_code`)."""
+    key = json.dumps({"kind": kind, "method": method, "what": what,
+                      "code": _measuring_code(method)}, sort_keys=True, default=str)
+    path = cache_root() / "profiling" / f"{hashlib.sha1(key.encode()).hexdigest()[:20]}.json"
+    try:
+        return json.loads(path.read_text())["result"]
+    except (OSError, ValueError, KeyError):
+        pass
+    result = measure()
+    write_text_atomic(path, json.dumps({"key": json.loads(key), "result": result}) + "\n")
+    return json.loads(json.dumps(result))  # as a cached read returns it
 
 
 def _configurations(spec: PaperSpec, block: dict[str, Any], profile: str, shared: dict,
@@ -46,8 +86,12 @@ def profile_paper(paper: str, profile: str, params: dict, results: Path,
     slow = profile == reference_profile(params) or time_paper  # the paper setup is slow on a CPU
     entries = []
     for config in _configurations(spec, block, profile, shared, slow):
-        result = profile_method(spec.method, {**config["settings"], **on_device},
-                                config["batch_size"], time_it=config["time_it"])
+        settings = {**config["settings"], **on_device}
+        result = cached("method", spec.method, {"settings": settings,
+                                                "batch_size": config["batch_size"],
+                                                "time_it": config["time_it"]},
+                        lambda: profile_method(spec.method, settings, config["batch_size"],
+                                               time_it=config["time_it"]))
         entries.append({"label": config["label"], **result})
         log(f"{config['label']}: {result['gmacs_fvcore']:.2f} GMACs, "
             f"{result['parameters'] / 1e6:.1f} M parameters")
@@ -59,9 +103,11 @@ def profile_paper(paper: str, profile: str, params: dict, results: Path,
                 ("paper configuration", paper_settings, slow),
                 (f"{profile} configuration",
                  {**shared, **variant_settings(spec, block, table.variant)}, True)):
-            for entry in profile_components(spec.method, {**settings, **on_device},
-                                            list(table.labels), table.batch_size,
-                                            time_it=time_it):
+            what = {"settings": {**settings, **on_device}, "rows": list(table.labels),
+                    "batch_size": table.batch_size, "time_it": time_it}
+            for entry in cached("components", spec.method, what, lambda: profile_components(
+                    spec.method, what["settings"], what["rows"], what["batch_size"],
+                    time_it=what["time_it"])):
                 entries.append({"label": label, "table": table_id, **entry})
                 log(f"{table_id} {label} {entry['component']}: {entry['size_mb']:.1f} MB")
     out = Path(results) / paper / "profile.json"

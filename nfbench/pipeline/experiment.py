@@ -127,12 +127,14 @@ def _examples(test, scores, labels: np.ndarray, masks: np.ndarray, count: int = 
 
 
 def _evaluate(detector, test, examples: dict | None = None,
-              bootstrap: dict | None = None) -> tuple[dict[str, float], float]:
+              bootstrap: dict | None = None,
+              defect_pixels: dict | None = None) -> tuple[dict[str, float], float]:
     """Score ``test`` and compute every metric; returns (metrics, seconds spent scoring).
     If ``examples`` is a dict, it receives what :func:`_examples` keeps for figures; if
     ``bootstrap`` is a dict, it receives the test-set bootstrap replicates of the official
     metrics (:func:`nfbench.metrics.uncertainty.record_bootstrap`: its own RNG, computed after
-    the metrics, so it changes no metric value)."""
+    the metrics, so it changes no metric value); if ``defect_pixels`` is, it receives the test
+    set's share of defective pixels (the chance level of pixel AUPR) under ``test.name``."""
     labels = np.asarray(test.labels)
     if labels.sum() == 0 or labels.sum() == len(labels):
         raise UserError(f"{test.name}: the test split needs normal and anomalous images")
@@ -142,6 +144,8 @@ def _evaluate(detector, test, examples: dict | None = None,
     if not (np.isfinite(scores.image).all() and np.isfinite(scores.pixel).all()):
         raise RuntimeError(f"{detector.name} produced non-finite scores on {test.name}")
     masks = test.load_masks()
+    if defect_pixels is not None:
+        defect_pixels[test.name] = float(np.count_nonzero(masks > 0.5) / masks.size)
     if examples is not None:
         examples.update(_examples(test, scores, labels, masks))
     values = metrics.compute_all(labels, scores.image, masks, scores.pixel)
@@ -193,10 +197,11 @@ def run_experiment(method: str, dataset: str, category: str, *, root: Path | Non
     start = time.perf_counter()
     detector.fit(train, **(protocol.fit_kwargs() if protocol is not None else {}))
     fit_seconds = time.perf_counter() - start - (protocol.seconds if protocol is not None else 0.0)
-    per_category, score_seconds, boots = {}, 0.0, {}
+    per_category, score_seconds, boots, defect_pixels = {}, 0.0, {}, {}
     for name, test in tests.items():
         boots[name] = {}
-        per_category[name], seconds = _evaluate(detector, test, examples, boots[name])
+        per_category[name], seconds = _evaluate(detector, test, examples, boots[name],
+                                                defect_pixels)
         examples = None  # figures show the first category only
         score_seconds += seconds
     n_test = sum(len(t) for t in tests.values())
@@ -215,7 +220,9 @@ def run_experiment(method: str, dataset: str, category: str, *, root: Path | Non
                  "n_test": n_test,
                  "n_test_anomalous": int(sum(sum(t.labels) for t in tests.values())),
                  "train_fingerprint": train.fingerprint,
-                 "test_fingerprint": {name: t.fingerprint for name, t in tests.items()}},
+                 "test_fingerprint": {name: t.fingerprint for name, t in tests.items()},
+                 # per category: chance level of pixel AUPR, for tables without the NPZ
+                 "defect_pixel_fraction": dict(zip(tests, defect_pixels.values()))},
         "environment": environment(),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }

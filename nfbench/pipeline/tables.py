@@ -132,11 +132,17 @@ def backbone_label(name: str | None) -> str:
 
 def defect_fraction(results_dir: Path, runs: list[Run], category: str) -> float:
     """Share of defective pixels in ``category``'s test set (chance level of pixel AUPR), from
-    the pixel-score histograms of any record of that category; nan without one."""
+    any record of that category (its ``data.defect_pixel_fraction``, else the pixel-score
+    histograms of its figure material, which a fresh clone lacks); nan without one."""
     for run in runs:
         if run.category != category:
             continue
-        path = Path(results_dir) / run.record_path.with_suffix(".npz")
+        path = Path(results_dir) / run.record_path
+        if path.is_file():
+            fraction = json.loads(path.read_text()).get("data", {}).get("defect_pixel_fraction", {})
+            if category in fraction:
+                return float(fraction[category])
+        path = path.with_suffix(".npz")
         if path.is_file():
             from nfbench.pipeline.experiment import read_examples
 
@@ -375,8 +381,8 @@ def write_protocol_tables(tables: dict[str, pd.DataFrame], paper_dir: Path) -> l
 
 def write_tables(tables: dict[str, pd.DataFrame], paper_dir: Path) -> list[Path]:
     """Write ``<paper_dir>/tables/<table>.csv`` (one per table), ``<paper_dir>/metrics.json``
-    (the headline numbers only, for ``dvc metrics show``: per table, its average rows as
-    ``<variant>[.average].<metric>`` → mean) and, for ``dvc plots show``,
+    (the headline numbers only, for ``dvc metrics show``: per table, the average row of each of
+    its method's variants as ``<variant>.<metric>`` → mean) and, for ``dvc plots show``,
     ``<paper_dir>/plots/<table>.csv`` (label, metric, kind, reproduced, published) and
     ``<paper_dir>/plots/published_vs_reproduced.csv`` (every cell with both numbers)."""
     paper_dir = Path(paper_dir)
@@ -388,9 +394,9 @@ def write_tables(tables: dict[str, pd.DataFrame], paper_dir: Path) -> list[Path]
         _write_csv(frame, path)
         paths.append(path)
         heads = frame[frame["row"] == "average"] if (frame["row"] == "average").any() else frame
-        summary[table_id] = {
-            f"{r.row if r.row == r.variant else f'{r.variant}.{r.row}'}.{r.metric}": round(r.mean, 4)
-            for r in heads.itertuples() if np.isfinite(r.mean)}
+        heads = heads[heads["kind"] == "method"]  # the chance and reference rows are in the CSV
+        summary[table_id] = {f"{r.variant}.{r.metric}": round(r.mean, 4)
+                             for r in heads.itertuples() if np.isfinite(r.mean)}
         plot = frame[["label", "metric", "kind", "mean", "published"]].rename(
             columns={"mean": "reproduced"})
         if plot["metric"].nunique() > 1:  # one y label per bar
