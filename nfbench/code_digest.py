@@ -101,9 +101,18 @@ def _strip_docstrings(tree: ast.AST) -> ast.AST:
     return tree
 
 
-def _parsed(name: str) -> ast.AST:
-    path = module_path(name)
-    return ast.parse(_read_source(path), filename=str(path))
+@functools.lru_cache(maxsize=None)
+def _summary(name: str, text: str) -> tuple[frozenset, str]:
+    """The nfbench modules that module ``name`` (source ``text``) imports, and its normalised
+    syntax tree (``ast.dump`` without positions and docstrings)."""
+    tree = ast.parse(text, filename=name)
+    imports = frozenset(_imports(name, tree))
+    return imports, ast.dump(_strip_docstrings(tree), annotate_fields=False,
+                             include_attributes=False)
+
+
+def _module(name: str) -> tuple[frozenset, str]:
+    return _summary(name, _read_source(module_path(name)))
 
 
 def module_closure(*starts: str) -> tuple[str, ...]:
@@ -128,7 +137,7 @@ def module_closure(*starts: str) -> tuple[str, ...]:
         seen.add(name)
         parts = name.split(".")
         todo += [".".join(parts[:i]) for i in range(1, len(parts))]  # parent packages run too
-        todo += sorted(_imports(name, _parsed(name)))
+        todo += sorted(_module(name)[0])
     return tuple(sorted(seen))
 
 
@@ -140,6 +149,5 @@ def code_digest(*starts: str) -> str:
     digest = hashlib.sha1()
     for name in module_closure(*starts):
         digest.update(name.encode() + b"\0")
-        digest.update(ast.dump(_strip_docstrings(_parsed(name)), annotate_fields=False,
-                               include_attributes=False).encode() + b"\0")
+        digest.update(_module(name)[1].encode() + b"\0")
     return digest.hexdigest()[:16]
