@@ -262,3 +262,16 @@ def test_shards_keep_stage_sharing_runs_together(count):
     assert shards[1] == select_runs(list(reversed(runs)), shard=(1, count))  # stable
     sizes = [len(s) for s in shards]
     assert max(sizes) - min(sizes) <= max(len(g) for g in groups.values())  # balanced
+
+
+def test_identity_sees_the_dtd_textures_a_run_pastes(tiny_demo, tmp_path):
+    from nfbench.pipeline.identity import run_identity
+
+    texture = tmp_path / "dtd" / "images" / "banded" / "banded_0001.jpg"
+    texture.parent.mkdir(parents=True)
+    texture.write_bytes(b"texture one")
+    run = dataclasses.replace(_run(tiny_demo, foreign_source="dtd", dtd_root=str(tmp_path / "dtd")),
+                              method="clscnf")
+    before = run_identity(run)["digest"]
+    texture.write_bytes(b"texture two")  # same size, other content
+    assert run_identity(run)["digest"] != before

@@ -12,7 +12,8 @@ stopped and a changed parameter reruns exactly the runs it changes. The identity
   by the config's precision and determinism settings, which are part of it;
 * a dataset fingerprint: the relative paths and content hashes of the files the run reads
   (images and masks; hashes cached by file ``stat`` in :mod:`nfbench.datasets.content_hash`,
-  so an unchanged dataset is not read again);
+  so an unchanged dataset is not read again), and those of the DTD textures a run pastes
+  into synthetic defects (``foreign_source: dtd``);
 * the code version: :func:`nfbench.code_digest.code_digest` of the method's package and the
   one-run driver, following their nfbench imports (docstrings and comments do not count).
   The runner, plan, tables, reports and CLI are not part of it: they do not change a result.
@@ -73,6 +74,28 @@ def dataset_fingerprint(dataset: str, root: str | None, category: str,
     return digest.hexdigest()[:16]
 
 
+def textures_fingerprint(config: dict[str, Any]) -> str | None:
+    """For a run pasting DTD textures into synthetic defects (``foreign_source: dtd``), sha1
+    of the relative paths and contents of the texture images it draws from (``"missing"``
+    without DTD: the run then says so); None for any other run."""
+    if config.get("foreign_source") != "dtd":
+        return None
+    from nfbench.datasets.content_hash import files_sha1
+    from nfbench.errors import UserError
+    from nfbench.methods.synthetic.textures import DTDTextures
+    from nfbench.paths import datasets_root
+
+    try:
+        paths = DTDTextures(config.get("dtd_root") or datasets_root() / "dtd").paths
+    except UserError:
+        return "missing"
+    base = os.path.commonpath(paths) if paths else ""
+    digest = hashlib.sha1()
+    for name, content in zip(paths, files_sha1(paths)):
+        digest.update(f"{os.path.relpath(name, base)}:{content};".encode())
+    return digest.hexdigest()[:16]
+
+
 def resolved_config(run) -> dict[str, Any]:
     """The config ``run`` trains with (as JSON-ready dict)."""
     from nfbench.pipeline.experiment import resolve_config
@@ -91,6 +114,9 @@ def run_identity(run) -> dict[str, Any]:
              "dataset_fingerprint": dataset_fingerprint(run.dataset, run.root, run.category,
                                                         tuple(run.joint_categories)),
              "code_version": code_version(run.method)}
+    textures = textures_fingerprint(config)
+    if textures is not None:  # the DTD images its synthetic defects paste
+        parts["textures_fingerprint"] = textures
     blob = json.dumps(parts, sort_keys=True, default=str).encode()
     return {"digest": hashlib.sha1(blob).hexdigest()[:20], "code_version": parts["code_version"],
             "dataset_fingerprint": parts["dataset_fingerprint"]}
