@@ -85,7 +85,7 @@ def test_identity_covers_config_seed_and_code(tiny_demo):
     assert run_identity(dataclasses.replace(run, seed=1))["digest"] != digest
     assert run_identity(dataclasses.replace(run, category="coin"))["digest"] != digest
     assert run_identity(dataclasses.replace(run, settings={"input_size": 80}))["digest"] != digest
-    # the device index is not part of the result; its type is
+    # the device is not part of the result (tests/test_identity_stages.py)
     same = dataclasses.replace(run, settings={**run.settings, "device": "cpu"})
     assert run_identity(same)["digest"] == digest
     assert "cnf" in method_packages("clscnf") and "cnf" in method_packages("cflow")  # shared CNF code

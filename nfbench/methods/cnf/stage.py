@@ -146,7 +146,7 @@ def fit_cnf_stage(features: list[torch.Tensor], source: dict, settings: CNFSetti
     key = StageCache.key({"stage": "cnf", "code": stage_code(__name__), "source": source,
                           "settings": cnf_fields(settings), "seed": seed,
                           "train": train.fingerprint})
-    with cache.claim("cnf", key):
+    with cache.claim("cnf", key):  # one process trains it, the others wait and load it
         stored = cache.load("cnf", key)
         replay = 0  # meta-epochs to replay for the hook
         if stored is not None and on_meta_epoch is not None:
@@ -155,15 +155,16 @@ def fit_cnf_stage(features: list[torch.Tensor], source: dict, settings: CNFSetti
                 stored = None  # trained without snapshots: train again, keeping them
         flows = build_flows(channels, settings, seed=seed + 1000,
                             draw_permutations=stored is None)
-        if stored is not None:
-            flows = flows.to(device).eval()
-            for meta in range(1, replay + 1):
-                flows.load_state_dict(cache.load_snapshot("cnf", key, meta))
-                on_meta_epoch(meta, flows)
-            flows.load_state_dict(stored["flows"])
-            return flows.eval()
-        return _train_cnf_stage(flows.to(device), features, settings, seed, device, cache, key,
-                                desc, on_meta_epoch, keep_snapshots or on_meta_epoch is not None)
+        if stored is None:
+            return _train_cnf_stage(flows.to(device), features, settings, seed, device, cache,
+                                    key, desc, on_meta_epoch,
+                                    keep_snapshots or on_meta_epoch is not None)
+    flows = flows.to(device).eval()
+    for meta in range(1, replay + 1):  # the hook's evaluations, outside the claim
+        flows.load_state_dict(cache.load_snapshot("cnf", key, meta))
+        on_meta_epoch(meta, flows)
+    flows.load_state_dict(stored["flows"])
+    return flows.eval()
 
 
 def _train_cnf_stage(flows: nn.ModuleList, features: list[torch.Tensor], settings: CNFSettings,
