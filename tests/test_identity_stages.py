@@ -45,7 +45,7 @@ def test_identity_is_the_same_on_every_machine_and_device(tiny_demo, monkeypatch
 @pytest.fixture
 def edited_source(monkeypatch):
     """``edit(relative_path, transform)``: the digest code reads that module as transformed."""
-    import nfbench.code_digest as cd
+    import nfbench.pipeline.code_digest as cd
 
     edits: dict[Path, callable] = {}
     real = cd._read_source
@@ -214,7 +214,8 @@ def _holder(code: str) -> subprocess.Popen:
 def test_second_process_waits_for_the_first_then_loads_its_stage():
     from nfbench.methods.cnf.stage import StageCache
 
-    holder = _holder("    time.sleep(1.5)\n    cache.save('cnf', 'shared', {'w': __import__('torch').ones(2)})\n")
+    holder = _holder("    time.sleep(1.5)\n"
+                     "    cache.save('cnf', 'shared', {'w': __import__('torch').ones(2)})\n")
     cache = StageCache(True)
     with cache.claim("cnf", "shared"):  # waits until the holder has saved
         stored = cache.load("cnf", "shared")

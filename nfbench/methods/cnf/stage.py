@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import nn
 
-from nfbench.code_digest import code_digest
+from nfbench.pipeline.code_digest import code_digest
 from nfbench.datasets.base import ImageSet
 from nfbench.feature_cache import load_entry, save_entry
 from nfbench.methods.cnf.config import CNFSettings, cnf_fields
@@ -36,8 +36,8 @@ except ImportError:  # Windows: no advisory locks; concurrent trainers then dupl
 
 def stage_code(module: str) -> str:
     """The code digest of a stage trained by ``module``: every nfbench module it imports,
-    followed transitively (:func:`nfbench.code_digest.code_digest`), so that a change of the
-    training code (or of anything it uses: base, encoder, backbones, ...) never reuses a
+    followed transitively (:func:`nfbench.pipeline.code_digest.code_digest`), so that a change
+    of the training code (or of anything it uses: base, encoder, backbones, ...) never reuses a
     stale stage, and a docstring edit keeps the stage."""
     return code_digest(module)
 

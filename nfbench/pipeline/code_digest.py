@@ -38,8 +38,9 @@ NOT_FOLLOWED = ("nfbench.pipeline.plan", "nfbench.pipeline.spec",
                 "nfbench.pipeline.spec_validation", "nfbench.pipeline.identity",
                 "nfbench.pipeline.runner", "nfbench.pipeline.ray_executor",
                 "nfbench.pipeline.tables", "nfbench.pipeline.check", "nfbench.pipeline.results",
-                "nfbench.pipeline.cost", "nfbench.pipeline.decision", "nfbench.cli",
-                "nfbench.report", "nfbench.peers", "nfbench.progress", "nfbench.code_digest")
+                "nfbench.pipeline.cost", "nfbench.pipeline.decision",
+                "nfbench.pipeline.code_digest", "nfbench.cli", "nfbench.report", "nfbench.peers",
+                "nfbench.progress")
 
 
 def _read_source(path: Path) -> str:
