@@ -55,6 +55,7 @@ def test_interrupted_bench_resumes_with_only_the_missing_runs(tiny_demo, tmp_pat
     assert counted["n"] == 2 and all(p.is_file() for p in paths)
     record = json.loads(paths[0].read_text())
     assert record["identity"]["digest"] and record["identity"]["code_version"]
+    assert record["timing"]["device"] == "cpu"  # where it ran (not part of its identity)
     counted["n"] = 0
     execute(runs, tmp_path, progress=False, jobs=1)  # idempotent: nothing to do
     assert counted["n"] == 0

@@ -74,26 +74,37 @@ class StageCache:
         """Hold the stage's lock while loading or training it: an exclusive ``flock`` on
         ``<key>.lock`` beside the entry. A second process claiming the same stage waits (one
         line on stderr) until the first has saved it, then loads it; the OS releases the
-        lock of a holder that dies (killed, crashed), so a stale claim never blocks."""
+        lock of a holder that dies (killed, crashed), so a stale claim never blocks. On NFS,
+        Linux maps ``flock`` to the server's byte-range locks, so cluster nodes sharing a cache
+        folder exclude each other too."""
         if not self.enabled or fcntl is None:
             yield
             return
         lock = self.path(kind, key).with_suffix(".lock")
-        lock.parent.mkdir(parents=True, exist_ok=True)
-        with open(lock, "a+") as handle:
+        try:
+            lock.parent.mkdir(parents=True, exist_ok=True)
+            handle = open(lock, "a+")
+        except OSError:
+            try:  # another user's lock file in a shared cache: a read-only handle locks too
+                handle = open(lock)
+            except OSError:  # no cache folder to lock in: saving the stage will say so
+                yield
+                return
+        with handle:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 handle.seek(0)
                 holder = handle.read().strip() or "another process"
-                print(f"stage {kind}/{key} is being trained by {holder}; waiting for it",
-                      file=sys.stderr)
+                print(f"stage {kind}/{key} is claimed by {holder} (training or loading it); "
+                      "waiting for it", file=sys.stderr)
                 fcntl.flock(handle, fcntl.LOCK_EX)
             try:
-                handle.seek(0)
-                handle.truncate()
-                handle.write(f"pid {os.getpid()} on {socket.gethostname()}")
-                handle.flush()
+                if handle.writable():  # who holds it, for the waiting message above
+                    handle.seek(0)
+                    handle.truncate()
+                    handle.write(f"pid {os.getpid()} on {socket.gethostname()}")
+                    handle.flush()
                 yield
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
