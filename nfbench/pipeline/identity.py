@@ -14,8 +14,9 @@ stopped and a changed parameter reruns exactly the runs it changes. The identity
   (images and masks; hashes cached by file ``stat`` in :mod:`nfbench.datasets.content_hash`,
   so an unchanged dataset is not read again), and those of the DTD textures a run pastes
   into synthetic defects (``foreign_source: dtd``);
-* the code version: :func:`nfbench.pipeline.code_digest.code_digest` of the method's package and the
-  one-run driver, following their nfbench imports (docstrings and comments do not count).
+* the code version: :func:`nfbench.pipeline.code_digest.code_digest` of the method's package
+  and the one-run driver, following their nfbench imports (docstrings and comments do not
+  count).
   The runner, plan, tables, reports and CLI are not part of it: they do not change a result.
 """
 

@@ -19,13 +19,13 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import nn
 
-from nfbench.pipeline.code_digest import code_digest
 from nfbench.datasets.base import ImageSet
 from nfbench.feature_cache import load_entry, save_entry
 from nfbench.methods.cnf.config import CNFSettings, cnf_fields
 from nfbench.methods.cnf.flows import build_flows
 from nfbench.methods.cnf.training import train_flows
 from nfbench.paths import cache_root
+from nfbench.pipeline.code_digest import code_digest
 from nfbench.progress import bars_enabled
 
 try:
