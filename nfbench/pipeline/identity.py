@@ -28,7 +28,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from nfbench.pipeline.code_digest import PACKAGE, code_digest, module_closure
+from nfbench.pipeline.code_digest import PACKAGE, code_digest, module_closure, module_path
 
 IDENTITY_VERSION = 2
 
@@ -49,7 +49,9 @@ def code_version(method: str) -> str:
     """The code digest (16 hex digits) of what a run of ``method`` executes: its package and
     :data:`RUN_CODE`, with every nfbench module they import
     (:mod:`nfbench.pipeline.code_digest`)."""
-    return code_digest(f"nfbench.methods.{method}", *RUN_CODE)
+    package = f"nfbench.methods.{method}"
+    # a method registered from outside the nfbench package: only the shared code is known
+    return code_digest(*([package] if module_path(package) else []), *RUN_CODE)
 
 
 def dataset_fingerprint(dataset: str, root: str | None, category: str,
