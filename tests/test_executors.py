@@ -55,6 +55,7 @@ def test_interrupted_bench_resumes_with_only_the_missing_runs(tiny_demo, tmp_pat
     assert counted["n"] == 2 and all(p.is_file() for p in paths)
     record = json.loads(paths[0].read_text())
     assert record["identity"]["digest"] and record["identity"]["code_version"]
+    assert record["timing"]["device"] == "cpu"  # where it ran (not part of its identity)
     counted["n"] = 0
     execute(runs, tmp_path, progress=False, jobs=1)  # idempotent: nothing to do
     assert counted["n"] == 0
@@ -85,7 +86,7 @@ def test_identity_covers_config_seed_and_code(tiny_demo):
     assert run_identity(dataclasses.replace(run, seed=1))["digest"] != digest
     assert run_identity(dataclasses.replace(run, category="coin"))["digest"] != digest
     assert run_identity(dataclasses.replace(run, settings={"input_size": 80}))["digest"] != digest
-    # the device index is not part of the result; its type is
+    # the device is not part of the result (tests/test_identity_stages.py)
     same = dataclasses.replace(run, settings={**run.settings, "device": "cpu"})
     assert run_identity(same)["digest"] == digest
     assert "cnf" in method_packages("clscnf") and "cnf" in method_packages("cflow")  # shared CNF code

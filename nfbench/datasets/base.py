@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from nfbench.datasets.content_hash import files_sha1
 from nfbench.errors import DatasetLayoutError
 
 SAMPLE_COLUMNS = ["path", "split", "label", "defect_type", "mask_path", "category"]
@@ -150,14 +151,6 @@ def load_mask(path: str | Path | None, size: int, image_path: str | Path | None 
     return np.asarray(pil) > 0
 
 
-def _file_digest(path: str | Path) -> str:
-    digest = hashlib.sha1()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 @dataclass(frozen=True)
 class ImageSet:
     """The images of one split of one category, as a method sees them.
@@ -218,10 +211,11 @@ class ImageSet:
     @property
     def fingerprint(self) -> str:
         """sha1 over the ordered image contents and the input size: any changed, added,
-        removed or reordered image gives a new fingerprint (it keys the feature cache)."""
+        removed or reordered image gives a new fingerprint (it keys the feature cache). File
+        contents are hashed once per version of a file (:mod:`nfbench.datasets.content_hash`)."""
         if not self._fingerprint:
             digest = hashlib.sha1(f"size={self.size};n={len(self)}".encode())
-            for path in self.paths:
-                digest.update(_file_digest(path).encode())
+            for content in files_sha1(list(self.paths)):
+                digest.update(content.encode())
             self._fingerprint.append(digest.hexdigest())
         return self._fingerprint[0]

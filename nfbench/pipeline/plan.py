@@ -162,11 +162,44 @@ def parse_shard(text: str) -> tuple[int, int]:
     return i, n
 
 
+#: Methods whose runs share trained stages through the stage cache (CFlow-AD's flows,
+#: CLS-CNFs' fine-tuned encoders and flows: nfbench.methods.cnf.stage).
+STAGE_SHARING_METHODS = ("cflow", "clscnf")
+
+
+def stage_group(run: Run) -> tuple:
+    """A key that runs which may share a trained stage have in common: for the stage-sharing
+    methods the training data (dataset, root, category or joint categories, shots) and the
+    seed, which every stage's key contains; any other run is a group of its own. Coarser than
+    the stage keys (those need the code and trained features), never finer."""
+    if run.method not in STAGE_SHARING_METHODS:
+        return ("run", run.run_id)
+    return ("stage", run.dataset, run.root or "", run.category, run.joint_categories,
+            run.shots or 0, run.seed)
+
+
+def shard_runs(runs: list[Run], index: int, count: int) -> list[Run]:
+    """Shard ``index`` of ``count`` of ``runs`` (sorted by run id): the runs that may share a
+    trained stage (:func:`stage_group`) stay in one shard, so that N shards never train one
+    stage twice; groups are dealt out largest first, each to the shard with the fewest runs so
+    far (the lowest index on a tie). The split depends only on the selection, so the same
+    command in every array job gives disjoint shards covering it."""
+    groups: dict[tuple, list[Run]] = {}
+    for run in sorted(runs, key=lambda r: r.run_id):
+        groups.setdefault(stage_group(run), []).append(run)
+    loads, chosen = [0] * count, []
+    for members in sorted(groups.values(), key=lambda g: (-len(g), g[0].run_id)):
+        target = loads.index(min(loads))
+        loads[target] += len(members)
+        if target == index:
+            chosen += members
+    return sorted(chosen, key=lambda r: r.run_id)
+
+
 def select_runs(runs: list[Run], categories: list[str] | None = None,
                 seeds: list[int] | None = None, shard: tuple[int, int] | None = None) -> list[Run]:
-    """The runs of the given categories and seeds; then shard ``(i, N)``: every N-th run of
-    the selection sorted by run id, starting at the i-th, a split that depends only on the
-    selection (the same command in every array job gives disjoint shards covering it)."""
+    """The runs of the given categories and seeds; then shard ``(i, N)`` of the selection
+    (:func:`shard_runs`: runs sharing a trained stage in one shard)."""
     chosen = [r for r in runs if (not categories or r.category in categories)
               and (not seeds or r.seed in seeds)]
     if categories and not chosen:
@@ -177,8 +210,7 @@ def select_runs(runs: list[Run], categories: list[str] | None = None,
         raise UserError(f"no run of seed {', '.join(map(str, unplanned))}; planned: "
                         f"{', '.join(map(str, sorted({r.seed for r in runs})))}")
     if shard is not None:
-        i, n = shard
-        chosen = sorted(chosen, key=lambda r: r.run_id)[i::n]
+        chosen = shard_runs(chosen, *shard)
     return chosen
 
 

@@ -97,7 +97,8 @@ class CFlowDetector:
 
         flows = fit_cnf_stage(features, source, cfg, train, seed, self.device, cache,
                               desc="cflow fit",
-                              on_meta_epoch=at_meta_epoch if evaluate is not None else None)
+                              on_meta_epoch=at_meta_epoch if evaluate is not None else None,
+                              keep_snapshots=True)  # a later run with the hook replays them
         self.fit_info_ = {"schedule": schedule_info(cfg)}
         self.nf_ = NFMap(flows, cfg.condition_dim)
         self.nf_.calibrate(features, cfg.input_size)

@@ -140,7 +140,10 @@ class CLSCNFDetector:
                 source = {"encoder": "fine-tuned", "fe_stage": fe_key}
             self.channels_ = [f.shape[1] for f in features]
             flows = fit_cnf_stage(features, source, cfg, train, seed, self.device, cache,
-                                  desc="clscnf CNF fit")
+                                  desc="clscnf CNF fit",
+                                  # a stage on frozen features is also CFlow's: keep what
+                                  # CFlow-AD's protocol replays
+                                  keep_snapshots=cfg.nf_on_frozen)
             self.fit_info_ = {"schedule": schedule_info(cfg)}
             self.nf_ = NFMap(flows, cfg.condition_dim)
             self.nf_.calibrate(features, cfg.input_size)

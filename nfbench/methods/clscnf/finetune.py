@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -28,11 +27,10 @@ from nfbench.datasets.base import ImageSet
 from nfbench.methods.base import descent_step
 from nfbench.methods.clscnf.config import CLSCNFConfig
 from nfbench.methods.clscnf.decoder import PixelDecoder
-from nfbench.methods.synthetic import (SOURCE_FILES as SYNTHETIC_SOURCES, DefectSynthesizer,
-                                      DTDTextures, SyntheticSettings, object_mask_rule,
-                                      procedural_texture)
+from nfbench.methods.synthetic import (DefectSynthesizer, DTDTextures, SyntheticSettings,
+                                      object_mask_rule, procedural_texture)
 from nfbench.methods.cnf.encoder import LAYERS, build_encoder
-from nfbench.methods.cnf.stage import StageCache, code_digest
+from nfbench.methods.cnf.stage import StageCache, stage_code
 from nfbench.paths import datasets_root
 from nfbench.progress import bars_enabled
 
@@ -79,11 +77,10 @@ def fe_stage_key(cfg: CLSCNFConfig, category: str | None, train: ImageSet, seed:
                  if k.startswith(("fe_", "decoder_")) or k in FE_FIELDS}
     if cfg.foreign_source == "dtd":
         fe_fields["dtd_root"] = str(cfg.dtd_root or datasets_root() / "dtd")
-    here = Path(__file__).parent
     return StageCache.key({
         "stage": "fe", "fields": fe_fields, "weights": get_backbone_spec(cfg.backbone).weights_tag,
         "object_mask_rule": object_mask_rule(category, cfg.object_mask),
-        "code": code_digest(here / "finetune.py", *SYNTHETIC_SOURCES, here / "decoder.py"),
+        "code": stage_code(__name__),
         "train": train.fingerprint, "seed": seed})
 
 
@@ -108,16 +105,18 @@ def fit_fe(cfg: CLSCNFConfig, category: str | None, train: ImageSet, images: tor
     with torch.random.fork_rng(devices=[]):  # the decoder's initialisation comes from the seed
         torch.manual_seed(seed + 3000)
         decoder = new_decoder(cfg, channels).to(device)
-    stored = cache.load("fe", key)
-    if stored is not None:
-        encoder.load_state_dict(stored["encoder"])
-        decoder.load_state_dict(stored["decoder"])
-        history = [float(v) for v in stored["history"].tolist()]
-    else:
-        history = train_fe(cfg, category, encoder, decoder, images, seed, device)
-        cache.save("fe", key, {"encoder": {k: v.cpu() for k, v in encoder.state_dict().items()},
-                               "decoder": {k: v.cpu() for k, v in decoder.state_dict().items()},
-                               "history": torch.tensor(history)})
+    with cache.claim("fe", key):  # one process trains it, the others wait and load it
+        stored = cache.load("fe", key)
+        if stored is not None:
+            encoder.load_state_dict(stored["encoder"])
+            decoder.load_state_dict(stored["decoder"])
+            history = [float(v) for v in stored["history"].tolist()]
+        else:
+            history = train_fe(cfg, category, encoder, decoder, images, seed, device)
+            cache.save("fe", key, {
+                "encoder": {k: v.cpu() for k, v in encoder.state_dict().items()},
+                "decoder": {k: v.cpu() for k, v in decoder.state_dict().items()},
+                "history": torch.tensor(history)})
     encoder = encoder.eval()
     for p in encoder.parameters():
         p.requires_grad_(False)

@@ -12,7 +12,7 @@ from nfbench.methods.cnf.flows import (build_conditional_flow, build_flows, fibe
                                        random_rotation)
 from nfbench.methods.cnf.scoring import (NFMap, anomaly_from_normal, image_scores, layer_maxima,
                                          log_likelihood_maps, normal_score_map)
-from nfbench.methods.cnf.stage import SNAPSHOT_LIMIT, StageCache, code_digest, fit_cnf_stage
+from nfbench.methods.cnf.stage import StageCache, fit_cnf_stage, stage_code
 from nfbench.methods.cnf.training import (learning_rate, schedule_info, train_flows,
                                           warmup_meta_epochs)
 
@@ -21,5 +21,5 @@ __all__ = ["NORMALIZATIONS", "CNFMethodConfig", "CNFSettings", "apply_category_s
            "frozen_features", "set_padding", "build_conditional_flow", "build_flows", "fibers",
            "log_likelihood", "nf_loss", "positional_encoding_2d", "random_rotation", "NFMap",
            "anomaly_from_normal", "image_scores", "layer_maxima", "log_likelihood_maps",
-           "normal_score_map", "SNAPSHOT_LIMIT", "StageCache", "code_digest", "fit_cnf_stage",
+           "normal_score_map", "StageCache", "fit_cnf_stage", "stage_code",
            "learning_rate", "schedule_info", "train_flows", "warmup_meta_epochs"]

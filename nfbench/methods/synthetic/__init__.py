@@ -13,8 +13,6 @@ differ (float operations, ranges), the difference is a parameter, tabled in :mod
 :mod:`.augment`, so each method's numbers are what they were before the merge.
 """
 
-from pathlib import Path
-
 from nfbench.methods.synthetic.augment import (CLSCNF_AUGMENTERS, PATCHFLOW_AUGMENTERS, augment,
                                                augment_source, patchflow_augment)
 from nfbench.methods.synthetic.defects import (DefectSynthesizer, Sample, SyntheticSettings,
@@ -28,12 +26,9 @@ from nfbench.methods.synthetic.textures import DTDTextures, procedural_texture
 from nfbench.methods.synthetic.validation import (VALIDATION_AREA, blob_mask, perlin_mask,
                                                   shuffled_patches, synthetic_anomaly)
 
-#: The package's source files, for cache keys that must change with the code (CLS-CNFs' stages).
-SOURCE_FILES: tuple[Path, ...] = tuple(sorted(Path(__file__).parent.glob("*.py")))
-
 __all__ = ["CLSCNF_AUGMENTERS", "PATCHFLOW_AUGMENTERS", "augment", "augment_source",
            "patchflow_augment", "DefectSynthesizer", "Sample", "SyntheticSettings", "soft_label",
            "OBJECT_MASK_MODES", "OBJECT_MASK_RULES", "object_mask", "object_mask_rule",
            "DerivedImages", "tensor_images", "CLSCNF_PERLIN", "PATCHFLOW_PERLIN", "pattern_mask",
            "perlin_noise", "DTDTextures", "procedural_texture", "VALIDATION_AREA", "blob_mask",
-           "perlin_mask", "shuffled_patches", "synthetic_anomaly", "SOURCE_FILES"]
+           "perlin_mask", "shuffled_patches", "synthetic_anomaly"]
