@@ -170,7 +170,8 @@ def cmd_bench(args: argparse.Namespace) -> None:
     label = f"{args.paper}/{'+'.join(names)}" if names else args.paper
     execute(runs, args.results, progress=not args.quiet, jobs=args.jobs, force=args.force,
             executor=args.executor, address=args.address, runs_per_gpu=args.runs_per_gpu,
-            device=args.device, label=label)
+            device=args.device, label=label, cpus_per_run=args.cpus_per_run,
+            connect_timeout=args.ray_timeout)
 
 
 def cmd_tables(args: argparse.Namespace) -> None:
@@ -304,6 +305,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--address", help="Ray cluster address (default: start a local one)")
     bench.add_argument("--runs-per-gpu", type=float, default=1, metavar="K",
                        help="runs sharing one GPU (Ray: 1/K GPU per run)")
+    bench.add_argument("--cpus-per-run", type=int, metavar="N",
+                       help="Ray: CPUs (and torch threads) per run (default NFBENCH_RAY_THREADS or 1)")
+    bench.add_argument("--ray-timeout", type=float, metavar="SECONDS",
+                       help="Ray: wait at most this long for --address to answer (default 30)")
     bench.add_argument("--device", help="cpu | cuda | cuda:N (default: the settings' auto)")
     pipeline_command("tables", "build a paper's tidy tables from its records", cmd_tables)
     prof = pipeline_command("profile", "FLOPs, parameters and speed of a paper's method", cmd_profile)
