@@ -174,6 +174,14 @@ def cmd_bench(args: argparse.Namespace) -> None:
             connect_timeout=args.ray_timeout)
 
 
+def cmd_selfcheck(args: argparse.Namespace) -> None:
+    from nfbench.pipeline.selfcheck import selfcheck
+
+    failed = [c.name for c in selfcheck(args.device, args.work) if c.status == "FAIL"]
+    if failed:
+        raise UserError(f"{len(failed)} check(s) failed: {', '.join(failed)}")
+
+
 def cmd_tables(args: argparse.Namespace) -> None:
     from nfbench.pipeline.plan import load_params
     from nfbench.pipeline.tables import (build_protocol_tables, build_tables, write_protocol_tables,
@@ -326,6 +334,14 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--exact", action="store_true", help="every metric to the last digit, "
                        "either way, instead of the tolerance (a refactor's check)")
     check.set_defaults(func=cmd_check)
+    selfcheck = sub.add_parser("selfcheck", help="check this machine: smoke runs, "
+                               "determinism, precision, executors, GPU memory (README: "
+                               "Checking a GPU machine)")
+    selfcheck.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                           help="cpu: the CPU half (CI); cuda: also the GPU half")
+    selfcheck.add_argument("--work", type=Path, help="keep the runs' records here "
+                           "(default: a temporary folder)")
+    selfcheck.set_defaults(func=cmd_selfcheck)
     tidy = sub.add_parser("results", help="every run record as one tidy CSV (one row per run)")
     tidy.add_argument("--results", type=Path, default=Path("results"))
     tidy.add_argument("--paper", action="append", help="only this paper (repeatable)")
