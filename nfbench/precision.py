@@ -8,7 +8,13 @@
   Ray task or a bench starts, see :func:`prepare_process`). On CUDA the bilinear/bicubic and
   reflect-padding backward passes are nondeterministic by default: only with this setting
   can ``nfbench check --exact`` hold on a GPU. On the CPU every kernel the suite uses is
-  deterministic already, so the setting changes no CPU number.
+  deterministic already, so the setting changes no CPU number. CS-Flow's cross-convolutions
+  upsample bilinearly inside the trained subnet: with the setting on, on CUDA, they use
+  :func:`resize_bilinear`'s interpolation matrices (deterministic matmuls) instead of
+  ``F.interpolate``, whose CUDA backward has no deterministic kernel. Ops left without one
+  (CLS-CNFs' encoder fine-tuning: reflect padding and bicubic upsampling backward) run with a
+  warning (``warn_only``) rather than failing; ``nfbench selfcheck --device cuda`` says
+  whether two runs still agree.
 * ``precision``: ``fp32`` (default) computes in IEEE float32 everywhere, TF32 *explicitly*
   off (``torch.backends.cuda.matmul.allow_tf32 = False``, ``cudnn.allow_tf32 = False``;
   PyTorch's own default lets cuDNN convolutions use TF32 on Ampere and later), so that an
@@ -69,7 +75,9 @@ def apply_run_settings(config: Any) -> dict[str, Any]:
     precision = str(getattr(config, "precision", "fp32"))
     check_precision(precision)
     prepare_process(deterministic)
-    torch.use_deterministic_algorithms(deterministic)
+    # warn_only: an op with no deterministic CUDA kernel warns instead of failing the run
+    # (CLS-CNFs' reflect padding and bicubic upsampling backward, see the module docstring)
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
     torch.backends.cudnn.deterministic = deterministic
     torch.backends.cudnn.benchmark = False
     tf32 = precision == "tf32"
@@ -154,3 +162,37 @@ def autocast_subnets(model: torch.nn.Module, precision: str) -> torch.nn.Module:
         module.register_forward_hook(hooks.leave, always_call=True)
         module._nfbench_autocast = True
     return model
+
+
+def _bilinear_matrix(n_in: int, n_out: int, like: torch.Tensor) -> torch.Tensor:
+    """``[n_out, n_in]`` weights of 1-D linear interpolation with ``align_corners=False``, the
+    source coordinates exactly as ``F.interpolate(size=...)`` computes them:
+    ``max(0, (i + 0.5) * n_in / n_out - 0.5)``, neighbours ``floor`` and ``floor + 1``
+    (clamped to the last index)."""
+    scale = n_in / n_out
+    src = ((torch.arange(n_out, dtype=torch.float64) + 0.5) * scale - 0.5).clamp(min=0)
+    low = src.floor().long().clamp(max=n_in - 1)
+    high = (low + 1).clamp(max=n_in - 1)
+    frac = src - low
+    matrix = torch.zeros(n_out, n_in, dtype=torch.float64)
+    rows = torch.arange(n_out)
+    matrix.index_put_((rows, low), 1 - frac, accumulate=True)
+    matrix.index_put_((rows, high), frac, accumulate=True)
+    return matrix.to(device=like.device, dtype=like.dtype)
+
+
+def resize_bilinear(x: torch.Tensor, size) -> torch.Tensor:
+    """``F.interpolate(x, size, mode="bilinear", align_corners=False)``; when deterministic
+    algorithms are on and ``x`` is a CUDA tensor that needs a gradient, computed as
+    ``A_h @ x @ A_w^T`` with interpolation matrices (same values up to rounding; a matmul's
+    backward is deterministic, ``upsample_bilinear2d``'s CUDA backward is not). Elsewhere
+    (the CPU, inference, the default) it is ``F.interpolate`` itself: no number changes."""
+    import torch.nn.functional as F
+
+    if not (torch.are_deterministic_algorithms_enabled() and x.is_cuda and x.requires_grad
+            and torch.is_grad_enabled()):
+        return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+    height, width = (int(v) for v in size)
+    rows = _bilinear_matrix(x.shape[-2], height, x)
+    cols = _bilinear_matrix(x.shape[-1], width, x)
+    return torch.matmul(torch.matmul(rows, x), cols.T)

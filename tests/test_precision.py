@@ -197,3 +197,18 @@ def test_environment_does_not_import_timm():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env={**os.environ}, check=True).stdout.strip()
     assert out == "False"
+
+
+def test_deterministic_bilinear_matches_interpolate():
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    for (h, w), size in [((3, 4), (6, 8)), ((4, 5), (7, 9)), ((7, 6), (4, 3)), ((2, 2), (5, 5))]:
+        x = torch.randn(2, 3, h, w, dtype=torch.float64)
+        rows, cols = precision._bilinear_matrix(h, size[0], x), precision._bilinear_matrix(w, size[1], x)
+        expected = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        assert torch.allclose(rows @ x @ cols.T, expected, atol=1e-12)
+    # on the CPU (and without deterministic algorithms) it is F.interpolate itself
+    x = torch.randn(1, 2, 3, 3, requires_grad=True)
+    assert torch.equal(precision.resize_bilinear(x, (6, 6)),
+                       F.interpolate(x, size=(6, 6), mode="bilinear", align_corners=False))
