@@ -180,7 +180,16 @@ def cmd_bench(args: argparse.Namespace) -> None:
         execute(batch, args.results, progress=not args.quiet, jobs=args.jobs, force=args.force,
                 executor=args.executor, address=args.address, runs_per_gpu=args.runs_per_gpu,
                 device=args.device,
-                label=label if len(batches) == 1 else f"{label}/{batch[0].variant}")
+                label=label if len(batches) == 1 else f"{label}/{batch[0].variant}",
+                cpus_per_run=args.cpus_per_run, connect_timeout=args.ray_timeout)
+
+
+def cmd_selfcheck(args: argparse.Namespace) -> None:
+    from nfbench.pipeline.selfcheck import selfcheck
+
+    failed = [c.name for c in selfcheck(args.device, args.work) if c.status == "FAIL"]
+    if failed:
+        raise UserError(f"{len(failed)} check(s) failed: {', '.join(failed)}")
 
 
 def cmd_tables(args: argparse.Namespace) -> None:
@@ -330,6 +339,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--address", help="Ray cluster address (default: start a local one)")
     bench.add_argument("--runs-per-gpu", type=float, default=1, metavar="K",
                        help="runs sharing one GPU (Ray: 1/K GPU per run)")
+    bench.add_argument("--cpus-per-run", type=int, metavar="N",
+                       help="Ray: CPUs (and torch threads) per run (default NFBENCH_RAY_THREADS or 1)")
+    bench.add_argument("--ray-timeout", type=float, metavar="SECONDS",
+                       help="Ray: wait at most this long for --address to answer (default 30)")
     bench.add_argument("--device", help="cpu | cuda | cuda:N (default: the settings' auto)")
     pipeline_command("tables", "build a paper's tidy tables from its records", cmd_tables)
     prof = pipeline_command("profile", "FLOPs, parameters and speed of a paper's method", cmd_profile)
@@ -353,6 +366,14 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--exact", action="store_true", help="every metric to the last digit, "
                        "either way, instead of the tolerance (a refactor's check)")
     check.set_defaults(func=cmd_check)
+    selfcheck = sub.add_parser("selfcheck", help="check this machine: smoke runs, "
+                               "determinism, precision, executors, GPU memory (README: "
+                               "Checking a GPU machine)")
+    selfcheck.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                           help="cpu: the CPU half (CI); cuda: also the GPU half")
+    selfcheck.add_argument("--work", type=Path, help="keep the runs' records here "
+                           "(default: a temporary folder)")
+    selfcheck.set_defaults(func=cmd_selfcheck)
     tidy = sub.add_parser("results", help="every run record as one tidy CSV (one row per run)")
     tidy.add_argument("--results", type=Path, default=Path("results"))
     tidy.add_argument("--paper", action="append", help="only this paper (repeatable)")

@@ -19,6 +19,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from nfbench.precision import apply_run_settings
+
 
 def parameter_stats(module: nn.Module) -> dict[str, float]:
     """Parameter count and size in MB of float parameters (4 bytes each for float32)."""
@@ -99,6 +101,7 @@ def profile_method(method: str, settings: dict, batch_size: int = 1, time_it: bo
     from nfbench.methods.base import resolve_device
 
     detector = create_method(method, **settings)
+    apply_run_settings(detector.config)  # timed in the run's precision (TF32 off for fp32)
     device = resolve_device(getattr(detector.config, "device", "auto"))
     module = detector.inference_module(pretrained=False)
     size = detector.config.input_size
@@ -120,6 +123,7 @@ def profile_components(method: str, settings: dict, rows: list[str], batch_size:
     from nfbench.methods.base import ProfilingNotSupported, resolve_device
 
     detector = create_method(method, **settings)
+    apply_run_settings(detector.config)  # timed in the run's precision (TF32 off for fp32)
     device = resolve_device(getattr(detector.config, "device", "auto"))
     size = detector.config.input_size
     entries = []

@@ -303,7 +303,9 @@ def test_commit_marker_ignores_files_the_pipeline_rewrites(monkeypatch):
         return subprocess.CompletedProcess(cmd, 0, stdout="abc\n" if "rev-parse" in cmd else "")
 
     monkeypatch.setattr(experiment.subprocess, "run", fake_run)
+    experiment.git_commit.cache_clear()  # read once per process: start from a fresh read
     assert experiment.git_commit() == "abc"
+    experiment.git_commit.cache_clear()
     status = next(c for c in calls if "status" in c)
     assert status[status.index("--") + 1:] == list(experiment.CODE_PATHS)
     assert "dvc.lock" not in status and "results" not in status and "reports" not in status

@@ -277,6 +277,9 @@ def validate_config(config: Any) -> Any:
             raise UserError(f"{f.name} must be a string, got {value!r}")
         elif annotation.startswith("dict") and not isinstance(value, dict):
             raise UserError(f"{f.name} must be a mapping, got {value!r}")
+        elif "choices" in f.metadata and value not in f.metadata["choices"]:
+            raise UserError(f"{f.name} must be one of {', '.join(f.metadata['choices'])}, "
+                            f"got {value!r}")
         elif annotation.startswith("tuple[") and annotation.rstrip("]").split("[", 1)[1]:
             kinds = annotation[len("tuple["):-1].split(",")
             if not isinstance(value, tuple):

@@ -40,3 +40,23 @@ def visible_gpus() -> int:
     import torch
 
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def release_memory() -> None:
+    """Free what a finished run leaves in its process: the cached feature extractors and
+    encoders (module-level caches), unreachable objects, and, when CUDA was used, the memory
+    PyTorch's caching allocator still holds (``torch.cuda.empty_cache()``), so that the next
+    run in the same worker (or another process on the GPU) gets it back."""
+    import gc
+    import sys
+
+    import torch
+
+    for module, name in (("nfbench.feature_cache", "_EXTRACTORS"),
+                         ("nfbench.methods.cnf.encoder", "_REFLECT_ENCODERS")):
+        cache = getattr(sys.modules.get(module), name, None)
+        if cache is not None:
+            cache.clear()
+    gc.collect()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()

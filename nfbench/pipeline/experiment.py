@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import functools
 import json
 import os
 import platform
@@ -28,23 +29,38 @@ from nfbench.datasets import ImageSet, image_sets, load_table
 from nfbench.errors import UserError
 from nfbench.methods import create_method, method_class
 from nfbench.methods.base import config_to_dict, resolve_device, seed_everything
+from nfbench.precision import apply_run_settings
 
 RECORD_VERSION = 1
 
 
-def environment() -> dict[str, Any]:
-    """Software and hardware that produced a record."""
-    import timm
-
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+def environment(device: torch.device | str | None = None) -> dict[str, Any]:
+    """Software and hardware that produced a record; ``device`` is the run's (its GPU is the
+    one named, e.g. ``cuda:3``'s, not GPU 0). Costs no import and no process per run: package
+    versions come from their installed metadata, the git commit is read once per process."""
+    device = torch.device(device) if device is not None else resolve_device("auto")
+    gpu = None
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        gpu = torch.cuda.get_device_name(index)
     return {
         "nfbench": nfbench.__version__, "python": platform.python_version(),
-        "torch": torch.__version__, "timm": timm.__version__, "numpy": np.__version__,
+        "torch": torch.__version__, "timm": _package_version("timm"), "numpy": np.__version__,
         "platform": platform.platform(), "cpu": platform.processor() or platform.machine(),
         "cpu_threads": torch.get_num_threads(),
-        "gpu": torch.cuda.get_device_name(0) if device == "cuda" else None,
+        "gpu": gpu,
         "git_commit": git_commit(),
     }
+
+
+def _package_version(name: str) -> str | None:
+    """An installed package's version from its metadata (no import: timm's takes seconds)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
 
 
 #: what a run's code and specs are: a change elsewhere (dvc.lock, results/, reports/, which
@@ -52,10 +68,12 @@ def environment() -> dict[str, Any]:
 CODE_PATHS = ("nfbench", "benchmarks", "params.yaml", "pyproject.toml")
 
 
+@functools.lru_cache(maxsize=1)
 def git_commit() -> str | None:
     """The repository's HEAD commit, with ``-dirty`` if the code or specs (:data:`CODE_PATHS`)
     have uncommitted changes; files the pipeline rewrites (dvc.lock, results, reports) do
-    not count."""
+    not count. Read once per process (two ``git`` processes), then cached: a worker's code
+    does not change under it."""
     try:
         top = Path(__file__).resolve().parent.parent
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=top, capture_output=True,
@@ -180,6 +198,7 @@ def run_experiment(method: str, dataset: str, category: str, *, root: Path | Non
         category_table(dataset, root, category)
     seed_everything(seed)
     detector = resolve_config(method, profile, dict(overrides or {}))
+    apply_run_settings(detector.config)  # deterministic / precision: torch's global flags
     size = detector.config.input_size
     if joint:
         category = "all"
@@ -223,7 +242,7 @@ def run_experiment(method: str, dataset: str, category: str, *, root: Path | Non
                  "test_fingerprint": {name: t.fingerprint for name, t in tests.items()},
                  # per category: chance level of pixel AUPR, for tables without the NPZ
                  "defect_pixel_fraction": dict(zip(tests, defect_pixels.values()))},
-        "environment": environment(),
+        "environment": environment(resolve_device(getattr(detector.config, "device", "auto"))),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
     if joint:

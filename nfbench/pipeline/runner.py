@@ -284,13 +284,15 @@ def _check_results_dir(results_dir: Path) -> None:
 def execute(runs: list[Run], results_dir: Path, progress: bool = True,
             jobs: int | None = None, force: bool = False, executor: str = "local",
             address: str | None = None, runs_per_gpu: float = 1, device: str | None = None,
-            label: str = "runs") -> list[Path]:
+            label: str = "runs", cpus_per_run: int | None = None,
+            connect_timeout: float | None = None) -> list[Path]:
     """Make every run's record unless it exists with the same identity; returns the record
     paths of all ``runs``. ``device`` (validated) replaces the runs' device setting. Locally,
     ``jobs`` > 1 spreads CPU runs over worker processes sharing the cores (default
     :func:`default_jobs`); with CUDA GPUs, each GPU runs ``runs_per_gpu`` runs at a time. A
     failing run stops the local batch with its error (DVC then reruns the stage: finished
-    runs keep their records and are skipped then)."""
+    runs keep their records and are skipped then). Ray: ``cpus_per_run`` CPUs and torch
+    threads per task, ``connect_timeout`` seconds to reach ``address``."""
     from nfbench.pipeline.devices import validate_device
 
     validate_device(device)
@@ -307,7 +309,8 @@ def execute(runs: list[Run], results_dir: Path, progress: bool = True,
         if executor == "ray":
             from nfbench.pipeline.ray_executor import execute_ray
 
-            execute_ray(todo, results_dir, status, address=address, runs_per_gpu=runs_per_gpu)
+            execute_ray(todo, results_dir, status, address=address, runs_per_gpu=runs_per_gpu,
+                        threads=cpus_per_run, connect_timeout=connect_timeout)
         elif executor == "local":
             _execute_local(todo, results_dir, status, jobs, runs_per_gpu)
         else:

@@ -16,6 +16,7 @@ from typing import Any
 
 from nfbench.errors import UserError, check_choice
 from nfbench.methods.base import build_config, validate_config
+from nfbench.precision import PRECISIONS
 from nfbench.methods.cnf.encoder import PADDINGS
 
 NORMALIZATIONS = ("transductive", "inductive")
@@ -44,6 +45,9 @@ class CNFSettings:
     lr_min_factor: float = 1e-3  # cflow-ad cosine eta_min = lr * lr_decay_rate**3 = lr * 1e-3
     batch_size: int = 32  # cflow-ad batch_size (images per step)
     fiber_fraction: float = 1.0  # share of fibers used per batch (budget knob; original 1.0)
+    # how the flows compute (nfbench.precision); part of a trained stage's cache key
+    deterministic: bool = False  # torch deterministic algorithms + cuDNN/cuBLAS flags (nfbench.precision)
+    precision: str = field(default="fp32", metadata={"choices": PRECISIONS})  # fp32 (TF32 off) | tf32 | bf16 subnets (nfbench.precision)
 
 
 def cnf_fields(settings: Any) -> dict[str, Any]:

@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from nfbench.precision import autocast_subnets
+
 if TYPE_CHECKING:
     from nfbench.methods.cnf.config import CNFSettings
 
@@ -146,7 +148,8 @@ def nf_loss(log_p: Tensor, channels: int) -> Tensor:
 def build_flows(channels: Sequence[int], settings: "CNFSettings", seed: int,
                 draw_permutations: bool = True) -> nn.ModuleList:
     """One conditional flow per feature map; flow ``i`` is built with seed ``seed + i``."""
-    return nn.ModuleList(build_conditional_flow(c, settings.n_blocks, settings.condition_dim,
-                                                settings.clamp, settings.permute_soft, seed + i,
-                                                draw_permutations)
-                         for i, c in enumerate(channels))
+    flows = nn.ModuleList(build_conditional_flow(c, settings.n_blocks, settings.condition_dim,
+                                                 settings.clamp, settings.permute_soft, seed + i,
+                                                 draw_permutations)
+                          for i, c in enumerate(channels))
+    return autocast_subnets(flows, settings.precision)  # bf16: the subnets only

@@ -3,10 +3,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from nfbench.errors import UserError, check_choice
 from nfbench.methods.base import validate_config
+from nfbench.precision import PRECISIONS
 from nfbench.methods.csflow.flow import LOG_JAC_REDUCTIONS
 
 #: ``scale_mode`` choices, the scale ablation of Table 3 (see :mod:`.torch_model`).
@@ -40,6 +41,8 @@ class CSFlowConfig:
     # the batch, so weighted by the batch size (anomalib 2.7's csflow; a deviation)
     log_jac_reduction: str = "sample"
     device: str = "auto"
+    deterministic: bool = False  # torch deterministic algorithms + cuDNN/cuBLAS flags (nfbench.precision)
+    precision: str = field(default="fp32", metadata={"choices": PRECISIONS})  # fp32 (TF32 off) | tf32 | bf16 subnets (nfbench.precision)
 
     def __post_init__(self) -> None:
         if self.kernel_sizes is not None and not isinstance(self.kernel_sizes, tuple):

@@ -33,10 +33,11 @@ from typing import Iterable, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from FrEIA.framework import GraphINN, InputNode, Node, OutputNode
 from FrEIA.modules import InvertibleModule
 from torch import Tensor, nn
+
+from nfbench.precision import resize_bilinear
 
 #: Soft-clamp factor of Eq. 4, sigma_a(h) = (2a/pi) atan(h/a). The original code rounds 2/pi to
 #: 0.636, which bounds log-scales to ±2.997 instead of ±3 for a = 3; we follow the paper. The
@@ -130,12 +131,11 @@ class CrossConvolutions(nn.Module):
         outs = [conv(h) for conv, h in zip(self.conv_out, hidden)]
         for i in range(self.n_scales - 1):
             fine, coarse = hidden[i], hidden[i + 1]
-            up = F.interpolate(coarse, size=fine.shape[-2:], mode="bilinear", align_corners=False)
+            up = resize_bilinear(coarse, fine.shape[-2:])  # = F.interpolate bilinear
             outs[i] = outs[i] + self.up[i](up)
             down = self.down[i](fine)
             if down.shape[-2:] != coarse.shape[-2:]:
-                down = F.interpolate(down, size=coarse.shape[-2:], mode="bilinear",
-                                     align_corners=False)
+                down = resize_bilinear(down, coarse.shape[-2:])
             outs[i + 1] = outs[i + 1] + down
         if self.use_gamma:
             outs = [out * self.gamma[i] for i, out in enumerate(outs)]

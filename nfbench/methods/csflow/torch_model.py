@@ -32,6 +32,7 @@ from torch import nn
 from nfbench.feature_cache import scaled_inputs
 from nfbench.methods.csflow.config import CSFlowConfig
 from nfbench.methods.csflow.flow import build_cs_flow, image_score, localization_map
+from nfbench.precision import autocast_subnets
 
 
 class SeparateFlows(nn.Module):
@@ -80,7 +81,7 @@ class CSFlowModel(nn.Module):
         super().__init__()
         self.scale_mode, self.scale_index = config.scale_mode, config.scale_index
         self.image_size = config.input_size
-        self.flow = build_flow(config, shapes)
+        self.flow = autocast_subnets(build_flow(config, shapes), config.precision)  # bf16: subnets
 
     def inputs(self, maps: list[torch.Tensor]) -> list[torch.Tensor]:
         return flow_inputs(maps, self.scale_mode, self.scale_index)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from nfbench.methods.base import validate_config
+from nfbench.precision import PRECISIONS
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,8 @@ class GaussianConfig:
     blur_sigma: float = 4.0  # PaDiM: Gaussian filter sigma = 4 on the score map
     batch_size: int = 16
     device: str = "auto"
+    deterministic: bool = False  # torch deterministic algorithms + cuDNN/cuBLAS flags (nfbench.precision)
+    precision: str = field(default="fp32", metadata={"choices": PRECISIONS})  # fp32 (TF32 off) | tf32 | bf16 subnets (nfbench.precision)
 
     def __post_init__(self) -> None:
         if not isinstance(self.layers, tuple):

@@ -5,10 +5,11 @@ Deviations are listed in ``benchmarks/patchflow.yaml``."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from nfbench.errors import UserError, check_choice
 from nfbench.methods.base import validate_config
+from nfbench.precision import PRECISIONS
 from nfbench.methods.patchflow.flow import SUBNETS
 
 #: Adapter output channels C_g per ``adapter`` choice.
@@ -56,6 +57,8 @@ class PatchFlowConfig:
     validation: str = "none"
     validation_fraction: float = 0.2  # code gen_validation_set.py: 20 % of the train images
     device: str = "auto"
+    deterministic: bool = False  # torch deterministic algorithms + cuDNN/cuBLAS flags (nfbench.precision)
+    precision: str = field(default="fp32", metadata={"choices": PRECISIONS})  # fp32 (TF32 off) | tf32 | bf16 subnets (nfbench.precision)
 
     def __post_init__(self) -> None:
         if not isinstance(self.layers, tuple):

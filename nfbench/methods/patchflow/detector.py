@@ -36,6 +36,7 @@ from nfbench.methods.patchflow.config import ADAPTERS, PatchFlowConfig
 from nfbench.methods.patchflow.torch_model import (PatchFlowImageModel, PatchFlowModel,
                                                    scale_features)
 from nfbench.methods.synthetic import synthetic_anomaly, tensor_images
+from nfbench.precision import autocast_subnets
 from nfbench.progress import bars_enabled
 
 
@@ -106,6 +107,7 @@ class PatchFlowDetector:
                             f"but the aggregated features have only {channels}")
         net = pf.PatchFlowNet(channels, self.adapter_channels, (height, width), cfg.flow_steps,
                               cfg.hidden, cfg.clamp, cfg.subnet, seed)
+        autocast_subnets(net, cfg.precision)  # bf16: the coupling subnets only
         return PatchFlowModel(net, cfg.patch_size, self.map_size, self.crop,
                               cfg.input_size).to(self.device)
 
