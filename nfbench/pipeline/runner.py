@@ -58,8 +58,11 @@ def run_device(run: Run) -> str:
     return str(run.settings.get("device", "auto"))
 
 
-def compute(run: Run) -> tuple[dict, dict]:
-    """Fit and score one run; returns its record (with identity) and figure material."""
+def compute(run: Run, models_dir: Path | None = None) -> tuple[dict, dict]:
+    """Fit and score one run; returns its record (with identity) and figure material. With
+    ``models_dir``, the fitted detector is saved to ``models_dir/<run_id>``
+    (:mod:`nfbench.artifacts`)."""
+    from nfbench.artifacts import keep_detector, save_detector
     from nfbench.pipeline.devices import validate_device
     from nfbench.pipeline.identity import run_identity
 
@@ -69,16 +72,19 @@ def compute(run: Run) -> tuple[dict, dict]:
     identity = run_identity(run)
     start = time.perf_counter()
     examples: dict = {}
-    record = run_experiment(run.method, run.dataset, run.category,
-                            root=Path(run.root) if run.root else None, profile=run.profile,
-                            seed=run.seed, overrides=run.settings, shots=run.shots,
-                            variant=run.variant, joint=run.joint,
-                            joint_categories=list(run.joint_categories) or None,
-                            examples=examples)
+    with keep_detector() as kept:
+        record = run_experiment(run.method, run.dataset, run.category,
+                                root=Path(run.root) if run.root else None, profile=run.profile,
+                                seed=run.seed, overrides=run.settings, shots=run.shots,
+                                variant=run.variant, joint=run.joint,
+                                joint_categories=list(run.joint_categories) or None,
+                                examples=examples)
     record["paper"] = run.paper
     record["run_id"] = run.run_id
     record["identity"] = identity
     record["timing"]["wall_seconds"] = time.perf_counter() - start
+    if models_dir is not None:
+        save_detector(kept[0], Path(models_dir) / run.run_id, record=record)
     return record, examples
 
 
@@ -90,9 +96,10 @@ def store(record: dict, examples: dict, results_dir: Path, run: Run) -> Path:
     return path
 
 
-def run_one(run: Run, results_dir: Path) -> Path:
-    """Fit and score one run; write its record and figure material; returns the record path."""
-    record, examples = compute(run)
+def run_one(run: Run, results_dir: Path, models_dir: Path | None = None) -> Path:
+    """Fit and score one run; write its record and figure material (and, with
+    ``models_dir``, its fitted detector); returns the record path."""
+    record, examples = compute(run, models_dir)
     return store(record, examples, results_dir, run)
 
 
@@ -184,13 +191,14 @@ def _gpu_slots(runs: list[Run], runs_per_gpu: float) -> list[str] | None:
 def execute(runs: list[Run], results_dir: Path, progress: bool = True,
             jobs: int | None = None, force: bool = False, executor: str = "local",
             address: str | None = None, runs_per_gpu: float = 1, device: str | None = None,
-            label: str = "runs") -> list[Path]:
+            label: str = "runs", models_dir: Path | None = None) -> list[Path]:
     """Make every run's record unless it exists with the same identity; returns the record
     paths of all ``runs``. ``device`` (validated) replaces the runs' device setting. Locally,
     ``jobs`` > 1 spreads CPU runs over worker processes sharing the cores (default
     :func:`default_jobs`); with CUDA GPUs, each GPU runs ``runs_per_gpu`` runs at a time. A
     failing run stops the local batch with its error (DVC then reruns the stage: finished
-    runs keep their records and are skipped then)."""
+    runs keep their records and are skipped then). ``models_dir``: save every run's fitted
+    detector there (runs skipped by identity save none: use ``force``)."""
     from nfbench.pipeline.devices import validate_device
 
     validate_device(device)
@@ -206,9 +214,11 @@ def execute(runs: list[Run], results_dir: Path, progress: bool = True,
         if executor == "ray":
             from nfbench.pipeline.ray_executor import execute_ray
 
+            if models_dir is not None:
+                raise UserError("--save-models needs --executor local")
             execute_ray(todo, results_dir, status, address=address, runs_per_gpu=runs_per_gpu)
         elif executor == "local":
-            _execute_local(todo, results_dir, status, jobs, runs_per_gpu)
+            _execute_local(todo, results_dir, status, jobs, runs_per_gpu, models_dir)
         else:
             raise UserError(f"unknown executor {executor!r}; available: local, ray")
     finally:
@@ -217,7 +227,7 @@ def execute(runs: list[Run], results_dir: Path, progress: bool = True,
 
 
 def _execute_local(todo: list[Run], results_dir: Path, status: Progress, jobs: int | None,
-                   runs_per_gpu: float) -> None:
+                   runs_per_gpu: float, models_dir: Path | None = None) -> None:
     slots = _gpu_slots(todo, runs_per_gpu)
     if slots is not None:
         jobs = len(slots)
@@ -225,7 +235,7 @@ def _execute_local(todo: list[Run], results_dir: Path, status: Progress, jobs: i
         jobs = max(1, min(jobs or default_jobs(), len(todo)))
     if jobs == 1 and slots is None:
         for run in todo:
-            status.update(run.run_id, message=_summary(run_one(run, results_dir)))
+            status.update(run.run_id, message=_summary(run_one(run, results_dir, models_dir)))
         return
     threads = max(1, (os.cpu_count() or 1) // jobs)
     if slots is None:
@@ -239,7 +249,7 @@ def _execute_local(todo: list[Run], results_dir: Path, status: Progress, jobs: i
             queue.put(slot)
     with ProcessPoolExecutor(jobs, mp_context=context, initializer=_init_worker,
                              initargs=(threads, queue)) as pool:
-        futures = {pool.submit(run_one, run, results_dir): run for run in todo}
+        futures = {pool.submit(run_one, run, results_dir, models_dir): run for run in todo}
         for future in as_completed(futures):
             try:
                 path = future.result()
