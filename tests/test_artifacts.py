@@ -160,7 +160,7 @@ def test_torchscript_export_matches_the_original(saved, name, tmp_path):
 
     folder, _ = saved[name]
     report = export_model(folder, "torchscript", tmp_path / f"{name}.pt")
-    assert report["ok"] and max(report["max_abs_diff"]) <= 1e-4 + 1e-4 * 1e3
+    assert report["ok"] and report["tolerance"] == {"atol": 1e-4, "rtol": 1e-4}
     assert json.loads(Path(str(tmp_path / f"{name}.pt") + ".json").read_text())["ok"]
 
 
