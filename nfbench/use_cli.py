@@ -20,7 +20,8 @@ def run_of(args: argparse.Namespace, category: str, overrides: dict[str, Any]):
     "paper" (``run``), so that it never overwrites a pipeline record."""
     from nfbench.pipeline.plan import Run
 
-    variant = args.method if args.variant == "default" else f"{args.method}-{args.variant}"
+    variant = args.method if args.variant in (None, "default") else \
+        f"{args.method}-{args.variant}"
     return Run(paper=RUN_PAPER, method=args.method, variant=variant, dataset=args.dataset,
                category=category, seed=int(args.seed), profile=args.profile,
                settings=dict(overrides), shots=args.shots, joint=bool(args.joint),
@@ -138,7 +139,9 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if action.default in (None, False, [], argparse.SUPPRESS) or "default" in text:
+        default = action.default
+        if (default is None or default is False or default == [] or default is argparse.SUPPRESS
+                or "default" in text):
             return text
         return super()._get_help_string(action)
 
