@@ -206,6 +206,10 @@ def cmd_tables(args: argparse.Namespace) -> None:
     companions = build_protocol_tables(args.paper, _profile(args, params), params, args.results)
     for path in write_protocol_tables(companions, args.results / args.paper):
         print(path)
+    from nfbench.curves import write_loss_curves  # training curves for dvc plots
+
+    curves = write_loss_curves(args.paper, args.results)
+    print(f"{len(curves)} loss curve(s) in {args.results / args.paper / 'plots' / 'loss'}")
 
 
 def cmd_profile(args: argparse.Namespace) -> None:
