@@ -422,7 +422,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args.func(args)
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        from nfbench.use_cli import for_command
+
+        print(f"error: {for_command(str(exc), args)}", file=sys.stderr)
         return 2
     except TrainingDivergedError as exc:
         print(f"error: training diverged: {exc} (try a smaller lr)", file=sys.stderr)

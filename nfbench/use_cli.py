@@ -20,7 +20,8 @@ def run_of(args: argparse.Namespace, category: str, overrides: dict[str, Any]):
     "paper" (``run``), so that it never overwrites a pipeline record."""
     from nfbench.pipeline.plan import Run
 
-    variant = args.method if args.variant in (None, "default") else \
+    chosen = (getattr(args, "settings_source", None) or {}).get("variant")  # not asked for
+    variant = args.method if args.variant in (None, "default", chosen) else \
         f"{args.method}-{args.variant}"
     return Run(paper=RUN_PAPER, method=args.method, variant=variant, dataset=args.dataset,
                category=category, seed=int(args.seed), profile=args.profile,
@@ -66,6 +67,17 @@ def save_decided(detector, folder: Path, result: dict[str, Any]) -> Path:
     record = {k: v for k, v in result.items() if k != "predictions"}
     return save_detector(detector, folder, record=record, threshold=threshold,
                          category=result["category"])
+
+
+def for_command(message: str, args: argparse.Namespace) -> str:
+    """An error message that fits the command it ends: "or pass --root" (the dataset
+    loaders' hint) becomes the environment variable where the command has no ``--root``
+    (``bench``, ``data prepare``). Rewritten here, not in the loaders: nfbench/datasets is
+    part of every run's identity (:data:`nfbench.pipeline.identity.SHARED_CODE`)."""
+    if message.endswith("or pass --root") and not hasattr(args, "root"):
+        return (message[: -len("pass --root")] + "set NFBENCH_DATA to the folder holding it "
+                "(default: ./datasets)")
+    return message
 
 
 # -- predict, export ----------------------------------------------------------------------------

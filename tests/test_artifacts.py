@@ -171,3 +171,16 @@ def test_onnx_export_matches_the_original_where_the_ops_allow(saved, tmp_path):
 
     folder, _ = saved["gaussian"]
     assert export_model(folder, "onnx", tmp_path / "g.onnx")["ok"]
+
+
+def test_onnx_that_onnxruntime_cannot_run_is_one_clear_error(saved, tmp_path):
+    """CFlow-AD upsamples its float64 maps bilinearly: onnxruntime's CPU Resize has no float64
+    kernel, so the file cannot be checked; it is removed and the error says why."""
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from nfbench.export import export_model
+
+    folder, _ = saved["cflow"]
+    with pytest.raises(UserError, match="onnxruntime cannot run it"):
+        export_model(folder, "onnx", tmp_path / "c.onnx")
+    assert not (tmp_path / "c.onnx").exists()
