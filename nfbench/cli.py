@@ -131,15 +131,23 @@ def cmd_decide(args: argparse.Namespace) -> None:
     if args.save_model:
         check_model_folder(args.save_model)
     detector = decide_model(args)  # --model DIR: a saved detector instead of fitting
+    from nfbench.pipeline.run_config import profile_source
+
+    params = load_params()
+    profile = _profile(args, params)
+    source = profile_source(args.method, args.dataset, profile, None, params)  # as `run`
     result = decision_table(args.method, args.dataset, _category(args), root=args.root,
-                            profile=_profile(args, load_params()), seed=args.seed,
-                            overrides=parse_sets(args.set), holdout=args.holdout,
+                            profile=profile, seed=args.seed,
+                            overrides={**source["settings"], **parse_sets(args.set)},
+                            holdout=args.holdout,
                             quantile=args.quantile, detector=detector, progress=not args.quiet)
     fitted = result.pop("detector")
+    result["settings_source"] = {k: source.get(k) for k in ("paper", "variant", "role",
+                                                            "borrowed_from")}
     write_record(result, args.out.with_suffix(".json"))
+    write_text_atomic(args.out, decision_markdown(result))
     if args.save_model:
         print(f"model saved to {save_decided(fitted, args.save_model, result)}")
-    write_text_atomic(args.out, decision_markdown(result))
     print(f"accuracy {100 * result['accuracy']:.2f} %, F1 (anomalous positive) "
           f"{100 * result['f1_anomalous_positive']:.2f} % -> {args.out}")
 

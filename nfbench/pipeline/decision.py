@@ -84,7 +84,7 @@ def decision_table(method: str, dataset: str, category: str, *, root: Path | Non
     if not fitted:
         say(f"fitting {method} on {len(fit_idx)} normal training images of {category}")
         detector.fit(train.subset(fit_idx))
-    fit_seconds = time.perf_counter() - start
+    fit_seconds = time.perf_counter() - start if not fitted else 0.0
     say(f"scoring {len(held_idx)} held-out normal and {len(test)} test images")
     start = time.perf_counter()
     threshold = threshold_from_normals(detector.score(train.subset(held_idx)).image, quantile)

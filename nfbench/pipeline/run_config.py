@@ -81,7 +81,8 @@ def resolve_run_args(args: argparse.Namespace) -> dict[str, Any]:
     args.profile = active_profile(params, args.profile)
     args.seed = 0 if args.seed is None else int(args.seed)
     if args.config is not None:
-        base, source = dict(loaded.get("settings") or {}), {"paper": None, "variant": None}
+        base = dict(loaded.get("settings") or {})
+        source = {"paper": None, "variant": loaded.get("variant")}  # the file's own variant
     else:
         source = profile_source(args.method, args.dataset, args.profile, args.variant, params)
         base = dict(source["settings"])
