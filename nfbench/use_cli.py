@@ -203,6 +203,7 @@ OPTION_HELP = {
     "--executor": "where the runs execute",
     "--method": "a registered method (nfbench methods)",
     "--dataset": "a registered dataset (nfbench data list)",
+    "--format": "export format",
 }
 
 
@@ -226,4 +227,4 @@ def decorate(parser: argparse.ArgumentParser, path: str = "") -> None:
                         f"  {line}" for line in EXAMPLES[full].splitlines())
                 decorate(child, full)
         elif action.help is None and action.option_strings:
-            action.help = OPTION_HELP.get(action.option_strings[0], " ")
+            action.help = OPTION_HELP.get(action.option_strings[0], action.dest.replace("_", " "))

@@ -184,3 +184,22 @@ def test_onnx_that_onnxruntime_cannot_run_is_one_clear_error(saved, tmp_path):
     with pytest.raises(UserError, match="onnxruntime cannot run it"):
         export_model(folder, "onnx", tmp_path / "c.onnx")
     assert not (tmp_path / "c.onnx").exists()
+
+
+def test_bench_save_models_writes_one_model_folder_per_run(tiny_demo, tmp_path, one_thread):
+    """``bench --save-models DIR``: the runner saves each run's fitted detector with its
+    record (identity included) under DIR/<run_id>."""
+    from nfbench.pipeline.plan import Run
+    from nfbench.pipeline.runner import execute
+
+    run = Run(paper="csflow", method="gaussian", variant="baseline_gaussian", dataset="demo",
+              category="brick", seed=0, profile="demo", root=str(tiny_demo),
+              settings={"input_size": 96, "n_features": 20, "device": "cpu"})
+    (record_path,) = execute([run], tmp_path / "results", progress=False, jobs=1,
+                             models_dir=tmp_path / "models")
+    folder = tmp_path / "models" / run.run_id
+    manifest = read_manifest(folder)
+    record = json.loads(record_path.read_text())
+    assert manifest["run"]["identity"] == record["identity"]
+    assert json.loads((folder / "record.json").read_text())["metrics"] == record["metrics"]
+    assert load_detector(folder).config.n_features == 20
