@@ -161,7 +161,8 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
 #: one or two examples per subcommand (the demo profile's, runnable as written)
 EXAMPLES = {
     "data": "nfbench data download demo\nnfbench data list",
-    "data download": "nfbench data download demo\nnfbench data download mvtec_ad --root /data/mvtec",
+    "data download": "nfbench data download demo\n"
+                     "nfbench data download mvtec_ad --root /data/mvtec",
     "data list": "nfbench data list",
     "data verify": "nfbench data verify demo --category brick",
     "data prepare": "nfbench data prepare --quiet",

@@ -134,7 +134,8 @@ def test_a_missing_dataset_error_fits_a_command_without_root():
 
     from nfbench.use_cli import for_command
 
-    message = "no MVTec AD at datasets/mvtec_ad: run 'nfbench data download mvtec_ad' or pass --root"
+    message = ("no MVTec AD at datasets/mvtec_ad: run 'nfbench data download mvtec_ad' or "
+               "pass --root")
     assert for_command(message, SimpleNamespace(root=None)) == message
     assert "NFBENCH_DATA" in for_command(message, SimpleNamespace())
     assert "--root" not in for_command(message, SimpleNamespace())

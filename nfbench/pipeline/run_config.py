@@ -108,7 +108,8 @@ def print_config(args: argparse.Namespace, overrides: dict[str, Any]) -> None:
     config = config_to_dict(resolve_config(args.method, args.profile, overrides).config)
     source = getattr(args, "settings_source", {}) or {}
     document = {"method": args.method, "dataset": args.dataset, "category": args.category,
-                "root": str(Path(args.root).resolve()) if args.root else None, "profile": args.profile,
+                "root": str(Path(args.root).resolve()) if args.root else None,
+                "profile": args.profile,
                 "seed": args.seed, "shots": args.shots, "joint": bool(args.joint),
                 "variant": args.variant, "settings": config}
     header = "# nfbench run --config FILE.yaml repeats this run exactly"
