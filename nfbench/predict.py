@@ -97,12 +97,17 @@ def _overlay(image_path: Path, coloured: np.ndarray, alpha: float = 0.5):
     return Image.blend(base, heat, alpha)
 
 
-def _prepare_out(out: Path) -> Path:
-    """A temporary folder beside ``out``; refuses an ``out`` that holds something else."""
+def check_out(out: Path) -> None:
+    """Refuse, before any work, an ``out`` that holds something else than predict's output."""
     if out.exists() and (not out.is_dir() or (any(out.iterdir())
                                               and not (out / SUMMARY).is_file())):
         raise UserError(f"--out {out} exists and is not an earlier predict output; choose a "
                         "new folder")
+
+
+def _prepare_out(out: Path) -> Path:
+    """A temporary folder beside ``out`` (renamed into place when complete)."""
+    check_out(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     return Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
 
@@ -140,6 +145,7 @@ def predict(model: Path | str, images: Path | str, out: Path | str, *,
     from nfbench.pipeline.experiment import environment
 
     images, out = Path(images), Path(out)
+    check_out(out)
     files = image_files(images)
     detector = load_detector(model, device=device)
     manifest = detector.artifact_

@@ -152,6 +152,11 @@ def test_predict_refuses_an_empty_folder_and_a_foreign_out(saved, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="no images"):
         predict(folder, tmp_path / "empty", tmp_path / "out")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "thesis.tex").write_text("x")
+    with pytest.raises(UserError, match="not an earlier predict output"):
+        predict(folder, tmp_path / "empty", tmp_path / "mine")
+    assert (tmp_path / "mine" / "thesis.tex").read_text() == "x"
 
 
 @pytest.mark.parametrize("name", ["gaussian", "csflow", "patchflow", "cflow", "clscnf"])
