@@ -98,12 +98,12 @@ def cmd_run(args: argparse.Namespace) -> None:
         check_model_folder(args.save_model)
     from nfbench.pipeline.identity import run_identity
 
-    identity = run_identity(run)
     with keep_detector() as kept:
         record = run_experiment(args.method, args.dataset, category, root=args.root,
                                 profile=args.profile, seed=args.seed, overrides=overrides,
                                 shots=args.shots, variant=args.variant, joint=args.joint)
-    record["paper"], record["run_id"], record["identity"] = run.paper, run.run_id, identity
+    record["paper"], record["run_id"] = run.paper, run.run_id
+    record["identity"] = run_identity(run)  # as bench's records (nfbench.pipeline.identity)
     write_record(record, args.out)
     if args.save_model:
         print(f"model saved to {save_detector(kept[0], args.save_model, record=record)}")
