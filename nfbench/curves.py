@@ -35,6 +35,7 @@ def write_loss_curves(paper: str, results_dir: Path | str) -> list[Path]:
     folder = Path(results_dir) / paper / LOSS_FOLDER
     if folder.exists():
         shutil.rmtree(folder)
+    folder.mkdir(parents=True)  # even empty: dvc plots show reports a missing folder as an error
     written = []
     for path in record_paths(results_dir, [paper]):
         record = json.loads(path.read_text())

@@ -29,6 +29,8 @@ def test_loss_curves_are_written_per_run_and_stale_ones_removed(tmp_path):
     stale.write_text("x")
     (path,) = write_loss_curves("csflow", tmp_path)
     assert path.name == "full.brick.seed0.csv" and not stale.exists()
+    assert write_loss_curves("patchflow", tmp_path) == []  # no records: an empty folder, which
+    assert (tmp_path / "patchflow" / "plots" / "loss").is_dir()  # dvc plots show accepts
     assert path.read_text() == "epoch,loss\n1,3.5\n2,2.25\n"
 
 
