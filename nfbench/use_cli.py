@@ -109,9 +109,12 @@ def cmd_export(args: argparse.Namespace) -> None:
           f"rtol {args.rtol:g}")
 
 
-def add_parsers(sub) -> None:
-    from nfbench.export import ATOL, FORMATS, RTOL
+#: nfbench.export's FORMATS, ATOL and RTOL (tests/test_use_cli.py checks they agree), repeated
+#: so that building the parser (every command, a bench too) does not import the exporter
+FORMATS, ATOL, RTOL = ("torchscript", "onnx"), 1e-4, 1e-4
 
+
+def add_parsers(sub) -> None:
     predict = sub.add_parser("predict", help="score your own images with a saved model: "
                              "scores, anomaly maps, overlays, predictions")
     predict.add_argument("--model", type=Path, required=True,

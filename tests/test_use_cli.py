@@ -139,3 +139,10 @@ def test_a_missing_dataset_error_fits_a_command_without_root():
     assert for_command(message, SimpleNamespace(root=None)) == message
     assert "NFBENCH_DATA" in for_command(message, SimpleNamespace())
     assert "--root" not in for_command(message, SimpleNamespace())
+
+
+def test_export_defaults_in_the_parser_are_the_exporters():
+    from nfbench import export, use_cli
+
+    assert (use_cli.FORMATS, use_cli.ATOL, use_cli.RTOL) == \
+        (export.FORMATS, export.ATOL, export.RTOL)

@@ -62,7 +62,8 @@ def compute(run: Run, models_dir: Path | None = None) -> tuple[dict, dict]:
     """Fit and score one run; returns its record (with identity) and figure material. With
     ``models_dir``, the fitted detector is saved to ``models_dir/<run_id>``
     (:mod:`nfbench.artifacts`)."""
-    from nfbench.artifacts import keep_detector, save_detector
+    import contextlib
+
     from nfbench.pipeline.devices import validate_device
     from nfbench.pipeline.identity import run_identity
 
@@ -72,7 +73,9 @@ def compute(run: Run, models_dir: Path | None = None) -> tuple[dict, dict]:
     identity = run_identity(run)
     start = time.perf_counter()
     examples: dict = {}
-    with keep_detector() as kept:
+    if models_dir is not None:  # imported only then: a plain bench does not depend on it
+        from nfbench.artifacts import keep_detector, save_detector
+    with keep_detector() if models_dir is not None else contextlib.nullcontext([]) as kept:
         record = run_experiment(run.method, run.dataset, run.category,
                                 root=Path(run.root) if run.root else None, profile=run.profile,
                                 seed=run.seed, overrides=run.settings, shots=run.shots,
