@@ -6,3 +6,13 @@ one-run driver (:mod:`nfbench.pipeline.experiment`).
 """
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    """``nfbench.load_detector`` / ``save_detector`` (:mod:`nfbench.artifacts`), imported on
+    first use so that ``import nfbench`` stays light."""
+    if name in ("load_detector", "save_detector"):
+        from nfbench import artifacts
+
+        return getattr(artifacts, name)
+    raise AttributeError(f"module 'nfbench' has no attribute {name!r}")

@@ -87,14 +87,27 @@ def cmd_run(args: argparse.Namespace) -> None:
     if args.print_config:
         print_config(args, overrides)
         return
-    if args.out is None:
-        raise UserError("--out is required (or --print-config)")
-    check_output_file(args.out)  # before any work: a bad --out is found now, not after training
+    from nfbench.artifacts import keep_detector, save_detector
+    from nfbench.use_cli import check_model_folder, run_of
+
     category = "all" if args.joint else _category(args)
-    record = run_experiment(args.method, args.dataset, category, root=args.root,
-                            profile=args.profile, seed=args.seed, overrides=overrides,
-                            shots=args.shots, variant=args.variant, joint=args.joint)
+    run = run_of(args, category, overrides)  # the record's identity and default --out
+    if args.out is None:  # where `nfbench results` reads
+        args.out = args.results / run.record_path
+    check_output_file(args.out)  # before any work: a bad --out is found now, not after training
+    if args.save_model:
+        check_model_folder(args.save_model)
+    from nfbench.pipeline.identity import run_identity
+
+    with keep_detector() as kept:
+        record = run_experiment(args.method, args.dataset, category, root=args.root,
+                                profile=args.profile, seed=args.seed, overrides=overrides,
+                                shots=args.shots, variant=args.variant, joint=args.joint)
+    record["paper"], record["run_id"] = run.paper, run.run_id
+    record["identity"] = run_identity(run)  # as bench's records (nfbench.pipeline.identity)
     write_record(record, args.out)
+    if args.save_model:
+        print(f"model saved to {save_detector(kept[0], args.save_model, record=record)}")
     m = record["metrics"]
     print(f"{args.method} {args.dataset}/{record['category']}: image AUROC "
           f"{_metric(m['image_auroc'])}, pixel AUROC {_metric(m['pixel_auroc'])}, "
@@ -114,12 +127,28 @@ def cmd_decide(args: argparse.Namespace) -> None:
     check_output_file(args.out)
     from nfbench.pipeline.plan import load_params
 
+    from nfbench.use_cli import check_model_folder, decide_model, save_decided
+
+    if args.save_model:
+        check_model_folder(args.save_model)
+    detector = decide_model(args)  # --model DIR: a saved detector instead of fitting
+    from nfbench.pipeline.run_config import profile_source
+
+    params = load_params()
+    profile = _profile(args, params)
+    source = profile_source(args.method, args.dataset, profile, None, params)  # as `run`
     result = decision_table(args.method, args.dataset, _category(args), root=args.root,
-                            profile=_profile(args, load_params()), seed=args.seed,
-                            overrides=parse_sets(args.set), holdout=args.holdout,
-                            quantile=args.quantile)
+                            profile=profile, seed=args.seed,
+                            overrides={**source["settings"], **parse_sets(args.set)},
+                            holdout=args.holdout,
+                            quantile=args.quantile, detector=detector, progress=not args.quiet)
+    fitted = result.pop("detector")
+    result["settings_source"] = {k: source.get(k) for k in ("paper", "variant", "role",
+                                                            "borrowed_from")}
     write_record(result, args.out.with_suffix(".json"))
     write_text_atomic(args.out, decision_markdown(result))
+    if args.save_model:
+        print(f"model saved to {save_decided(fitted, args.save_model, result)}")
     print(f"accuracy {100 * result['accuracy']:.2f} %, F1 (anomalous positive) "
           f"{100 * result['f1_anomalous_positive']:.2f} % -> {args.out}")
 
@@ -181,7 +210,8 @@ def cmd_bench(args: argparse.Namespace) -> None:
                 executor=args.executor, address=args.address, runs_per_gpu=args.runs_per_gpu,
                 device=args.device,
                 label=label if len(batches) == 1 else f"{label}/{batch[0].variant}",
-                cpus_per_run=args.cpus_per_run, connect_timeout=args.ray_timeout)
+                cpus_per_run=args.cpus_per_run, connect_timeout=args.ray_timeout,
+                models_dir=args.save_models)
 
 
 def cmd_selfcheck(args: argparse.Namespace) -> None:
@@ -204,6 +234,10 @@ def cmd_tables(args: argparse.Namespace) -> None:
     companions = build_protocol_tables(args.paper, _profile(args, params), params, args.results)
     for path in write_protocol_tables(companions, args.results / args.paper):
         print(path)
+    from nfbench.curves import write_loss_curves  # training curves for dvc plots
+
+    curves = write_loss_curves(args.paper, args.results)
+    print(f"{len(curves)} loss curve(s) in {args.results / args.paper / 'plots' / 'loss'}")
 
 
 def cmd_profile(args: argparse.Namespace) -> None:
@@ -285,7 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="obtain, list and verify datasets")
     data_sub = data.add_subparsers(dest="data_command", required=True)
     download = data_sub.add_parser("download", help="download a dataset (demo: build it)")
-    download.add_argument("name", help="mvtec_ad | btad | mtd | demo")
+    download.add_argument("name", help="mvtec_ad | btad | mtd | dtd | demo")
     download.add_argument("--root", type=Path, help="target folder (default datasets/<name>)")
     download.add_argument("--quiet", action="store_true", help="no progress bars")
     download.set_defaults(func=cmd_data_download)
@@ -344,6 +378,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--ray-timeout", type=float, metavar="SECONDS",
                        help="Ray: wait at most this long for --address to answer (default 30)")
     bench.add_argument("--device", help="cpu | cuda | cuda:N (default: the settings' auto)")
+    bench.add_argument("--save-models", type=Path, metavar="DIR",
+                       help="save every fitted detector to DIR/<paper>/<variant>/<category>/"
+                       "seed<k> (runs skipped by identity save none: add --force)")
     pipeline_command("tables", "build a paper's tidy tables from its records", cmd_tables)
     prof = pipeline_command("profile", "FLOPs, parameters and speed of a paper's method", cmd_profile)
     prof.add_argument("--device", help="cpu | cuda | cuda:N")
@@ -401,7 +438,14 @@ def build_parser() -> argparse.ArgumentParser:
                      "(--set pairs win over it)")
     run.add_argument("--print-config", action="store_true",
                      help="print the fully resolved config as YAML and stop")
-    run.add_argument("--out", type=Path, help="result record (JSON)")
+    run.add_argument("--out", type=Path, help="result record (JSON); default: "
+                     "RESULTS/run/runs/<method>/<category>/seed<k>.json, where nfbench "
+                     "results reads")
+    run.add_argument("--results", type=Path, default=Path("results"),
+                     help="results folder of the default --out")
+    run.add_argument("--save-model", type=Path, metavar="DIR",
+                     help="also save the fitted detector as a model folder (nfbench predict, "
+                     "export, decide --model, nfbench.load_detector)")
     run.set_defaults(func=cmd_run)
 
     decide = sub.add_parser(
@@ -420,10 +464,18 @@ def build_parser() -> argparse.ArgumentParser:
     decide.add_argument("--set", action="append", nargs="+", default=[], metavar="KEY=VALUE")
     decide.add_argument("--out", type=Path, required=True,
                         help="Markdown table (a JSON record is written beside it)")
+    decide.add_argument("--model", type=Path, metavar="DIR",
+                        help="a saved model folder: score with it instead of fitting")
+    decide.add_argument("--save-model", type=Path, metavar="DIR",
+                        help="save the fitted detector with its threshold (for predict)")
+    decide.add_argument("--quiet", action="store_true", help="no progress lines")
     decide.set_defaults(func=cmd_decide)
 
     from nfbench.peers.cli import add_parsers as add_peer_parsers  # nfbench peer / peers
     add_peer_parsers(sub)
+    from nfbench.use_cli import add_parsers as add_use_parsers, decorate  # predict, export
+    add_use_parsers(sub)
+    decorate(parser)  # --version, defaults and examples in every help
     return parser
 
 
@@ -432,7 +484,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         status = args.func(args) or 0
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        from nfbench.use_cli import for_command
+
+        print(f"error: {for_command(str(exc), args)}", file=sys.stderr)
         return 2
     except TrainingDivergedError as exc:
         print(f"error: training diverged: {exc} (try a smaller lr)", file=sys.stderr)

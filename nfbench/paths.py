@@ -15,6 +15,17 @@ def project_root() -> Path:
     return here
 
 
+def config_root() -> Path:
+    """Where ``params.yaml`` and ``benchmarks/`` are read: the project top when it holds a
+    ``params.yaml``, else the copies packaged with nfbench (``nfbench/defaults``: links to the
+    repository's files, copied into a built wheel), so that ``nfbench run``, ``predict`` and
+    ``--config`` files work from any folder with the default profiles."""
+    top = project_root()
+    if (top / "params.yaml").is_file():
+        return top
+    return Path(__file__).resolve().parent / "defaults"
+
+
 def datasets_root() -> Path:
     """Folder holding every dataset: ``$NFBENCH_DATA`` or ``<repo>/datasets``."""
     return Path(os.environ.get("NFBENCH_DATA", project_root() / "datasets"))

@@ -60,3 +60,29 @@ def test_decide_errors_write_nothing(tiny_demo, tmp_path, capsys):
                  "--category", "coin", "--holdout", "2", "--out", str(out)])
     assert code == 2 and "--holdout" in capsys.readouterr().err
     assert not out.exists() and not out.with_suffix(".json").exists()
+
+
+def test_decide_saves_and_reuses_a_model_and_records_everything(tiny_demo, tmp_path, capsys):
+    """decide --save-model keeps the detector and its threshold; decide --model reuses it
+    without fitting (same threshold, same predictions); predict takes the saved threshold."""
+    model, first, second = tmp_path / "model", tmp_path / "a.md", tmp_path / "b.md"
+    common = ["decide", "--method", "gaussian", "--dataset", "demo", "--root", str(tiny_demo),
+              "--category", "coin", "--quiet"]
+    assert main([*common, "--set", "input_size=96", "--out", str(first), "--save-model",
+                 str(model)]) == 0, capsys.readouterr().err
+    assert main([*common, "--model", str(model), "--out", str(second)]) == 0, \
+        capsys.readouterr().err
+    a, b = (json.loads(p.with_suffix(".json").read_text()) for p in (first, second))
+    assert b["model"]["reused"] and not a["model"]["reused"] and b["fit_seconds"] == 0.0
+    assert a["threshold"] == b["threshold"] and a["predictions"] == b["predictions"]
+    assert len(a["predictions"]) == a["n_test"] and a["config"]["input_size"] == 96
+    assert a["environment"]["torch"] and a["timing"]["score_seconds"] > 0
+    assert json.loads((model / "nfbench-model.json").read_text())["threshold"]["value"] == \
+        a["threshold"]
+    from nfbench.predict import predict
+
+    images = tmp_path / "images"
+    shutil.copytree(tiny_demo / "coin" / "test", images)
+    summary = predict(model, images, tmp_path / "scored", progress=False)
+    assert summary["threshold"]["source"] == "saved with the model"
+    assert all("prediction" in row for row in summary["predictions"])

@@ -46,9 +46,11 @@ def test_paper_filter_and_csv(tmp_path, capsys):
     assert main(["results", "--results", str(tmp_path), "--csv", str(out)]) == 0
     lines = out.read_text().splitlines()
     assert lines[0].startswith("paper,method,variant") and len(lines) == len(runs) + 1
-    line = next(x for x in lines[1:] if x.startswith("patchflow,patchflow,full,"))
-    assert json.loads(line.split('"', 1)[1].rsplit('"', 1)[0].replace('""', '"')) == \
-        {"backbone": "efficientnet_lite0"}
+    import pandas as pd
+
+    table = pd.read_csv(out)  # settings flattened: one column per changed setting
+    assert "settings" not in table.columns
+    assert set(table.loc[table.variant == "full", "setting.backbone"]) == {"efficientnet_lite0"}
 
 
 def test_a_file_that_is_not_a_record_is_one_clear_error(tmp_path):

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from nfbench.errors import UserError
 from nfbench.feature_cache import cached_features
-from nfbench.peers.common import CachedEncoder, PeerResult, index_images, substituted
+from nfbench.peers.common import epochs, CachedEncoder, PeerResult, index_images, substituted
 
 
 def fit_and_score(cfg, train, test, config: str, seed: int) -> PeerResult:
@@ -67,7 +67,7 @@ def fit_and_score(cfg, train, test, config: str, seed: int) -> PeerResult:
     n, history = len(train), []
     n_batches = -(-n // cfg.batch_size)
     model.decoders.train()
-    for epoch in range(settings["epochs"]):
+    for epoch in epochs(settings["epochs"], "cflow"):
         meta, sub = divmod(epoch, cfg.sub_epochs)
         order, total = torch.randperm(n, generator=generator), 0.0
         for b in range(n_batches):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from nfbench.errors import UserError
@@ -15,6 +16,14 @@ def cmd_peer(args: argparse.Namespace) -> None:
     from nfbench.pipeline.experiment import write_record
 
     check_output_file(args.out)  # before training: a bad --out is found now
+    if args.quiet:
+        from nfbench.progress import silence_bars
+
+        silence_bars()
+    else:
+        print(f"[peer] anomalib {args.method} ({args.config}) on {args.dataset}/"
+              f"{args.category}: features, fit and scoring take minutes", file=sys.stderr,
+              flush=True)
     from nfbench.pipeline.plan import active_profile, load_params
 
     record = run_peer(args.method, args.dataset, args.category, config=args.config,
@@ -76,6 +85,7 @@ def add_parsers(sub) -> None:
     peer.add_argument("--profile", help="whose run of the method to mirror (features, size, "
                       "budget): one of params.yaml's profiles (default: its profile)")
     peer.add_argument("--out", type=Path, required=True, help="peer record (JSON)")
+    peer.add_argument("--quiet", action="store_true", help="no progress bars")
     peer.set_defaults(func=cmd_peer)
 
     stage = sub.add_parser("peers", help="pipeline stage: every peer run of params.yaml `peers:`")

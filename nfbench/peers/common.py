@@ -75,6 +75,17 @@ def skipped_record(method: str, config: str, dataset: str, category: str, seed: 
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
 
 
+def epochs(n: int, what: str):
+    """``range(n)`` with a per-epoch progress bar (off under ``--quiet``): a peer run trains
+    for minutes."""
+    from tqdm.auto import tqdm
+
+    from nfbench.progress import bars_enabled
+
+    return tqdm(range(n), desc=f"anomalib {what} fit", unit="epoch", leave=False,
+                disable=not bars_enabled())
+
+
 def run_peer(method: str, dataset: str, category: str, *, config: str = "shipped",
              seed: int = 0, profile: str = "demo", root: Path | None = None,
              params: dict | None = None) -> dict[str, Any]:

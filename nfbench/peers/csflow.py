@@ -24,7 +24,7 @@ import torch
 
 from nfbench.errors import UserError
 from nfbench.feature_cache import cached_features
-from nfbench.peers.common import PeerResult, substituted
+from nfbench.peers.common import epochs, PeerResult, substituted
 
 
 def build_flow(channels: int, input_size: int, n_blocks: int, clamp: float, hidden: int):
@@ -72,7 +72,7 @@ def fit_and_score(cfg, train, test, config: str, seed: int) -> PeerResult:
     generator = torch.Generator().manual_seed(seed)
     n, history = inputs[0].shape[0], []
     flow.train()
-    for epoch in range(cfg.epochs):
+    for epoch in epochs(cfg.epochs, "csflow"):
         order, losses = torch.randperm(n, generator=generator), []
         for start in range(0, n, cfg.batch_size):
             index = order[start:start + cfg.batch_size]

@@ -20,7 +20,7 @@ import torch
 
 from nfbench.errors import UserError
 from nfbench.feature_cache import cached_features
-from nfbench.peers.common import CachedEncoder, PeerResult, index_images, substituted
+from nfbench.peers.common import epochs, CachedEncoder, PeerResult, index_images, substituted
 
 STRIDES = {"stride8": 8, "stride16": 16, "stride32": 32}
 
@@ -56,7 +56,7 @@ def fit_and_score(cfg, train, test, config: str, seed: int) -> PeerResult:
                                  weight_decay=settings["weight_decay"])
     loss_fn, generator = PatchflowLoss(), torch.Generator().manual_seed(seed)
     n, history = len(train), []
-    for epoch in range(cfg.epochs):
+    for epoch in epochs(cfg.epochs, "patchflow"):
         model.train()
         order, losses = torch.randperm(n, generator=generator), []
         for start in range(0, n, cfg.batch_size):

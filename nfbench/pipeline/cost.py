@@ -20,11 +20,11 @@ from typing import Any
 import yaml
 
 from nfbench.errors import UserError
-from nfbench.paths import project_root
+from nfbench.paths import config_root
 
 
 def load_cost_model(path: Path | None = None) -> dict[str, Any]:
-    path = Path(path) if path is not None else project_root() / "benchmarks" / "cost.yaml"
+    path = Path(path) if path is not None else config_root() / "benchmarks" / "cost.yaml"
     if not path.is_file():
         raise UserError(f"no cost model {path}")
     return yaml.safe_load(path.read_text())

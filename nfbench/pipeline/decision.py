@@ -9,6 +9,7 @@ labels are used only to count the matrix, never to choose the threshold.
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -55,29 +56,60 @@ def confusion(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict[
 
 def decision_table(method: str, dataset: str, category: str, *, root: Path | None = None,
                    profile: str = "demo", seed: int = 0, overrides: dict | None = None,
-                   holdout: float = 0.2, quantile: float = 1.0) -> dict[str, Any]:
+                   holdout: float = 0.2, quantile: float = 1.0, detector: Any = None,
+                   progress: bool = True) -> dict[str, Any]:
     """Fit ``method`` on (1 - holdout) of the normal training images of ``category``, set the
-    threshold on the held-out ones, and count the test set's confusion matrix."""
-    from nfbench.pipeline.experiment import category_table, resolve_config
+    threshold on the held-out ones, and count the test set's confusion matrix.
 
+    ``detector``: a fitted detector (``decide --model DIR``) used instead of fitting; the
+    threshold still comes from the held-out normal images (which that model may have seen in
+    training, unless ``decide --save-model`` saved it: the record says which). The result
+    holds the fitted ``detector`` under ``"detector"`` (not serialised), the config, timing,
+    environment and every test image's score and prediction."""
+    from nfbench.methods.base import config_to_dict
+    from nfbench.pipeline.experiment import category_table, environment, resolve_config
+
+    say = (lambda text: print(f"[decide] {text}", file=sys.stderr, flush=True)) if progress \
+        else (lambda text: None)
     table = category_table(dataset, root, category)
     seed_everything(seed)
-    detector = resolve_config(method, profile, dict(overrides or {}))
-    train, test = image_sets(table, category, detector.config.input_size)
+    fitted = detector is not None
+    if not fitted:
+        detector = resolve_config(method, profile, dict(overrides or {}))
+    size = getattr(getattr(detector, "settings_", detector.config), "input_size")
+    train, test = image_sets(table, category, size)
     fit_idx, held_idx = holdout_split(len(train), holdout, seed)
     seed_everything(seed)
     start = time.perf_counter()
-    detector.fit(train.subset(fit_idx))
-    fit_seconds = time.perf_counter() - start
+    if not fitted:
+        say(f"fitting {method} on {len(fit_idx)} normal training images of {category}")
+        detector.fit(train.subset(fit_idx))
+    fit_seconds = time.perf_counter() - start if not fitted else 0.0
+    say(f"scoring {len(held_idx)} held-out normal and {len(test)} test images")
+    start = time.perf_counter()
     threshold = threshold_from_normals(detector.score(train.subset(held_idx)).image, quantile)
     scores = detector.score(test).image
-    result = confusion(np.asarray(test.labels), scores, threshold)
+    score_seconds = time.perf_counter() - start
+    labels = np.asarray(test.labels)
+    result = confusion(labels, scores, threshold)
+    model = getattr(detector, "artifact_", None)
+    rule = (f"{quantile:g}-quantile of the image scores of {len(held_idx)} held-out normal "
+            f"training images (fit on the other {len(fit_idx)}); no test label used")
+    if fitted:
+        rule = (f"{quantile:g}-quantile of the image scores of {len(held_idx)} held-out normal "
+                f"training images, scored by a saved model (it may have seen them in training "
+                f"unless decide saved it); no test label used")
     return {"method": method, "dataset": dataset, "category": category, "seed": seed,
-            "profile": profile, "threshold": threshold,
-            "threshold_rule": (f"{quantile:g}-quantile of the image scores of {len(held_idx)} "
-                               f"held-out normal training images (fit on the other "
-                               f"{len(fit_idx)}); no test label used"),
-            "n_test": len(test), "fit_seconds": fit_seconds, **result}
+            "profile": profile, "threshold": threshold, "threshold_rule": rule,
+            "n_test": len(test), "fit_seconds": fit_seconds, **result,
+            "config": config_to_dict(getattr(detector, "settings_", detector.config)),
+            "model": {"reused": fitted, "folder": (model or {}).get("folder")},
+            "timing": {"fit_seconds": fit_seconds, "score_seconds": score_seconds},
+            "environment": environment(),
+            "predictions": [{"path": path, "label": int(label), "image_score": float(score),
+                             "prediction": int(score > threshold)}
+                            for path, label, score in zip(test.paths, labels, scores)],
+            "detector": detector}
 
 
 def decision_markdown(result: dict[str, Any]) -> str:

@@ -17,7 +17,7 @@ from typing import Any
 
 
 from nfbench.errors import UserError
-from nfbench.paths import project_root
+from nfbench.paths import config_root
 from nfbench.pipeline.spec import PaperSpec, load_spec, papers, profile_names
 
 
@@ -40,11 +40,11 @@ def active_profile(params: dict[str, Any], requested: str | None = None) -> str:
 
 
 def load_params(path: Path | None = None) -> dict[str, Any]:
-    """``params.yaml`` at the project top (or ``path``), type-checked before any work
-    (:mod:`nfbench.pipeline.params_validation`)."""
+    """``params.yaml`` at the project top (or ``path``; outside a checkout the packaged
+    defaults), type-checked before any work (:mod:`nfbench.pipeline.params_validation`)."""
     from nfbench.pipeline.params_validation import read_yaml, validate_params
 
-    path = Path(path) if path is not None else project_root() / "params.yaml"
+    path = Path(path) if path is not None else config_root() / "params.yaml"
     if not path.is_file():
         raise UserError(f"no parameters file {path}")
     return validate_params(read_yaml(path, "parameters file"), path)
@@ -53,7 +53,7 @@ def load_params(path: Path | None = None) -> dict[str, Any]:
 def project_params() -> dict[str, Any]:
     """``params.yaml`` at the project top, parsed once per version of the file: read it, do not
     change it (:func:`load_params` gives a fresh copy)."""
-    path = project_root() / "params.yaml"
+    path = config_root() / "params.yaml"
     if not path.is_file():
         raise UserError(f"no parameters file {path}")
     return _cached_params(path, path.stat().st_mtime_ns)

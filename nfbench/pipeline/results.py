@@ -80,10 +80,22 @@ def load(results_dir: Path | str = "results", papers: Iterable[str] | None = Non
                                           ignore_index=True)
 
 
-def to_csv(frame: pd.DataFrame, out) -> None:
-    """Write ``frame`` as CSV; the ``settings`` dicts become compact JSON strings."""
+def flatten_settings(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with its ``settings`` dicts spread into one ``setting.<key>`` column per
+    setting any run changed (empty where a run keeps the paper default; lists and dicts as
+    compact JSON), in place of the ``settings`` column: a spreadsheet filters on them."""
     frame = frame.copy()
-    frame["settings"] = frame["settings"].map(lambda s: json.dumps(s, sort_keys=True))
+    settings = frame.pop("settings") if "settings" in frame else pd.Series(dtype=object)
+    keys = sorted({key for s in settings for key in (s or {})})
+    cell = lambda v: json.dumps(v, sort_keys=True) if isinstance(v, (list, dict, tuple)) else v
+    for key in keys:
+        frame[f"setting.{key}"] = [cell((s or {}).get(key)) for s in settings]
+    return frame
+
+
+def to_csv(frame: pd.DataFrame, out) -> None:
+    """Write ``frame`` as CSV, its settings flattened (:func:`flatten_settings`)."""
+    frame = flatten_settings(frame)
     if isinstance(out, (str, Path)):  # a file: written whole or not at all
         from nfbench.atomic import atomic_path
 

@@ -33,6 +33,27 @@ def parse_sets(pairs: Sequence) -> dict[str, str]:
     return settings
 
 
+def profile_source(method: str, dataset: str, profile: str, variant: str | None,
+                   params: dict[str, Any]) -> dict[str, Any]:
+    """:func:`~nfbench.pipeline.plan.run_settings` of ``method`` on ``dataset``; for a
+    dataset no paper's block maps under ``profile`` (``folder``, or ``mvtec_ad`` in the demo
+    profile), the settings the profile gives ``method`` on the first dataset it does map
+    (``borrowed_from`` names it; its shots and joint training are not carried over): the
+    profile's budget, input size and backbone, not the paper's, unless the profile is
+    ``paper``."""
+    from nfbench.pipeline.plan import pipeline_papers, run_settings
+
+    source = run_settings(method, dataset, profile, variant, params)
+    if source["paper"] is not None:
+        return source
+    for paper in pipeline_papers(params):
+        for role in ((params.get(paper) or {}).get(profile) or {}).get("datasets", {}).values():
+            other = run_settings(method, role["dataset"], profile, variant, params)
+            if other["paper"] is not None:
+                return {**other, "shots": None, "joint": False, "borrowed_from": role["dataset"]}
+    return source
+
+
 def resolve_run_args(args: argparse.Namespace) -> dict[str, Any]:
     """Fill ``args`` from ``--config``/defaults; return the settings overrides of the run."""
     from nfbench.pipeline.devices import validate_device
@@ -60,16 +81,17 @@ def resolve_run_args(args: argparse.Namespace) -> dict[str, Any]:
     args.profile = active_profile(params, args.profile)
     args.seed = 0 if args.seed is None else int(args.seed)
     if args.config is not None:
-        base, source = dict(loaded.get("settings") or {}), {"paper": None, "variant": None}
+        base = dict(loaded.get("settings") or {})
+        source = {"paper": None, "variant": loaded.get("variant")}  # the file's own variant
     else:
-        source = run_settings(args.method, args.dataset, args.profile, args.variant, params)
+        source = profile_source(args.method, args.dataset, args.profile, args.variant, params)
         base = dict(source["settings"])
         if args.shots is None and source["shots"] is not None:
             args.shots = source["shots"]
         if not args.joint and source["joint"]:
             args.joint = True
     args.settings_source = source
-    args.variant = args.variant or "default"
+    args.variant = args.variant or source.get("variant") or "default"
     overrides = {**base, **parse_sets(args.set)}
     if args.device:
         overrides["device"] = validate_device(args.device)
@@ -86,12 +108,16 @@ def print_config(args: argparse.Namespace, overrides: dict[str, Any]) -> None:
     config = config_to_dict(resolve_config(args.method, args.profile, overrides).config)
     source = getattr(args, "settings_source", {}) or {}
     document = {"method": args.method, "dataset": args.dataset, "category": args.category,
-                "root": str(args.root) if args.root else None, "profile": args.profile,
+                "root": str(Path(args.root).resolve()) if args.root else None,
+                "profile": args.profile,
                 "seed": args.seed, "shots": args.shots, "joint": bool(args.joint),
                 "variant": args.variant, "settings": config}
     header = "# nfbench run --config FILE.yaml repeats this run exactly"
     if source.get("paper"):
         header += (f"\n# settings: params.yaml {source['paper']}.{args.profile} "
                    f"(variant {source['variant']}, role {source['role']}), then --set")
+        if source.get("borrowed_from"):
+            header += (f"\n# ({args.dataset} has no block in profile {args.profile}: the "
+                       f"settings of its {source['borrowed_from']} runs)")
     print(header)
     print(yaml.safe_dump(document, sort_keys=False, default_flow_style=None).rstrip())

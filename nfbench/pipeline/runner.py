@@ -59,8 +59,12 @@ def run_device(run: Run) -> str:
     return str(run.settings.get("device", "auto"))
 
 
-def compute(run: Run) -> tuple[dict, dict]:
-    """Fit and score one run; returns its record (with identity) and figure material."""
+def compute(run: Run, models_dir: Path | None = None) -> tuple[dict, dict]:
+    """Fit and score one run; returns its record (with identity) and figure material. With
+    ``models_dir``, the fitted detector is saved to ``models_dir/<run_id>``
+    (:mod:`nfbench.artifacts`)."""
+    import contextlib
+
     from nfbench.pipeline.devices import validate_device
     from nfbench.pipeline.identity import run_identity
 
@@ -70,16 +74,21 @@ def compute(run: Run) -> tuple[dict, dict]:
     identity = run_identity(run)
     start = time.perf_counter()
     examples: dict = {}
-    record = run_experiment(run.method, run.dataset, run.category,
-                            root=Path(run.root) if run.root else None, profile=run.profile,
-                            seed=run.seed, overrides=run.settings, shots=run.shots,
-                            variant=run.variant, joint=run.joint,
-                            joint_categories=list(run.joint_categories) or None,
-                            examples=examples)
+    if models_dir is not None:  # imported only then: a plain bench does not depend on it
+        from nfbench.artifacts import keep_detector, save_detector
+    with keep_detector() if models_dir is not None else contextlib.nullcontext([]) as kept:
+        record = run_experiment(run.method, run.dataset, run.category,
+                                root=Path(run.root) if run.root else None, profile=run.profile,
+                                seed=run.seed, overrides=run.settings, shots=run.shots,
+                                variant=run.variant, joint=run.joint,
+                                joint_categories=list(run.joint_categories) or None,
+                                examples=examples)
     record["paper"] = run.paper
     record["run_id"] = run.run_id
     record["identity"] = identity
     record["timing"]["wall_seconds"] = time.perf_counter() - start
+    if models_dir is not None:
+        save_detector(kept[0], Path(models_dir) / run.run_id, record=record)
     return record, examples
 
 
@@ -98,9 +107,10 @@ def store(record: dict, examples: dict, results_dir: Path, run: Run) -> Path:
     return path
 
 
-def run_one(run: Run, results_dir: Path) -> Path:
-    """Fit and score one run; write its record and figure material; returns the record path."""
-    record, examples = compute(run)
+def run_one(run: Run, results_dir: Path, models_dir: Path | None = None) -> Path:
+    """Fit and score one run; write its record and figure material (and, with
+    ``models_dir``, its fitted detector); returns the record path."""
+    record, examples = compute(run, models_dir)
     return store(record, examples, results_dir, run)
 
 
@@ -235,14 +245,14 @@ def _init_worker(threads: int, slots, parent: int | None = None) -> None:
             torch.cuda.set_device(torch.device(_WORKER_DEVICE))
 
 
-def _worker_run(run: Run, results_dir: Path) -> Path:
+def _worker_run(run: Run, results_dir: Path, models_dir: Path | None = None) -> Path:
     """:func:`run_one` in a worker: SIGTERM unwinds the run (temporary files removed), then
     the worker exits; the device's cached memory is released after every run, so that the
     next run of this worker starts from an empty allocator."""
     global _IN_RUN
     _IN_RUN = True
     try:
-        return run_one(run, results_dir)
+        return run_one(run, results_dir, models_dir)
     except _Terminated as stop:
         os._exit(128 + int(stop.args[0]))
     finally:
@@ -285,14 +295,16 @@ def execute(runs: list[Run], results_dir: Path, progress: bool = True,
             jobs: int | None = None, force: bool = False, executor: str = "local",
             address: str | None = None, runs_per_gpu: float = 1, device: str | None = None,
             label: str = "runs", cpus_per_run: int | None = None,
-            connect_timeout: float | None = None) -> list[Path]:
+            connect_timeout: float | None = None,
+            models_dir: Path | None = None) -> list[Path]:
     """Make every run's record unless it exists with the same identity; returns the record
     paths of all ``runs``. ``device`` (validated) replaces the runs' device setting. Locally,
     ``jobs`` > 1 spreads CPU runs over worker processes sharing the cores (default
     :func:`default_jobs`); with CUDA GPUs, each GPU runs ``runs_per_gpu`` runs at a time. A
     failing run stops the local batch with its error (DVC then reruns the stage: finished
     runs keep their records and are skipped then). Ray: ``cpus_per_run`` CPUs and torch
-    threads per task, ``connect_timeout`` seconds to reach ``address``."""
+    threads per task, ``connect_timeout`` seconds to reach ``address``. ``models_dir``: save
+    every run's fitted detector there (runs skipped by identity save none: use ``force``)."""
     from nfbench.pipeline.devices import validate_device
 
     validate_device(device)
@@ -309,10 +321,12 @@ def execute(runs: list[Run], results_dir: Path, progress: bool = True,
         if executor == "ray":
             from nfbench.pipeline.ray_executor import execute_ray
 
+            if models_dir is not None:
+                raise UserError("--save-models needs --executor local")
             execute_ray(todo, results_dir, status, address=address, runs_per_gpu=runs_per_gpu,
                         threads=cpus_per_run, connect_timeout=connect_timeout)
         elif executor == "local":
-            _execute_local(todo, results_dir, status, jobs, runs_per_gpu)
+            _execute_local(todo, results_dir, status, jobs, runs_per_gpu, models_dir)
         else:
             raise UserError(f"unknown executor {executor!r}; available: local, ray")
     finally:
@@ -403,7 +417,7 @@ def worker_device() -> str | None:
 
 
 def _execute_local(todo: list[Run], results_dir: Path, status: Progress, jobs: int | None,
-                   runs_per_gpu: float) -> None:
+                   runs_per_gpu: float, models_dir: Path | None = None) -> None:
     slots = _gpu_slots(todo, runs_per_gpu)
     if slots is not None:
         jobs = len(slots)
@@ -412,13 +426,13 @@ def _execute_local(todo: list[Run], results_dir: Path, status: Progress, jobs: i
     if jobs == 1 and slots is None:
         with _interruptible():
             for run in todo:
-                status.update(run.run_id, message=_summary(run_one(run, results_dir)))
+                status.update(run.run_id, message=_summary(run_one(run, results_dir, models_dir)))
         return
     threads = max(1, (os.cpu_count() or 1) // jobs)
     with _interruptible():
         pool = _make_pool(jobs, slots, threads)
         try:
-            futures = {pool.submit(_worker_run, run, results_dir): run
+            futures = {pool.submit(_worker_run, run, results_dir, models_dir): run
                        for run in _longest_first(todo, results_dir)}
             for future in as_completed(futures):
                 path = future.result()  # a failure stops the batch (below)

@@ -37,7 +37,7 @@ from typing import Any
 import yaml
 
 from nfbench.errors import UserError
-from nfbench.paths import project_root
+from nfbench.paths import config_root, project_root
 
 #: the dataset role of a variant that names none
 DEFAULT_ROLE = "mvtec_ad"
@@ -203,7 +203,7 @@ class PaperSpec:
 
 
 def benchmarks_dir() -> Path:
-    return project_root() / "benchmarks"
+    return config_root() / "benchmarks"
 
 
 def display_path(path: Path) -> str:
