@@ -3,9 +3,12 @@ set from one shared curve."""
 
 from __future__ import annotations
 
+import numpy as np
+
 from nfbench.metrics.curves import (_auroc, _average_precision, _aupro, _check_limit, _curve,
-                                    _f1_max, _label_regions, _pair)
-from nfbench.metrics.variants import _pr_trapezoid, aupro_clscnf, pixel_auroc_patchflow
+                                    _f1_max, _label_regions, _pair, _sub_curve)
+from nfbench.metrics.variants import (CDO_STEPS, _cdo_area, _cdo_thresholds, _count_above_from_curve,
+                                      _pr_trapezoid)
 
 #: the official metrics every record carries
 METRIC_KEYS = ("image_auroc", "pixel_auroc", "pixel_aupr", "aupro", "f1_max")
@@ -85,8 +88,11 @@ def compute_all(labels, image_scores, masks, maps, fpr_limit: float = 0.3) -> di
     (:data:`METRIC_VARIANTS`: pixel_aupr@clscnf, aupro@clscnf, pixel_auroc@patchflow).
 
     Pixel metrics are ``nan`` when there are no positive pixels, image_auroc when only one
-    class is present. The pixel metrics share ONE global sort: O(P log P) time, peak ~32 bytes
-    per pixel beyond the inputs (~0.3 GB for a 256 px MVTec category, ~3 GB at 768 px).
+    class is present. Every pixel metric, the variants included, is read from ONE global
+    sort (one argsort, then gathers and cumulative sums: about 1.3x the argsort's time, see
+    benchmarks/bench_metrics.py), with values bit-identical to the separate functions
+    (tests/test_metrics.py). Peak ~33 bytes per pixel beyond the inputs (~0.3 GB for a 256 px
+    MVTec category, ~3 GB at 768 px).
     """
     fpr_limit = _check_limit(fpr_limit)
     y_img, s_img = _pair(labels, image_scores, "labels", "image_scores", ndim=1)
@@ -94,8 +100,17 @@ def compute_all(labels, image_scores, masks, maps, fpr_limit: float = 0.3) -> di
     if y.shape[0] != y_img.shape[0]:
         raise ValueError(f"labels has {y_img.shape[0]} images but masks has {y.shape[0]}")
     regions, weights = _label_regions(y)
-    c = _curve(s, regions=regions, region_weights=weights)
-    del regions
+    # PatchFlow's pixel AUROC counts the defective images' pixels only: marked in the same sort
+    marked = None
+    if y_img.any() and not y_img.all():
+        marked = np.repeat(y_img, y[0].size).reshape(y.shape)
+    c = _curve(s, regions=regions, region_weights=weights, subset=marked)
+    del regions, marked
+    if not y_img.any():
+        auroc_patchflow = float("nan")
+    else:
+        auroc_patchflow = _auroc(c if y_img.all() else _sub_curve(c))
+    thresholds = _cdo_thresholds(s, CDO_STEPS)
     return {
         "image_auroc": _auroc(_curve(s_img, truth=y_img)),
         "pixel_auroc": _auroc(c),
@@ -103,6 +118,7 @@ def compute_all(labels, image_scores, masks, maps, fpr_limit: float = 0.3) -> di
         "aupro": _aupro(c, fpr_limit),
         "f1_max": _f1_max(c)[0],
         "pixel_aupr@clscnf": _pr_trapezoid(c),
-        "aupro@clscnf": aupro_clscnf(y, s, fpr_limit),
-        "pixel_auroc@patchflow": pixel_auroc_patchflow(y_img, y, s),
+        "aupro@clscnf": _cdo_area(y, s, thresholds, _count_above_from_curve(c, thresholds),
+                                  c.n_neg, fpr_limit),
+        "pixel_auroc@patchflow": auroc_patchflow,
     }

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from nfbench.backbones import get_backbone_spec
 from nfbench.datasets.base import ImageSet
-from nfbench.methods.base import descent_step
+from nfbench.methods.base import EpochLosses, adam
 from nfbench.methods.clscnf.config import CLSCNFConfig
 from nfbench.methods.clscnf.decoder import PixelDecoder
 from nfbench.methods.synthetic import (SOURCE_FILES as SYNTHETIC_SOURCES, DefectSynthesizer,
@@ -134,11 +134,11 @@ def train_fe(cfg: CLSCNFConfig, category: str | None, encoder: nn.Module,
     n = images.shape[0]
     slots = n * cfg.fe_repeat
     total = cfg.fe_freeze_epochs + cfg.fe_meta_epochs
-    optimizer = torch.optim.Adam([{"params": encoder.parameters()},
-                                  {"params": decoder.parameters()}],
-                                 lr=cfg.fe_lr, weight_decay=cfg.fe_weight_decay)
+    optimizer = adam([{"params": encoder.parameters()}, {"params": decoder.parameters()}],
+                     device, lr=cfg.fe_lr, weight_decay=cfg.fe_weight_decay)
     order_rng = np.random.default_rng([seed, 1])
     history = []
+    losses = EpochLosses("CLS-CNFs FE")
     decoder.train()
     encoder.eval()  # BatchNorm keeps the ImageNet statistics (§IV-B)
     bar = tqdm(range(total), desc=f"clscnf FE ({cfg.finetune})", leave=False,
@@ -149,7 +149,6 @@ def train_fe(cfg: CLSCNFConfig, category: str | None, encoder: nn.Module,
         for group in optimizer.param_groups:
             group["lr"] = lr
         decoder_only = meta < cfg.fe_freeze_epochs  # e <= N_pD (Alg. 1 line 10)
-        losses = []
         for sub in range(cfg.fe_sub_epochs):
             pass_index = meta * cfg.fe_sub_epochs + sub
             regen_round = pass_index // cfg.regen_every  # D_s redrawn every N_s passes
@@ -179,11 +178,9 @@ def train_fe(cfg: CLSCNFConfig, category: str | None, encoder: nn.Module,
                         loss = (pred - normalised).abs().sum(dim=1).mean()
                     else:  # mse_linear: linear output, squared error
                         loss = (out - normalised).pow(2).sum(dim=1).mean()
-                losses.append(descent_step(
-                    optimizer, loss, "CLS-CNFs FE",
-                    lambda: f"meta-epoch {meta + 1}, pass {sub + 1}, "
-                            f"step {start // cfg.fe_batch_size + 1}"))
-        history.append(float(np.mean(losses)))
+                losses.step(optimizer, loss, f"meta-epoch {meta + 1}, pass {sub + 1}, "
+                                             f"step {start // cfg.fe_batch_size + 1}")
+        history.append(losses.end_epoch())
         bar.set_postfix(loss=f"{history[-1]:.4f}")
     decoder.eval()
     return history

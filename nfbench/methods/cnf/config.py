@@ -44,6 +44,9 @@ class CNFSettings:
     lr_min_factor: float = 1e-3  # cflow-ad cosine eta_min = lr * lr_decay_rate**3 = lr * 1e-3
     batch_size: int = 32  # cflow-ad batch_size (images per step)
     fiber_fraction: float = 1.0  # share of fibers used per batch (budget knob; original 1.0)
+    #: wrap the fiber-batch loss (flow forward and NLL) in torch.compile. Opt-in, off by
+    #: default: not yet measured or checked on a GPU, and not bit-identical to eager mode.
+    compile: bool = False
 
 
 def cnf_fields(settings: Any) -> dict[str, Any]:

@@ -77,8 +77,9 @@ SNAPSHOT_LIMIT = 256 * 2**20
 def fit_cnf_stage(features: list[torch.Tensor], source: dict, settings: CNFSettings,
                   train: ImageSet, seed: int, device: torch.device, cache: StageCache,
                   desc: str, on_meta_epoch: Callable[[int, nn.ModuleList], None] | None = None
-                  ) -> nn.ModuleList:
-    """Build and train (or reuse from the cache) the conditional flows on ``features``.
+                  ) -> tuple[nn.ModuleList, list[float]]:
+    """Build and train (or reuse from the cache) the conditional flows on ``features``;
+    returns them with the mean loss per meta-epoch (kept in the cache entry).
 
     ``on_meta_epoch(m, flows)`` is called (flows in eval mode) after every meta-epoch; a
     reused stage replays it from the per-meta-epoch snapshots its entry keeps (up to
@@ -97,7 +98,7 @@ def fit_cnf_stage(features: list[torch.Tensor], source: dict, settings: CNFSetti
             flows.load_state_dict(snapshot)
             on_meta_epoch(meta, flows)
         flows.load_state_dict(stored["flows"])
-        return flows.eval()
+        return flows.eval(), [float(v) for v in stored.get("history", torch.zeros(0)).tolist()]
     flows = flows.to(device)
     snapshots: list[dict] = []
     keep = settings.meta_epochs * sum(v.numel() * v.element_size()
@@ -111,11 +112,12 @@ def fit_cnf_stage(features: list[torch.Tensor], source: dict, settings: CNFSetti
         flows.train()
 
     generator = torch.Generator().manual_seed(seed + 2000)
-    train_flows(flows, features, settings, generator, device, desc=desc,
-                progress=bars_enabled(),
-                on_meta_epoch=at_meta_epoch if on_meta_epoch is not None else None)
-    entry: dict[str, Any] = {"flows": {k: v.cpu() for k, v in flows.state_dict().items()}}
+    history = train_flows(flows, features, settings, generator, device, desc=desc,
+                          progress=bars_enabled(),
+                          on_meta_epoch=at_meta_epoch if on_meta_epoch is not None else None)
+    entry: dict[str, Any] = {"flows": {k: v.cpu() for k, v in flows.state_dict().items()},
+                             "history": torch.tensor(history, dtype=torch.float64)}
     if snapshots:
         entry["snapshots"] = snapshots
     cache.save("cnf", key, entry)
-    return flows
+    return flows, history
