@@ -262,11 +262,13 @@ def _separately(labels, image_scores, masks, maps):
 
 
 @pytest.mark.parametrize("case", ["continuous", "ties", "float64", "all_defective",
-                                  "none_defective", "mask_in_normal_image", "constant"])
+                                  "none_defective", "mask_in_normal_image", "constant",
+                                  "large"])
 def test_compute_all_is_bit_identical_to_separate_functions(case):
     """One shared sort must give every value to the last bit (ties, subsets, dtypes)."""
     rng = np.random.default_rng(7)
-    masks = random_masks(rng, n=7, h=31, w=29, normal=3)
+    side = 181 if case == "large" else 31  # large: BLAS dot products over ~100k points
+    masks = random_masks(rng, n=7, h=side, w=side - 2, normal=3)
     maps = (rng.random(masks.shape) + 0.4 * masks).astype(np.float32)
     labels = masks.any(axis=(1, 2)).astype(int)
     if case == "ties":

@@ -1,0 +1,177 @@
+"""The fast paths keep the numbers (issue 19 §2): training steps without host synchronisation,
+permutations drawn up front from the same stream, loss curves in every record, no redundant
+protocol work, and a diverging CS-Flow ending in one line."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from nfbench.datasets import image_sets, load_table
+from nfbench.errors import TrainingDivergedError
+from nfbench.methods import create_method, list_methods, method_class
+from nfbench.methods.base import EpochLosses, adam, compiled_step, seed_everything
+from nfbench.methods.cnf.config import CNFSettings
+from nfbench.methods.cnf.training import _sub_epoch_permutations
+
+
+# --------------------------------------------------------------------------- training steps
+
+def test_epoch_losses_read_once_per_epoch_and_equal_the_per_step_mean(monkeypatch):
+    weight = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
+    optimizer = torch.optim.SGD([weight], lr=0.1)
+    losses, expected = EpochLosses("toy"), []
+    real_item = torch.Tensor.item
+
+    def no_item(self):  # a host synchronisation inside a step would call this
+        raise AssertionError("loss read inside an optimizer step")
+
+    monkeypatch.setattr(torch.Tensor, "item", no_item)
+    for step in range(5):
+        loss = (weight ** 2).sum() * (step + 1) / 3
+        expected.append(real_item(loss))
+        losses.step(optimizer, loss, f"step {step + 1}")
+    monkeypatch.setattr(torch.Tensor, "item", real_item)
+    assert losses.end_epoch() == float(np.mean(expected))
+    assert math.isnan(losses.end_epoch())  # a new epoch starts empty
+
+
+def test_epoch_losses_name_the_first_non_finite_step():
+    weight = torch.nn.Parameter(torch.tensor([1.0]))
+    optimizer = torch.optim.SGD([weight], lr=0.1)
+    losses = EpochLosses("toy")
+    for step, scale in enumerate([1.0, float("inf"), float("nan")]):
+        losses.step(optimizer, (weight * scale).sum(), f"epoch 1, step {step + 1}")
+    with pytest.raises(TrainingDivergedError, match=r"toy loss became inf at epoch 1, step 2"):
+        losses.end_epoch()
+
+
+def test_fused_adam_only_on_cuda(monkeypatch):
+    seen = []
+    monkeypatch.setattr(torch.optim, "Adam", lambda params, **kw: seen.append(kw))
+    adam([], torch.device("cpu"), lr=1e-3)
+    adam([], torch.device("cuda", 1), lr=1e-3)
+    assert seen == [{"lr": 1e-3}, {"lr": 1e-3, "fused": True}]
+
+
+def test_compile_is_opt_in(monkeypatch):
+    monkeypatch.setattr(torch, "compile", lambda f: ("compiled", f))
+    step = lambda: None  # noqa: E731
+    assert compiled_step(step, False) is step
+    assert compiled_step(step, True) == ("compiled", step)
+    assert CNFSettings().compile is False
+
+
+@pytest.mark.parametrize("n, fraction", [(10, 1.0), (7, 0.25)])
+def test_cnf_permutations_drawn_up_front_are_the_sequential_stream(n, fraction):
+    """The stream the training loop drew one permutation at a time (order, then per batch
+    and map) is the one drawn up front."""
+    settings = CNFSettings(batch_size=4, fiber_fraction=fraction)
+    features = [torch.zeros(n, 2, 3, 3), torch.zeros(n, 2, 2, 1)]
+    order, perms = _sub_epoch_permutations(n, features, settings, torch.Generator().manual_seed(5),
+                                           torch.device("cpu"))
+    generator = torch.Generator().manual_seed(5)  # the loop before issue 19
+    assert torch.equal(order, torch.randperm(n, generator=generator))
+    for b, start in enumerate(range(0, n, settings.batch_size)):
+        batch = len(range(start, min(start + settings.batch_size, n)))
+        for layer, fmap in enumerate(features):
+            perm = torch.randperm(batch * fmap.shape[2] * fmap.shape[3], generator=generator)
+            if fraction < 1.0:
+                perm = perm[:max(1, int(round(perm.numel() * fraction)))]
+            assert torch.equal(perms[b][layer], perm)
+
+
+# --------------------------------------------------------------------------- loss curves
+
+def _smoke_fit(name, root, **extra):
+    cls = method_class(name)
+    seed_everything(0)
+    detector = create_method(name, **{**getattr(cls, "smoke_settings", {}), **extra})
+    table = load_table("demo", root)
+    train, _ = image_sets(table, sorted(table["category"].unique())[0],
+                          detector.config.input_size)
+    seed_everything(0)
+    return detector.fit(train.subset(range(8)))
+
+
+def _epochs(detector) -> int:
+    cfg = getattr(detector, "settings_", detector.config)
+    if detector.name == "gaussian":
+        return 0
+    if detector.name in ("cflow", "clscnf") and getattr(cfg, "needs_nf", True):
+        return cfg.meta_epochs
+    return cfg.epochs
+
+
+@pytest.mark.parametrize("name", list_methods())
+def test_each_method_records_one_finite_loss_per_epoch(name, tiny_demo):
+    detector = _smoke_fit(name, tiny_demo)
+    info = detector.fit_info_
+    losses = info["loss_per_epoch"]
+    assert len(losses) == _epochs(detector) and all(math.isfinite(v) for v in losses)
+    assert all(isinstance(v, float) for v in losses)
+    if name == "gaussian":
+        assert "none" in info["loss_epoch"]  # recorded as having no training loss
+
+
+def test_cflow_calibrates_once_per_meta_epoch(tiny_demo, monkeypatch):
+    from nfbench.methods.cnf.scoring import NFMap
+
+    calls = []
+    real = NFMap.calibrate
+    monkeypatch.setattr(NFMap, "calibrate", lambda self, *a: calls.append(1) or real(self, *a))
+    cls = method_class("cflow")
+    seed_everything(0)
+    detector = create_method("cflow", **cls.smoke_settings)
+    table = load_table("demo", tiny_demo)
+    train, _ = image_sets(table, "brick", detector.config.input_size)
+    detector.fit(train.subset(range(8)), evaluate=lambda label: None)
+    assert len(calls) == detector.config.meta_epochs  # not once more after the last one
+    maxima = list(detector.nf_.maxima)
+    calls.clear()
+    seed_everything(0)
+    detector.fit(train.subset(range(8)))
+    assert len(calls) == 1 and detector.nf_.maxima == maxima
+
+
+# --------------------------------------------------------------------------- CS-Flow
+
+def test_csflow_protocol_selects_on_image_scores_without_pixel_maps():
+    from nfbench.pipeline.protocols import OriginalProtocol
+
+    class Test:
+        labels = [0, 1, 1]
+
+    class Detector:
+        def image_scores(self, test):
+            return np.array([0.1, 0.5, 0.7])
+
+        def score(self, test):
+            raise AssertionError("pixel maps built for a selection on image AUROC")
+
+    protocol = OriginalProtocol("csflow", Detector(), None, {"brick": Test()}, 0)
+    protocol._truth["brick"] = (np.array(Test.labels), np.zeros((3, 2, 2), bool))
+    protocol._module = lambda: torch.nn.Linear(1, 1)
+    point = protocol._select_point("epoch 1/4")
+    assert point["image_auroc"] == 1.0
+
+
+def test_csflow_divergence_is_one_line_naming_lr(tiny_demo, tmp_path, capsys):
+    """The real path (no stubbed run): lr=1e6 makes the flow's scores non-finite; the run
+    stops with one line naming lr, in the protocol's evaluation and in scoring alike."""
+    from nfbench.cli import main
+
+    out = tmp_path / "r.json"
+    args = ["run", "--method", "csflow", "--dataset", "demo", "--root", str(tiny_demo),
+            "--category", "brick", "--out", str(out), "--set", "lr=1e6"]
+    for key, value in method_class("csflow").smoke_settings.items():
+        args += ["--set", f"{key}={value}"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    lines = err.split("\r")[-1].strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "lr" in lines[0] and "Traceback" not in err, err
+    assert not out.exists()
