@@ -175,3 +175,31 @@ def test_csflow_divergence_is_one_line_naming_lr(tiny_demo, tmp_path, capsys):
     assert len(lines) == 1 and lines[0].startswith("error: "), err
     assert "lr" in lines[0] and "Traceback" not in err, err
     assert not out.exists()
+
+
+# --------------------------------------------------------------------------- CLS-CNFs defects
+
+def test_defects_from_the_worker_pool_equal_the_sequential_ones(tiny_demo):
+    """Per-sample seeds make every batch independent: two worker processes with prefetch
+    deliver exactly the batches the loop made one by one, in order."""
+    from nfbench.methods import synthetic as S
+    from nfbench.methods.clscnf.defect_batches import batch_seeds, defect_batches
+
+    table = load_table("demo", tiny_demo)
+    train, _ = image_sets(table, "brick", 64)
+    images = train.load_images(range(4)).permute(0, 2, 3, 1).numpy().astype(np.float32)
+    synth = S.DefectSynthesizer.for_images(images, "brick")
+    order = np.random.default_rng([0, 1]).permutation(8)
+    plan = [(0, order[:3]), (0, order[3:6]), (1, order[6:])]
+    sequential = []  # what the fine-tuning loop made before the pool
+    for regen_round, chosen in plan:
+        x, target, _ = synth.batch(chosen % 4, [np.random.default_rng([9, 2, regen_round, int(s)])
+                                                for s in chosen])
+        sequential.append((x, target))
+    assert [type(g) for g in batch_seeds(9, 0, [1])] == [np.random.Generator]
+    pooled = list(defect_batches(synth, 4, 9, plan, workers=2))
+    inline = list(defect_batches(synth, 4, 9, plan, workers=0))
+    assert len(pooled) == len(inline) == len(sequential)
+    for (x, t), (px, pt), (ix, it) in zip(sequential, pooled, inline):
+        assert np.array_equal(x, px) and np.array_equal(t, pt)
+        assert np.array_equal(x, ix) and np.array_equal(t, it)

@@ -28,6 +28,7 @@ from nfbench.datasets.base import ImageSet
 from nfbench.methods.base import EpochLosses, adam
 from nfbench.methods.clscnf.config import CLSCNFConfig
 from nfbench.methods.clscnf.decoder import PixelDecoder
+from nfbench.methods.clscnf.defect_batches import default_workers, defect_batches
 from nfbench.methods.synthetic import (SOURCE_FILES as SYNTHETIC_SOURCES, DefectSynthesizer,
                                       DTDTextures, SyntheticSettings, object_mask_rule,
                                       procedural_texture)
@@ -83,7 +84,8 @@ def fe_stage_key(cfg: CLSCNFConfig, category: str | None, train: ImageSet, seed:
     return StageCache.key({
         "stage": "fe", "fields": fe_fields, "weights": get_backbone_spec(cfg.backbone).weights_tag,
         "object_mask_rule": object_mask_rule(category, cfg.object_mask),
-        "code": code_digest(here / "finetune.py", *SYNTHETIC_SOURCES, here / "decoder.py"),
+        "code": code_digest(here / "finetune.py", *SYNTHETIC_SOURCES, here / "decoder.py",
+                            here / "defect_batches.py"),
         "train": train.fingerprint, "seed": seed})
 
 
@@ -137,6 +139,13 @@ def train_fe(cfg: CLSCNFConfig, category: str | None, encoder: nn.Module,
     optimizer = adam([{"params": encoder.parameters()}, {"params": decoder.parameters()}],
                      device, lr=cfg.fe_lr, weight_decay=cfg.fe_weight_decay)
     order_rng = np.random.default_rng([seed, 1])
+    # every pass's slot order up front (the same stream: nothing else draws from order_rng),
+    # so the defects of every step can be made ahead by workers (defect_batches)
+    orders = [order_rng.permutation(slots) for _ in range(total * cfg.fe_sub_epochs)]
+    if cls:
+        plan = [(p // cfg.regen_every, order[start:start + cfg.fe_batch_size])
+                for p, order in enumerate(orders) for start in range(0, slots, cfg.fe_batch_size)]
+        defects = defect_batches(synth, n, seed, plan, default_workers(device))
     history = []
     losses = EpochLosses("CLS-CNFs FE")
     decoder.train()
@@ -150,15 +159,12 @@ def train_fe(cfg: CLSCNFConfig, category: str | None, encoder: nn.Module,
             group["lr"] = lr
         decoder_only = meta < cfg.fe_freeze_epochs  # e <= N_pD (Alg. 1 line 10)
         for sub in range(cfg.fe_sub_epochs):
-            pass_index = meta * cfg.fe_sub_epochs + sub
-            regen_round = pass_index // cfg.regen_every  # D_s redrawn every N_s passes
-            order = order_rng.permutation(slots)
+            order = orders[meta * cfg.fe_sub_epochs + sub]
             for start in range(0, slots, cfg.fe_batch_size):
                 chosen = order[start:start + cfg.fe_batch_size]
                 index = chosen % n
-                if cls:
-                    rngs = [np.random.default_rng([seed, 2, regen_round, int(s)]) for s in chosen]
-                    x, target, _ = synth.batch(index, rngs)
+                if cls:  # D_s redrawn every N_s passes (regen_every), made ahead
+                    x, target = next(defects)
                     x = to_tensor(x).to(device)
                     target = torch.from_numpy(target)[:, None].to(device)
                 else:
