@@ -203,3 +203,23 @@ def test_defects_from_the_worker_pool_equal_the_sequential_ones(tiny_demo):
     for (x, t), (px, pt), (ix, it) in zip(sequential, pooled, inline):
         assert np.array_equal(x, px) and np.array_equal(t, pt)
         assert np.array_equal(x, ix) and np.array_equal(t, it)
+
+
+def test_patchflow_validation_set_is_built_once_and_shared_by_variants(tiny_demo, monkeypatch):
+    from nfbench.methods.patchflow import detector as module
+
+    built = []
+    real = module.PatchFlowDetector._make_validation_set
+    monkeypatch.setattr(module, "_VALIDATION_SETS", {})
+    monkeypatch.setattr(module.PatchFlowDetector, "_make_validation_set",
+                        staticmethod(lambda *a: built.append(a) or real(*a)))
+    table = load_table("demo", tiny_demo)
+    train, _ = image_sets(table, "brick", 64)
+    sets = []
+    for settings in ({"hidden": 16}, {"hidden": 32, "adapter_training": "frozen"}):
+        torch.manual_seed(4)
+        sets.append(create_method("patchflow", **settings)._validation_set(train, [1, 3]))
+    assert len(built) == 1 and sets[0] is sets[1]
+    torch.manual_seed(5)  # another seed: another set
+    other = create_method("patchflow")._validation_set(train, [1, 3])
+    assert len(built) == 2 and not np.array_equal(other[1], sets[0][1])

@@ -40,6 +40,12 @@ from nfbench.methods.synthetic import synthetic_anomaly, tensor_images
 from nfbench.progress import bars_enabled
 
 
+#: synthetic validation sets built in this process (oldest dropped first): the 7 PatchFlow
+#: variants of a category and seed share one (issue 19 §2)
+_VALIDATION_SETS: dict[tuple, tuple] = {}
+_VALIDATION_SETS_KEPT = 4
+
+
 @register_method("patchflow")
 class PatchFlowDetector:
     """PatchFlow: patch-aggregated multi-scale features, an adapter and a one-step flow.
@@ -135,8 +141,20 @@ class PatchFlowDetector:
         return [i for i in range(n) if i not in chosen], held_out
 
     def _validation_set(self, train: ImageSet, indices: list[int]):
-        """Synthetic anomalies made from the held-out train images: (image source, masks)."""
-        rng = np.random.default_rng((int(torch.initial_seed()) + 1) % 2**63)
+        """Synthetic anomalies made from the held-out train images: (image source, masks).
+        Built once per (training images, held-out indices, seed) in a process and reused by
+        every variant and by the original protocol (no setting of the config enters it)."""
+        seed = (int(torch.initial_seed()) + 1) % 2**63
+        key = (train.name, train.fingerprint, train.size, tuple(indices), seed)
+        if key not in _VALIDATION_SETS:
+            while len(_VALIDATION_SETS) >= _VALIDATION_SETS_KEPT:
+                _VALIDATION_SETS.pop(next(iter(_VALIDATION_SETS)))
+            _VALIDATION_SETS[key] = self._make_validation_set(train, indices, seed)
+        return _VALIDATION_SETS[key]
+
+    @staticmethod
+    def _make_validation_set(train: ImageSet, indices: list[int], seed: int):
+        rng = np.random.default_rng(seed)
         clean = train.load_images(indices)
         images, masks = [], []
         for image in clean:
