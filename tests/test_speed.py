@@ -223,3 +223,61 @@ def test_patchflow_validation_set_is_built_once_and_shared_by_variants(tiny_demo
     torch.manual_seed(5)  # another seed: another set
     other = create_method("patchflow")._validation_set(train, [1, 3])
     assert len(built) == 2 and not np.array_equal(other[1], sets[0][1])
+
+
+def _train_flows_before_issue_19(flows, features, settings, generator):
+    """The CNF loop as it was (a loss.item() per step, permutations drawn in the loop): the
+    reference the fast loop must reproduce to the last bit on the CPU."""
+    from nfbench.methods.cnf import training as T
+
+    n = features[0].shape[0]
+    encodings = [T.positional_encoding_2d(settings.condition_dim, f.shape[2], f.shape[3])
+                 for f in features]
+    optimizer = torch.optim.Adam(flows.parameters(), lr=settings.lr)
+    n_batches = math.ceil(n / settings.batch_size)
+    history = []
+    flows.train()
+    for meta in range(settings.meta_epochs):
+        losses = []
+        for sub in range(settings.sub_epochs):
+            order = torch.randperm(n, generator=generator)
+            for b in range(n_batches):
+                for group in optimizer.param_groups:
+                    group["lr"] = T.learning_rate(settings, meta,
+                                                  (sub * n_batches + b) / (settings.sub_epochs * n_batches))
+                index = order[b * settings.batch_size:(b + 1) * settings.batch_size]
+                for layer, (flow, fmap) in enumerate(zip(flows, features)):
+                    y, cond = T.fibers(fmap[index], encodings[layer])
+                    perm = torch.randperm(y.shape[0], generator=generator)
+                    if settings.fiber_fraction < 1.0:
+                        perm = perm[:max(1, int(round(y.shape[0] * settings.fiber_fraction)))]
+                    for start in range(0, perm.numel(), settings.fiber_batch):
+                        idx = perm[start:start + settings.fiber_batch]
+                        z, log_jac = flow(y[idx], c=[cond[idx]])
+                        loss = T.nf_loss(T.log_likelihood(z, log_jac), y.shape[1])
+                        losses.append(loss.item())
+                        optimizer.zero_grad(set_to_none=True)
+                        loss.backward()
+                        optimizer.step()
+        history.append(float(np.mean(losses)))
+    flows.eval()
+    return history
+
+
+def test_cnf_training_is_bit_identical_to_the_loop_before():
+    from nfbench.methods.cnf import training as T
+    from nfbench.methods.cnf.flows import build_flows
+
+    settings = CNFSettings(n_blocks=2, condition_dim=4, meta_epochs=2, sub_epochs=2,
+                           warm_epochs=1, lr=2e-3, batch_size=5, fiber_batch=24,
+                           fiber_fraction=0.75)
+    torch.manual_seed(0)
+    features = [torch.randn(7, 6, 4, 4) + 1.0, torch.randn(7, 3, 2, 2)]
+    old, new = (build_flows([6, 3], settings, seed=0) for _ in range(2))
+    expected = _train_flows_before_issue_19(old, features, settings,
+                                            torch.Generator().manual_seed(1))
+    history = T.train_flows(new, features, settings, torch.Generator().manual_seed(1),
+                            torch.device("cpu"), progress=False)
+    assert history == expected
+    for a, b in zip(old.state_dict().values(), new.state_dict().values()):
+        assert torch.equal(a, b)
