@@ -247,6 +247,50 @@ def test_compute_all_matches_individual_functions():
     assert all(isinstance(v, float) for v in out.values())
 
 
+def _separately(labels, image_scores, masks, maps):
+    """compute_all as it was before the shared sort: every metric from its own function."""
+    return {
+        "image_auroc": metrics.image_auroc(labels, image_scores),
+        "pixel_auroc": metrics.pixel_auroc(masks, maps),
+        "pixel_aupr": metrics.pixel_aupr(masks, maps),
+        "aupro": metrics.aupro(masks, maps),
+        "f1_max": metrics.f1_max(masks, maps),
+        "pixel_aupr@clscnf": metrics.pixel_aupr_clscnf(masks, maps),
+        "aupro@clscnf": metrics.aupro_clscnf(masks, maps),
+        "pixel_auroc@patchflow": metrics.pixel_auroc_patchflow(labels, masks, maps),
+    }
+
+
+@pytest.mark.parametrize("case", ["continuous", "ties", "float64", "all_defective",
+                                  "none_defective", "mask_in_normal_image", "constant",
+                                  "large"])
+def test_compute_all_is_bit_identical_to_separate_functions(case):
+    """One shared sort must give every value to the last bit (ties, subsets, dtypes)."""
+    rng = np.random.default_rng(7)
+    side = 181 if case == "large" else 31  # large: BLAS dot products over ~100k points
+    masks = random_masks(rng, n=7, h=side, w=side - 2, normal=3)
+    maps = (rng.random(masks.shape) + 0.4 * masks).astype(np.float32)
+    labels = masks.any(axis=(1, 2)).astype(int)
+    if case == "ties":
+        maps = np.round(maps * 8).astype(np.float32) / 8
+    elif case == "float64":
+        maps = maps.astype(np.float64) + 1e-9 * rng.random(masks.shape)
+    elif case == "all_defective":
+        labels[:] = 1
+    elif case == "none_defective":
+        labels[:] = 0
+    elif case == "mask_in_normal_image":
+        labels[3] = 0  # a mask pixel in an image labelled normal: outside PatchFlow's subset
+    elif case == "constant":
+        maps = np.full(masks.shape, 0.5, dtype=np.float32)
+    image_scores = maps.max(axis=(1, 2)) + 0.01 * rng.random(masks.shape[0])
+    out = metrics.compute_all(labels, image_scores, masks, maps)
+    expected = _separately(labels, image_scores, masks, maps)
+    assert out.keys() == expected.keys()
+    for key, value in expected.items():
+        assert (math.isnan(value) and math.isnan(out[key])) or out[key] == value, key
+
+
 def test_undefined_metrics_are_nan():
     masks = np.zeros((3, 8, 8), dtype=bool)
     maps = np.random.default_rng(0).random(masks.shape)

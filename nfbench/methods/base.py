@@ -170,22 +170,60 @@ def evaluation_epochs(total: int, evaluations: int = 4) -> set[int]:
     return {max(1, round(k * total / evaluations)) for k in range(1, evaluations + 1)}
 
 
-def descent_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, what: str,
-                 where: Callable[[], str],
-                 clip: tuple[Iterable[torch.nn.Parameter], float] | None = None) -> float:
-    """One optimiser step on ``loss`` (gradients clipped to norm ``clip[1]`` when given), with
-    the NaN guard every method shares: a NaN or inf loss stops training with a
-    :class:`TrainingDivergedError` "<what> loss became <value> at <where()>" instead of a
-    silent NaN model. Returns the loss value."""
-    value = loss.item()
-    if not math.isfinite(value):
-        raise TrainingDivergedError(f"{what} loss became {value} at {where()}")
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    if clip is not None:
-        torch.nn.utils.clip_grad_norm_(*clip)
-    optimizer.step()
-    return value
+class EpochLosses:
+    """The optimiser steps of one epoch and the NaN guard every method shares.
+
+    :meth:`step` takes one step on a loss and keeps the loss on its device: no host
+    synchronisation inside a step (a ``loss.item()`` per step stalls a GPU's queue).
+    :meth:`end_epoch` reads the epoch's losses once and returns their mean (the same float as
+    reading each loss and averaging with NumPy); a NaN or inf loss raises
+    :class:`TrainingDivergedError` "<what> loss became <value> at <where>" naming the first
+    bad step. A non-finite step is still taken, so the weights may be NaN when the error
+    comes: nothing is saved from a diverged fit."""
+
+    def __init__(self, what: str):
+        self.what = what
+        self._losses: list[torch.Tensor] = []
+        self._where: list[str] = []
+
+    def step(self, optimizer: torch.optim.Optimizer, loss: torch.Tensor, where: str,
+             clip: tuple[Iterable[torch.nn.Parameter], float] | None = None) -> None:
+        """One optimiser step on ``loss`` (gradients clipped to norm ``clip[1]`` when given);
+        ``where`` names the step in the error message."""
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if clip is not None:
+            torch.nn.utils.clip_grad_norm_(*clip)
+        optimizer.step()
+        self._losses.append(loss.detach())
+        self._where.append(where)
+
+    def end_epoch(self) -> float:
+        """The mean loss of the steps since the last call (NaN without steps), after the
+        finiteness check; starts the next epoch."""
+        losses, where = self._losses, self._where
+        self._losses, self._where = [], []
+        if not losses:
+            return float("nan")
+        values = torch.stack(losses).double().cpu().numpy()
+        bad = np.flatnonzero(~np.isfinite(values))
+        if bad.size:
+            raise TrainingDivergedError(f"{self.what} loss became {values[bad[0]]} "
+                                        f"at {where[bad[0]]}")
+        return float(np.mean(values))
+
+
+def adam(params, device: torch.device, **kwargs) -> torch.optim.Adam:
+    """``torch.optim.Adam``, fused on CUDA (one kernel per step; not used on the CPU, whose
+    results must stay those of the default implementation)."""
+    return torch.optim.Adam(params, **kwargs, **({"fused": True} if device.type == "cuda" else {}))
+
+
+def compiled_step(function: Callable, enabled: bool) -> Callable:
+    """``function`` wrapped by ``torch.compile`` when ``enabled`` (the ``compile`` setting),
+    else itself. Opt-in and off by default: it has not been measured or checked on a GPU yet,
+    and a compiled step need not match the eager one to the last bit."""
+    return torch.compile(function) if enabled else function
 
 
 # --------------------------------------------------------------------------------------------

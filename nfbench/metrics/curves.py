@@ -69,13 +69,22 @@ class _Curve(NamedTuple):
     pros: np.ndarray | None  # float64: mean per-region overlap at each threshold
     n_pos: int
     n_neg: int
+    #: (tps, fps) of the elements in ``subset`` at the same thresholds (None without subset)
+    sub: tuple[np.ndarray, np.ndarray] | None = None
 
 
 def _curve(scores: np.ndarray, truth: np.ndarray | None = None,
-           regions: np.ndarray | None = None, region_weights: np.ndarray | None = None) -> _Curve:
+           regions: np.ndarray | None = None, region_weights: np.ndarray | None = None,
+           subset: np.ndarray | None = None) -> _Curve:
     """One descending argsort of ``scores`` and cumulative sums; pass ``truth`` (bool) or
     ``regions`` (int32 region id per pixel, 0 = defect-free) with ``region_weights`` (weight of
     one pixel of each region id, 0 for id 0).
+
+    ``subset`` (bool, the shape of ``scores``) also counts the positives and negatives among
+    the marked elements at the same thresholds (``_Curve.sub``), so a second curve over a
+    subset costs cumulative sums, not a second sort. Thresholds where only unmarked elements
+    change repeat a point of the subset's curve; that adds nothing to a trapezoid over integer
+    counts (every partial sum of :func:`_auroc` is an exact integer in float64).
 
     Peak memory beyond the inputs, for P elements with up to P distinct scores: the sort order
     (8 B/px) while gathering, then the sorted scores and labels, one cumulative sum at a time
@@ -86,6 +95,7 @@ def _curve(scores: np.ndarray, truth: np.ndarray | None = None,
     order = np.argsort(s)[::-1]                       # 8 B/px (intp), descending
     s = s[order]                                      # 4-8 B/px
     lab = (regions if regions is not None else truth).ravel()[order]   # 4 B/px or 1 B/px
+    marked = None if subset is None else subset.ravel()[order]         # 1 B/px
     del order
     # keep[i]: i is the last element of a run of equal scores -> one point per distinct score.
     keep = np.empty(n, dtype=bool)
@@ -93,21 +103,36 @@ def _curve(scores: np.ndarray, truth: np.ndarray | None = None,
     keep[-1] = True
     thresholds = s[keep]
     del s
+    at = np.flatnonzero(keep)                          # index of each curve point
+    del keep
     pros = None
     if regions is not None:
         steps = region_weights[lab]                   # 8 B/px: PRO gained by each pixel
         np.cumsum(steps, out=steps)
-        pros = steps[keep]
+        pros = steps[at]
         del steps
         np.clip(pros, 0.0, 1.0, out=pros)             # cumsum rounding must not exceed 1
     count_dtype = np.int32 if n < 2**30 else np.int64  # tps + fps + n_pos must not overflow
-    pos = lab != 0 if regions is not None else lab    # 1 B/px, a copy in both cases
+    pos = lab != 0 if regions is not None else lab    # 1 B/px
     del lab
-    tps = np.cumsum(pos, dtype=count_dtype)[keep]
-    neg = np.logical_not(pos, out=pos)                 # in place: pos is our own copy
-    fps = np.cumsum(neg, dtype=count_dtype)[keep]
-    del pos, neg, keep
-    return _Curve(thresholds, tps, fps, pros, int(tps[-1]), int(fps[-1]))
+    counts = np.cumsum(pos, dtype=count_dtype)         # 4-8 B/px
+    tps = counts[at]
+    fps = (at + 1 - tps).astype(count_dtype)           # the rest of the first at + 1 elements
+    sub = None
+    if marked is not None:
+        np.cumsum(np.logical_and(pos, marked, out=pos), dtype=count_dtype, out=counts)
+        sub_tps = counts[at]
+        np.cumsum(marked, dtype=count_dtype, out=counts)
+        sub = (sub_tps, (counts[at] - sub_tps).astype(count_dtype))
+    del pos, counts, marked, at
+    return _Curve(thresholds, tps, fps, pros, int(tps[-1]), int(fps[-1]), sub)
+
+
+def _sub_curve(c: _Curve) -> _Curve:
+    """The subset's counts of ``c`` (see :func:`_curve`) as a curve for :func:`_auroc`
+    (thresholds and PRO are the full curve's, unused there)."""
+    tps, fps = c.sub
+    return _Curve(c.thresholds, tps, fps, None, int(tps[-1]), int(fps[-1]))
 
 
 def _auroc(c: _Curve) -> float:

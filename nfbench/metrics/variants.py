@@ -56,7 +56,11 @@ def pixel_aupr_clscnf(masks, maps) -> float:
     return _pr_trapezoid(_curve(s, truth=y))
 
 
-def aupro_clscnf(masks, maps, fpr_limit: float = 0.3, max_steps: int = 200) -> float:
+#: CDO cal_pro_metric's number of equal score steps
+CDO_STEPS = 200
+
+
+def aupro_clscnf(masks, maps, fpr_limit: float = 0.3, max_steps: int = CDO_STEPS) -> float:
     """CLS-CNFs' published AUPRO: ``cal_pro_metric`` of AD-CLSCNFs ``evaluate.py`` (from CDO).
 
     As the original: ground truth ``masks > 0.45`` (its masks arrive as bools, so any non-zero
@@ -77,33 +81,56 @@ def aupro_clscnf(masks, maps, fpr_limit: float = 0.3, max_steps: int = 200) -> f
     if m.shape != s.shape or s.ndim != 3:
         raise ValueError(f"masks and maps must have the same 3-D shape, got {m.shape} and {s.shape}")
     truth = m.astype(bool) if m.dtype == bool else m > 0.45
+    thresholds = _cdo_thresholds(s, max_steps)
+    negatives = ~truth
+    n_neg = int(negatives.sum())
+    neg_above = _count_above(thresholds[::-1], s[negatives])
+    return _cdo_area(truth, s, thresholds, neg_above, n_neg, fpr_limit)
+
+
+def _cdo_thresholds(s: np.ndarray, max_steps: int) -> np.ndarray:
+    """CDO's ``max_steps`` thresholds ``max - k * (max - min) / max_steps``, descending, in the
+    maps' dtype."""
     max_th, min_th = s.max(), s.min()
     delta = (max_th - min_th) / max_steps
-    thresholds = np.array([max_th - step * delta for step in range(max_steps)], dtype=s.dtype)
+    return np.array([max_th - step * delta for step in range(max_steps)], dtype=s.dtype)
 
+
+def _count_above(ascending: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """How many ``values`` are > each threshold, thresholds descending (given ascending)."""
+    below = np.searchsorted(ascending, values, side="left")  # thresholds < each value
+    counts = np.bincount(below, minlength=ascending.size + 1)
+    # values > ascending[j] are those with more than j thresholds below them
+    return (values.size - np.cumsum(counts)[:ascending.size])[::-1]
+
+
+def _count_above_from_curve(c: _Curve, thresholds: np.ndarray) -> np.ndarray:
+    """:func:`_count_above` of the negatives, read from a curve's cumulative false positives:
+    the negatives > t are those at or above the lowest distinct score > t (exact integers,
+    no pass over the pixels)."""
+    ascending = c.thresholds[::-1]
+    distinct_above = ascending.size - np.searchsorted(ascending, thresholds, side="right")
+    return np.concatenate(([0], c.fps))[distinct_above]
+
+
+def _cdo_area(truth: np.ndarray, s: np.ndarray, thresholds: np.ndarray, neg_above: np.ndarray,
+              n_neg: int, fpr_limit: float) -> float:
+    """The rest of ``cal_pro_metric`` (see :func:`aupro_clscnf`) given the count of negatives
+    above each threshold: the filled regions' overlaps, the FPR cut and the rescaled area."""
     ascending = thresholds[::-1]
-
-    def above(values: np.ndarray) -> np.ndarray:  # count of values > t_k for every k
-        below = np.searchsorted(ascending, values, side="left")  # thresholds < each value
-        counts = np.bincount(below, minlength=max_steps + 1)
-        # values > ascending[j] are those with more than j thresholds below them
-        return (values.size - np.cumsum(counts)[:max_steps])[::-1]
-
-    pros, n_regions = np.zeros(max_steps, dtype=np.float64), 0
+    pros, n_regions = np.zeros(thresholds.size, dtype=np.float64), 0
     structure = np.ones((3, 3), dtype=bool)
     for i in range(truth.shape[0]):
         labels, n = ndimage.label(truth[i], structure=_EIGHT_CONNECTED)
         for k, box in enumerate(ndimage.find_objects(labels), start=1):
             region = labels[box] == k
             filled = ndimage.binary_fill_holes(region, structure=structure)
-            pros += above(s[i][box][filled]) / float(region.sum())
+            pros += _count_above(ascending, s[i][box][filled]) / float(region.sum())
             n_regions += 1
-    negatives = ~truth
-    n_neg = int(negatives.sum())
     if n_regions == 0 or n_neg == 0:
         return float("nan")
     pros /= n_regions
-    fprs = above(s[negatives]) / float(n_neg)
+    fprs = neg_above / float(n_neg)
     keep = fprs <= fpr_limit
     x, y = fprs[keep], pros[keep]
     span = x.max() - x.min()

@@ -90,18 +90,24 @@ class CFlowDetector:
                                            self.device)
         self.channels_ = [f.shape[1] for f in features]
 
+        calibrated = None  # the flows calibrated at the last meta-epoch's evaluation
+
         def at_meta_epoch(meta: int, flows: nn.ModuleList) -> None:
+            nonlocal calibrated
             self.nf_ = NFMap(flows, cfg.condition_dim)
             self.nf_.calibrate(features, cfg.input_size)
+            calibrated = flows if meta == cfg.meta_epochs else None
             evaluate(f"meta-epoch {meta}/{cfg.meta_epochs}")
 
-        flows = fit_cnf_stage(features, source, cfg, train, seed, self.device, cache,
-                              desc="cflow fit",
-                              on_meta_epoch=at_meta_epoch if evaluate is not None else None,
-                              keep_snapshots=True)  # a later run with the hook replays them
-        self.fit_info_ = {"schedule": schedule_info(cfg)}
-        self.nf_ = NFMap(flows, cfg.condition_dim)
-        self.nf_.calibrate(features, cfg.input_size)
+        flows, history = fit_cnf_stage(
+            features, source, cfg, train, seed, self.device, cache, desc="cflow fit",
+            on_meta_epoch=at_meta_epoch if evaluate is not None else None,
+            keep_snapshots=True)  # a later run with the hook replays them
+        self.fit_info_ = {"schedule": schedule_info(cfg), "loss_per_epoch": history,
+                          "loss_epoch": "meta-epoch"}
+        if calibrated is not flows:  # the last evaluation calibrated these very weights
+            self.nf_ = NFMap(flows, cfg.condition_dim)
+            self.nf_.calibrate(features, cfg.input_size)
         return self
 
     def anomaly_map(self, images: ImageSet) -> torch.Tensor:

@@ -139,14 +139,19 @@ class CLSCNFDetector:
                                    desc="features (fine-tuned)")
                 source = {"encoder": "fine-tuned", "fe_stage": fe_key}
             self.channels_ = [f.shape[1] for f in features]
-            flows = fit_cnf_stage(features, source, cfg, train, seed, self.device, cache,
-                                  desc="clscnf CNF fit",
-                                  # a stage on frozen features is also CFlow's: keep what
-                                  # CFlow-AD's protocol replays
-                                  keep_snapshots=cfg.nf_on_frozen)
-            self.fit_info_ = {"schedule": schedule_info(cfg)}
+            flows, history = fit_cnf_stage(features, source, cfg, train, seed, self.device,
+                                           cache, desc="clscnf CNF fit",
+                                           # a stage on frozen features is also CFlow's: keep
+                                           # what CFlow-AD's protocol replays
+                                           keep_snapshots=cfg.nf_on_frozen)
+            self.fit_info_ = {"schedule": schedule_info(cfg), "loss_per_epoch": history,
+                              "loss_epoch": "CNF meta-epoch"}
             self.nf_ = NFMap(flows, cfg.condition_dim)
             self.nf_.calibrate(features, cfg.input_size)
+        if cfg.finetune != "none":  # the encoder fine-tuning's curve beside the CNF's
+            self.fit_info_ = {"loss_per_epoch": list(self.fe_history_),
+                              "loss_epoch": "FE meta-epoch", **(self.fit_info_ or {}),
+                              "fe_loss_per_epoch": list(self.fe_history_)}
         self.w_ = w_selection.resolve_w(cfg, self.category_, images, seed, self._score_maps)
         return self
 

@@ -24,9 +24,10 @@ from tqdm.auto import tqdm
 
 from nfbench.backbones import get_backbone_spec
 from nfbench.datasets.base import ImageSet
-from nfbench.methods.base import descent_step
+from nfbench.methods.base import EpochLosses, adam
 from nfbench.methods.clscnf.config import CLSCNFConfig
 from nfbench.methods.clscnf.decoder import PixelDecoder
+from nfbench.methods.clscnf.defect_batches import default_workers, defect_batches
 from nfbench.methods.synthetic import (DefectSynthesizer, DTDTextures, SyntheticSettings,
                                       object_mask_rule, procedural_texture)
 from nfbench.methods.cnf.encoder import LAYERS, build_encoder
@@ -133,11 +134,18 @@ def train_fe(cfg: CLSCNFConfig, category: str | None, encoder: nn.Module,
     n = images.shape[0]
     slots = n * cfg.fe_repeat
     total = cfg.fe_freeze_epochs + cfg.fe_meta_epochs
-    optimizer = torch.optim.Adam([{"params": encoder.parameters()},
-                                  {"params": decoder.parameters()}],
-                                 lr=cfg.fe_lr, weight_decay=cfg.fe_weight_decay)
+    optimizer = adam([{"params": encoder.parameters()}, {"params": decoder.parameters()}],
+                     device, lr=cfg.fe_lr, weight_decay=cfg.fe_weight_decay)
     order_rng = np.random.default_rng([seed, 1])
+    # every pass's slot order up front (the same stream: nothing else draws from order_rng),
+    # so the defects of every step can be made ahead by workers (defect_batches)
+    orders = [order_rng.permutation(slots) for _ in range(total * cfg.fe_sub_epochs)]
+    if cls:
+        plan = [(p // cfg.regen_every, order[start:start + cfg.fe_batch_size])
+                for p, order in enumerate(orders) for start in range(0, slots, cfg.fe_batch_size)]
+        defects = defect_batches(synth, n, seed, plan, default_workers(device))
     history = []
+    losses = EpochLosses("CLS-CNFs FE")
     decoder.train()
     encoder.eval()  # BatchNorm keeps the ImageNet statistics (§IV-B)
     bar = tqdm(range(total), desc=f"clscnf FE ({cfg.finetune})", leave=False,
@@ -148,17 +156,13 @@ def train_fe(cfg: CLSCNFConfig, category: str | None, encoder: nn.Module,
         for group in optimizer.param_groups:
             group["lr"] = lr
         decoder_only = meta < cfg.fe_freeze_epochs  # e <= N_pD (Alg. 1 line 10)
-        losses = []
         for sub in range(cfg.fe_sub_epochs):
-            pass_index = meta * cfg.fe_sub_epochs + sub
-            regen_round = pass_index // cfg.regen_every  # D_s redrawn every N_s passes
-            order = order_rng.permutation(slots)
+            order = orders[meta * cfg.fe_sub_epochs + sub]
             for start in range(0, slots, cfg.fe_batch_size):
                 chosen = order[start:start + cfg.fe_batch_size]
                 index = chosen % n
-                if cls:
-                    rngs = [np.random.default_rng([seed, 2, regen_round, int(s)]) for s in chosen]
-                    x, target, _ = synth.batch(index, rngs)
+                if cls:  # D_s redrawn every N_s passes (regen_every), made ahead
+                    x, target = next(defects)
                     x = to_tensor(x).to(device)
                     target = torch.from_numpy(target)[:, None].to(device)
                 else:
@@ -178,11 +182,9 @@ def train_fe(cfg: CLSCNFConfig, category: str | None, encoder: nn.Module,
                         loss = (pred - normalised).abs().sum(dim=1).mean()
                     else:  # mse_linear: linear output, squared error
                         loss = (out - normalised).pow(2).sum(dim=1).mean()
-                losses.append(descent_step(
-                    optimizer, loss, "CLS-CNFs FE",
-                    lambda: f"meta-epoch {meta + 1}, pass {sub + 1}, "
-                            f"step {start // cfg.fe_batch_size + 1}"))
-        history.append(float(np.mean(losses)))
+                losses.step(optimizer, loss, f"meta-epoch {meta + 1}, pass {sub + 1}, "
+                                             f"step {start // cfg.fe_batch_size + 1}")
+        history.append(losses.end_epoch())
         bar.set_postfix(loss=f"{history[-1]:.4f}")
     decoder.eval()
     return history

@@ -48,6 +48,9 @@ class CNFSettings:
     # how the flows compute (nfbench.precision); part of a trained stage's cache key
     deterministic: bool = False  # torch deterministic algorithms + cuDNN/cuBLAS flags (nfbench.precision)
     precision: str = field(default="fp32", metadata={"choices": PRECISIONS})  # fp32 (TF32 off) | tf32 | bf16 subnets (nfbench.precision)
+    #: wrap the fiber-batch loss (flow forward and NLL) in torch.compile. Opt-in, off by
+    #: default: not yet measured or checked on a GPU, and not bit-identical to eager mode.
+    compile: bool = False
 
 
 def cnf_fields(settings: Any) -> dict[str, Any]:

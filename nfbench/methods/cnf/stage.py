@@ -144,8 +144,9 @@ class StageCache:
 def fit_cnf_stage(features: list[torch.Tensor], source: dict, settings: CNFSettings,
                   train: ImageSet, seed: int, device: torch.device, cache: StageCache,
                   desc: str, on_meta_epoch: Callable[[int, nn.ModuleList], None] | None = None,
-                  keep_snapshots: bool = False) -> nn.ModuleList:
-    """Build and train (or reuse from the cache) the conditional flows on ``features``.
+                  keep_snapshots: bool = False) -> tuple[nn.ModuleList, list[float]]:
+    """Build and train (or reuse from the cache) the conditional flows on ``features``;
+    returns them with the mean loss per meta-epoch (kept in the cache entry).
 
     ``on_meta_epoch(m, flows)`` is called (flows in eval mode) after every meta-epoch (where
     CFlow-AD's original protocol tests). A stage trained with ``keep_snapshots`` (or with the
@@ -175,15 +176,16 @@ def fit_cnf_stage(features: list[torch.Tensor], source: dict, settings: CNFSetti
         flows.load_state_dict(cache.load_snapshot("cnf", key, meta))
         on_meta_epoch(meta, flows)
     flows.load_state_dict(stored["flows"])
-    return flows.eval()
+    return flows.eval(), [float(v) for v in stored.get("history", torch.zeros(0)).tolist()]
 
 
 def _train_cnf_stage(flows: nn.ModuleList, features: list[torch.Tensor], settings: CNFSettings,
                      seed: int, device: torch.device, cache: StageCache, key: str, desc: str,
                      on_meta_epoch: Callable[[int, nn.ModuleList], None] | None,
-                     keep: bool) -> nn.ModuleList:
+                     keep: bool) -> tuple[nn.ModuleList, list[float]]:
     """Train ``flows`` (Alg. 1 lines 19-33), calling the hook and writing the snapshots after
-    every meta-epoch, then save the entry (last, so that an entry implies its snapshots)."""
+    every meta-epoch, then save the entry (last, so that an entry implies its snapshots) with
+    the loss history; returns the flows and that history."""
     kept = 0
 
     def at_meta_epoch(meta: int) -> None:
@@ -198,11 +200,13 @@ def _train_cnf_stage(flows: nn.ModuleList, features: list[torch.Tensor], setting
             flows.train()
 
     generator = torch.Generator().manual_seed(seed + 2000)
-    train_flows(flows, features, settings, generator, device, desc=desc,
-                progress=bars_enabled(),
-                on_meta_epoch=at_meta_epoch if keep or on_meta_epoch is not None else None)
-    entry: dict[str, Any] = {"flows": {k: v.cpu() for k, v in flows.state_dict().items()}}
+    history = train_flows(flows, features, settings, generator, device, desc=desc,
+                          progress=bars_enabled(),
+                          on_meta_epoch=at_meta_epoch if keep or on_meta_epoch is not None
+                          else None)
+    entry: dict[str, Any] = {"flows": {k: v.cpu() for k, v in flows.state_dict().items()},
+                             "history": torch.tensor(history, dtype=torch.float64)}
     if kept:
         entry["snapshots"] = kept
     cache.save("cnf", key, entry)
-    return flows
+    return flows, history

@@ -7,12 +7,11 @@ from __future__ import annotations
 import math
 from typing import Callable, Sequence
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from nfbench.methods.base import descent_step
+from nfbench.methods.base import EpochLosses, adam, compiled_step
 from nfbench.methods.cnf.config import CNFSettings
 from nfbench.methods.cnf.flows import fibers, log_likelihood, nf_loss, positional_encoding_2d
 
@@ -58,6 +57,38 @@ def schedule_info(settings: CNFSettings) -> dict:
             "permutation": "soft" if settings.permute_soft else "hard"}
 
 
+def _fiber_loss(flow: nn.Module, y: Tensor, cond: Tensor) -> Tensor:
+    """The loss of one fiber batch (the step ``compile: true`` hands to ``torch.compile``)."""
+    z, log_jac = flow(y, c=[cond])
+    return nf_loss(log_likelihood(z, log_jac), y.shape[1])
+
+
+def _sub_epoch_permutations(n: int, features: Sequence[Tensor], settings: CNFSettings,
+                            generator: torch.Generator, device: torch.device
+                            ) -> tuple[Tensor, list[list[Tensor]]]:
+    """One sub-epoch's image order and, per batch and map, its fiber order, drawn up front in
+    the order the loop used to draw them from ``generator`` (the same stream) and copied to
+    ``device`` at once: no host-to-device copy inside the sub-epoch."""
+    order = torch.randperm(n, generator=generator)
+    perms = []
+    for start in range(0, n, settings.batch_size):
+        batch = min(settings.batch_size, n - start)
+        row = []
+        for fmap in features:
+            perm = torch.randperm(batch * fmap.shape[2] * fmap.shape[3], generator=generator)
+            if settings.fiber_fraction < 1.0:
+                keep = max(1, int(round(perm.numel() * settings.fiber_fraction)))
+                perm = perm[:keep]
+            row.append(perm)
+        perms.append(row)
+    if device.type == "cpu":
+        return order, perms
+    flat = torch.cat([order, *(p for row in perms for p in row)]).to(device, non_blocking=True)
+    parts = iter(flat.split([order.numel()] + [p.numel() for row in perms for p in row]))
+    order = next(parts)
+    return order, [[next(parts) for _ in row] for row in perms]
+
+
 def train_flows(flows: nn.ModuleList, features: Sequence[Tensor], settings: CNFSettings,
                 generator: torch.Generator, device: torch.device, desc: str = "CNF fit",
                 progress: bool = True,
@@ -76,36 +107,32 @@ def train_flows(flows: nn.ModuleList, features: Sequence[Tensor], settings: CNFS
     n = features[0].shape[0]
     encodings = [positional_encoding_2d(settings.condition_dim, f.shape[2], f.shape[3]).to(device)
                  for f in features]
-    optimizer = torch.optim.Adam(flows.parameters(), lr=settings.lr)
+    features = [f.to(device) for f in features]  # resident on the device for the whole fit
+    optimizer = adam(flows.parameters(), device, lr=settings.lr)
     n_batches = math.ceil(n / settings.batch_size)
     total_steps = settings.sub_epochs * n_batches
+    fiber_loss = compiled_step(_fiber_loss, settings.compile)
     history = []
     flows.train()
+    losses = EpochLosses("CNF")
     bar = tqdm(range(settings.meta_epochs), desc=desc, leave=False, disable=not progress)
     for meta in bar:
-        losses = []
         for sub in range(settings.sub_epochs):
-            order = torch.randperm(n, generator=generator)
+            order, perms = _sub_epoch_permutations(n, features, settings, generator, device)
             for b in range(n_batches):
                 step = sub * n_batches + b
                 for group in optimizer.param_groups:
                     group["lr"] = learning_rate(settings, meta, step / total_steps)
                 index = order[b * settings.batch_size:(b + 1) * settings.batch_size]
                 for layer, (flow, fmap) in enumerate(zip(flows, features)):
-                    y, cond = fibers(fmap[index].to(device), encodings[layer])
-                    perm = torch.randperm(y.shape[0], generator=generator)
-                    if settings.fiber_fraction < 1.0:
-                        keep = max(1, int(round(y.shape[0] * settings.fiber_fraction)))
-                        perm = perm[:keep]
+                    y, cond = fibers(fmap[index], encodings[layer])
+                    perm = perms[b][layer]
                     for start in range(0, perm.numel(), settings.fiber_batch):
-                        idx = perm[start:start + settings.fiber_batch].to(device)
-                        z, log_jac = flow(y[idx], c=[cond[idx]])
-                        loss = nf_loss(log_likelihood(z, log_jac), y.shape[1])
-                        losses.append(descent_step(
-                            optimizer, loss, "CNF",
-                            lambda: f"meta-epoch {meta + 1}, sub-epoch {sub + 1}, "
-                                    f"batch {b + 1}, map {layer}"))
-        history.append(float(np.mean(losses)) if losses else float("nan"))
+                        idx = perm[start:start + settings.fiber_batch]
+                        losses.step(optimizer, fiber_loss(flow, y[idx], cond[idx]),
+                                    f"meta-epoch {meta + 1}, sub-epoch {sub + 1}, "
+                                    f"batch {b + 1}, map {layer}")
+        history.append(losses.end_epoch())
         bar.set_postfix(loss=f"{history[-1]:.4f}")
         if on_meta_epoch is not None:
             on_meta_epoch(meta + 1)

@@ -36,6 +36,7 @@ class GaussianDetector:
         self.config = config
         self.model_: GaussianModel | None = None
         self.map_size_: tuple[int, int] | None = None
+        self.fit_info_: dict | None = None
 
     def _maps(self, images: ImageSet) -> list[torch.Tensor]:
         cfg = self.config
@@ -58,6 +59,8 @@ class GaussianDetector:
         covariance += self.config.covariance_eps * torch.eye(d, dtype=torch.float64)
         self.model_ = self._model(mean, torch.linalg.inv(covariance), channels)
         self.map_size_ = (h, w)
+        # closed-form fit (mean and covariance): no training loss, recorded as such
+        self.fit_info_ = {"loss_per_epoch": [], "loss_epoch": "none: closed-form fit"}
         return self
 
     @torch.no_grad()

@@ -30,7 +30,8 @@ from nfbench.datasets.base import ImageSet
 from nfbench.errors import UserError
 from nfbench.feature_cache import cached_features, get_extractor
 from nfbench.methods import register_method
-from nfbench.methods.base import ProfilingNotSupported, Scores, descent_step, resolve_device
+from nfbench.methods.base import (EpochLosses, ProfilingNotSupported, Scores, adam,
+                                  resolve_device)
 from nfbench.methods.patchflow import flow as pf
 from nfbench.methods.patchflow.config import ADAPTERS, PatchFlowConfig
 from nfbench.methods.patchflow.torch_model import (PatchFlowImageModel, PatchFlowModel,
@@ -40,13 +41,20 @@ from nfbench.precision import autocast_subnets
 from nfbench.progress import bars_enabled
 
 
+#: synthetic validation sets built in this process (oldest dropped first): the 7 PatchFlow
+#: variants of a category and seed share one (issue 19 §2)
+_VALIDATION_SETS: dict[tuple, tuple] = {}
+_VALIDATION_SETS_KEPT = 4
+
+
 @register_method("patchflow")
 class PatchFlowDetector:
     """PatchFlow: patch-aggregated multi-scale features, an adapter and a one-step flow.
 
     Fitted state: ``model_`` (:class:`PatchFlowModel`), ``shape_`` (aggregated ``(C, h, w)``),
     ``loss_history_``, ``validation_history_`` (synthetic-validation pixel AUROC per epoch),
-    ``selected_epoch_``, ``fit_indices_`` / ``validation_indices_`` (the train split)."""
+    ``selected_epoch_``, ``fit_indices_`` / ``validation_indices_`` (the train split) and
+    ``fit_info_`` (``loss_per_epoch``, the validation per epoch, the selected epoch)."""
 
     Config = PatchFlowConfig
     #: settings for a seconds-long run (conformance tests, CI smoke)
@@ -64,6 +72,7 @@ class PatchFlowDetector:
         self.selected_epoch_: int | None = None
         self.fit_indices_: list[int] = []
         self.validation_indices_: list[int] = []
+        self.fit_info_: dict | None = None
 
     # -- sizes (functions of the config) ------------------------------------------------
     @property
@@ -134,8 +143,20 @@ class PatchFlowDetector:
         return [i for i in range(n) if i not in chosen], held_out
 
     def _validation_set(self, train: ImageSet, indices: list[int]):
-        """Synthetic anomalies made from the held-out train images: (image source, masks)."""
-        rng = np.random.default_rng((int(torch.initial_seed()) + 1) % 2**63)
+        """Synthetic anomalies made from the held-out train images: (image source, masks).
+        Built once per (training images, held-out indices, seed) in a process and reused by
+        every variant and by the original protocol (no setting of the config enters it)."""
+        seed = (int(torch.initial_seed()) + 1) % 2**63
+        key = (train.name, train.fingerprint, train.size, tuple(indices), seed)
+        if key not in _VALIDATION_SETS:
+            while len(_VALIDATION_SETS) >= _VALIDATION_SETS_KEPT:
+                _VALIDATION_SETS.pop(next(iter(_VALIDATION_SETS)))
+            _VALIDATION_SETS[key] = self._make_validation_set(train, indices, seed)
+        return _VALIDATION_SETS[key]
+
+    @staticmethod
+    def _make_validation_set(train: ImageSet, indices: list[int], seed: int):
+        rng = np.random.default_rng(seed)
         clean = train.load_images(indices)
         images, masks = [], []
         for image in clean:
@@ -170,9 +191,15 @@ class PatchFlowDetector:
         if cfg.adapter_training == "frozen":
             self.model_.net.adapter.requires_grad_(False)
         params = [p for p in self.model_.parameters() if p.requires_grad]
-        optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        optimizer = adam(params, self.device, lr=cfg.lr, weight_decay=cfg.weight_decay)
         n = first.shape[0]
         generator = torch.Generator().manual_seed(int(torch.initial_seed()) % 2**63)
+        # shuffle=True, drop_last=False: every epoch's permutation drawn up front (the same
+        # stream: nothing else draws from ``generator``), maps and orders on the device
+        orders = torch.stack([torch.randperm(n, generator=generator)
+                              for _ in range(cfg.epochs)]).to(self.device)
+        maps = [[m.to(self.device) for m in layer_maps] for layer_maps in maps]
+        losses = EpochLosses("PatchFlow")
         self.loss_history_, self.validation_history_ = [], []
         self.selected_epoch_ = None
         best_score, best_state = -math.inf, None
@@ -180,14 +207,12 @@ class PatchFlowDetector:
                    disable=not bars_enabled())
         for epoch in bar:
             self.model_.train()
-            order = torch.randperm(n, generator=generator)  # shuffle=True, drop_last=False
-            epoch_losses = []
+            order = orders[epoch]
             for step, start in enumerate(range(0, n, cfg.batch_size)):
                 index = order[start:start + cfg.batch_size]
                 loss = self._loss(maps, index)
-                epoch_losses.append(descent_step(
-                    optimizer, loss, "PatchFlow", lambda: f"epoch {epoch + 1}, step {step + 1}"))
-            self.loss_history_.append(float(np.mean(epoch_losses)))
+                losses.step(optimizer, loss, f"epoch {epoch + 1}, step {step + 1}")
+            self.loss_history_.append(losses.end_epoch())
             postfix = {"loss": f"{self.loss_history_[-1]:.4f}"}
             if validation is not None:
                 self.model_.eval()
@@ -207,6 +232,9 @@ class PatchFlowDetector:
             self.model_.load_state_dict(best_state)
         elif validation is None:
             self.selected_epoch_ = cfg.epochs
+        self.fit_info_ = {"loss_per_epoch": list(self.loss_history_),
+                          "validation_pixel_auroc_per_epoch": list(self.validation_history_),
+                          "selected_epoch": self.selected_epoch_}
         self.model_.eval()
         return self
 
