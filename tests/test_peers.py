@@ -146,10 +146,14 @@ def test_peer_run_mirrors_our_settings_and_writes_a_peer_record(tiny_demo, one_t
         assert record["deviations_applied"] == []
     else:
         assert record["deviations_applied"]
+    assert record["timing"]["device"] == "cpu" and record["identity"]["digest"]
+    assert set(record["takes_from_ours"]) == set(deviations()[method]["takes_from_ours"])
     if method == "csflow":
         assert record["peer_settings"]["betas"] == ([0.9, 0.999] if config == "matched"
                                                     else [0.5, 0.9])
         assert record["peer_settings"]["epochs"] == cfg.epochs
+        # shipped: anomalib's fixed lr (lightning_model.py configure_optimizers), not ours
+        assert record["peer_settings"]["lr"] == (cfg.lr if config == "matched" else 2e-4)
     if method == "cflow":
         assert record["peer_settings"]["fiber_batch_size"] == (cfg.fiber_batch
                                                                if config == "matched" else 64)
@@ -169,7 +173,7 @@ def test_peer_without_anomalib_writes_a_skipped_record_and_the_report_says_so(
     monkeypatch.setattr(common, "peer_version", lambda: None)
     out = tmp_path / "peers" / "csflow" / "shipped" / "brick" / "seed0.json"
     assert main(["peer", "--method", "csflow", "--dataset", "demo", "--category", "brick",
-                 "--out", str(out)]) == 0
+                 "--peer-config", "shipped", "--out", str(out)]) == 0
     record = json.loads(out.read_text())
     assert record["status"] == "skipped" and "pip install" in record["note"]
     assert "skipped" in capsys.readouterr().out
@@ -186,26 +190,47 @@ def test_report_section_compares_ours_shipped_and_matched(tmp_path):
                      tmp_path / path)
 
     for seed, value in enumerate([0.80, 0.84]):
-        rec(f"csflow/runs/full/brick/seed{seed}.json", value)
-    rec("peers/csflow/shipped/brick/seed0.json", 0.90, status="ok",
+        rec(f"csflow/runs/full/brick/seed{seed}.json", value, seed=seed)
+    rec("peers/csflow/shipped/brick/seed0.json", 0.90, status="ok", seed=0,
         deviations_kept=["log_jac_batch_sum", "adam_betas", "anomaly_map_product",
                          "soft_clamp_0636", "permutation_per_block", "backbone_torchvision_b5"])
     for seed, value in enumerate([0.70, 0.86, 0.78]):
-        rec(f"peers/csflow/matched/brick/seed{seed}.json", value, status="ok",
+        rec(f"peers/csflow/matched/brick/seed{seed}.json", value, status="ok", seed=seed,
             deviations_kept=["soft_clamp_0636", "permutation_per_block", "backbone_torchvision_b5"])
     text = "\n".join(peers_section("csflow", tmp_path))
     assert "## Ours vs anomalib 2.7, same features" in text
+    # paired by seed (0, 1): differences -0.10, +0.02 -> t-interval contains 0
     assert "| brick | 0.820 ± 0.028 (n=2) | 0.900 (n=1) | +0.080 | 0.780 ± 0.080 (n=3) | -0.040 |" \
-        " above |" in text
-    assert "anomalib shipped (deviates: 1, 2, 3, 4, 5)" in text  # 6 (backbone) is n/a
-    assert "anomalib matched (deviates: 4, 5)" in text
+        " within noise [" in text
+    assert "`hidden_channels`" in text and "`epochs`" in text  # what shipped takes from ours
+    assert "anomalib shipped (deviates: 1, 2, 5, 6, 7)" in text  # 8 (backbone) is n/a
+    assert "anomalib matched (deviates: 6, 7)" in text
     assert "1. log-determinant summed over the batch" in text
-    # ours clearly below matched beyond seed noise is flagged
-    for seed in range(2):
-        rec(f"csflow/runs/full/brick/seed{seed}.json", 0.50 + 0.001 * seed)
-    assert "**below noise**" in "\n".join(peers_section("csflow", tmp_path))
+    # one seed in common: no verdict, however large the gap
+    rec("peers/csflow/matched/brick/seed1.json", 0.99, status="ok", seed=7)
+    rec("csflow/runs/full/brick/seed1.json", 0.10, seed=5)
+    assert "not compared (seeds in common: 1; ours n=2, peer n=3)" in \
+        "\n".join(peers_section("csflow", tmp_path))
     assert "*Not run in this profile*" in "\n".join(peers_section("patchflow", tmp_path))
     assert peers_section("unknown", tmp_path) == []
+
+
+def test_peer_verdict_is_two_sided_and_uses_the_interval_of_the_difference():
+    """within noise when the 95 % t-interval of the paired differences contains 0; ours
+    above / below when it does not (a known answer: diffs 0.1, 0.2, 0.3 -> mean 0.2, sem
+    0.0577, t(0.975, 2) = 4.303 -> [-0.048, 0.448])."""
+    from nfbench.peers.report import _verdict, interval
+
+    low, high, n = interval({0: 0.5, 1: 0.5, 2: 0.5}, {0: 0.6, 1: 0.7, 2: 0.8})
+    assert n == 3 and low == pytest.approx(0.2 - 4.302653 * 0.1 / np.sqrt(3), abs=1e-6)
+    assert high == pytest.approx(0.2 + 4.302653 * 0.1 / np.sqrt(3), abs=1e-6)
+    assert _verdict({0: 0.5, 1: 0.5, 2: 0.5}, {0: 0.6, 1: 0.7, 2: 0.8}).startswith("within noise")
+    assert _verdict({0: 0.9, 1: 0.91, 2: 0.92}, {0: 0.80, 1: 0.80, 2: 0.81}).startswith(
+        "**ours above**")
+    assert _verdict({0: 0.80, 1: 0.80, 2: 0.81}, {0: 0.9, 1: 0.91, 2: 0.92}).startswith(
+        "**ours below**")
+    assert _verdict({0: 1.0, 1: 1.0}, {0: 1.0, 1: 1.0}).startswith("within noise")  # 1.000 vs 1.000
+    assert _verdict({0: 0.9}, {0: 0.8, 1: 0.8, 2: 0.8}).startswith("not compared")
 
 
 def test_peers_stage_is_wired_into_dvc_and_params():
@@ -260,3 +285,126 @@ def test_peer_table_skips_undefined_metrics():
                {"metrics": {"pixel_auroc": 0.6}}]
     mean, std, n = _stat(records, "pixel_auroc")
     assert n == 2 and mean == pytest.approx(0.7)
+
+
+def _fake_fit(calls: list):
+    """A stand-in for a wrapper's fit_and_score (the stage logic is under test, not anomalib)."""
+    from nfbench.peers.common import PeerResult
+
+    def fit_and_score(cfg, train, test, config, seed, device):
+        calls.append((cfg, config, seed, device))
+        n = len(test)
+        labels = np.asarray(test.labels, dtype=float)
+        return PeerResult(labels + 0.01 * np.arange(n), np.zeros((n, cfg.input_size,
+                                                                   cfg.input_size)),
+                          {"lr": 0.0}, ())
+    return fit_and_score
+
+
+def _stage_params(tiny_demo) -> dict:
+    params = _small_params()
+    for paper in ("csflow", "patchflow", "clscnf"):
+        for role in params[paper]["smoke"]["datasets"].values():
+            role["root"] = str(tiny_demo)
+    return params
+
+
+def test_peers_stage_skips_runs_by_identity_and_retrains_only_what_changed(
+        tiny_demo, tmp_path, monkeypatch):
+    """A second `peers` run with nothing changed trains nothing; a changed setting of one
+    method retrains only that method's peers; a run dropped from the block loses its record."""
+    import nfbench.peers.common as common
+
+    monkeypatch.chdir(ROOT)
+    calls: list = []
+    monkeypatch.setattr(common, "_wrapper", lambda method: _fake_fit(calls))
+    params = _stage_params(tiny_demo)
+    paths, trained = common.run_stage("smoke", params, tmp_path, quiet=True, jobs=1)
+    assert trained == 4 and len(paths) == 4 and all(p.is_file() for p in paths)
+    assert all(json.loads(p.read_text())["identity"]["digest"] for p in paths)
+    assert common.run_stage("smoke", params, tmp_path, quiet=True, jobs=1) == (paths, 0)
+    params["patchflow"]["smoke"]["settings"]["epochs"] = 2  # only PatchFlow's peer changes
+    assert common.run_stage("smoke", params, tmp_path, quiet=True, jobs=1)[1] == 1
+    pending = common.pending_runs(common.stage_runs("smoke", params), "smoke", params, tmp_path)
+    assert pending == []
+    del params["peers"]["smoke"]["methods"]["cflow"]
+    paths, trained = common.run_stage("smoke", params, tmp_path, quiet=True, jobs=1)
+    assert trained == 0 and len(paths) == 3
+    assert not list((tmp_path / "peers" / "cflow").glob("*/*/seed*.json"))
+
+
+def test_peer_identity_does_not_depend_on_the_machine(tiny_demo, monkeypatch):
+    """`device: auto` stays unresolved and a device index does not count: a peer recorded
+    on cuda:3 of a GPU node is the same run to a CPU head node."""
+    from nfbench.peers.common import ours, peer_identity
+
+    monkeypatch.chdir(ROOT)
+    params = _small_params()
+    cfg, _ = ours("csflow", "smoke", "brick", params)
+    digest = lambda c: peer_identity("csflow", "shipped", "demo", tiny_demo, "brick", 0, c)["digest"]
+    cpu_view = digest(cfg)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU node
+    assert digest(cfg) == cpu_view
+    import dataclasses
+
+    assert digest(dataclasses.replace(cfg, device="cuda:3")) == \
+        digest(dataclasses.replace(cfg, device="cuda:0"))
+    assert digest(dataclasses.replace(cfg, epochs=cfg.epochs + 1)) != cpu_view
+
+
+def test_peer_runs_on_the_runs_device(tiny_demo, one_thread, monkeypatch):
+    """The run's `device` setting reaches the record and anomalib's modules (CPU here)."""
+    import nfbench.peers.csflow as wrapper
+    from nfbench.peers.common import run_peer
+
+    monkeypatch.chdir(ROOT)
+    built = []
+    original = wrapper.build_flow
+    monkeypatch.setattr(wrapper, "build_flow", lambda *a, **k: built.append(original(*a, **k))
+                        or built[-1])
+    moved = []
+    real_to = torch.nn.Module.to
+    monkeypatch.setattr(torch.nn.Module, "to", lambda self, *a, **k: moved.append(a) or
+                        real_to(self, *a, **k))
+    record = run_peer("csflow", "demo", "brick", config="shipped", profile="smoke",
+                      root=tiny_demo, params=_small_params(), overrides={
+                          **_small_params()["csflow"]["smoke"]["settings"], "device": "cpu"})
+    assert record["timing"]["device"] == "cpu" and record["ours"]["config"]["device"] == "cpu"
+    assert {p.device.type for p in built[0].parameters()} == {"cpu"}
+    assert (torch.device("cpu"),) in moved  # the flow was sent to the run's device
+
+
+def test_peer_mirrors_a_run_config_file_and_sets_like_nfbench_run(tmp_path, tiny_demo,
+                                                                  monkeypatch, capsys):
+    """`nfbench peer --config FILE --set k=v` resolves our run with nfbench run's resolver:
+    the config the wrapper receives is the one `nfbench run --print-config` prints."""
+    import yaml
+
+    import nfbench.peers.common as common
+    from nfbench.cli import main
+
+    monkeypatch.chdir(ROOT)
+    calls: list = []
+    monkeypatch.setattr(common, "_wrapper", lambda method: _fake_fit(calls))
+    for method in ("csflow", "patchflow", "cflow"):
+        variant = deviations()[method]["variant"]
+        assert main(["run", "--method", method, "--dataset", "demo", "--category", "brick",
+                     "--root", str(tiny_demo), "--profile", "smoke", "--variant", variant,
+                     "--set", "input_size=128", "--print-config"]) == 0
+        config = tmp_path / f"{method}.yaml"
+        config.write_text(capsys.readouterr().out)
+        out = tmp_path / f"{method}.json"
+        extra = ["padding=reflect"] if method == "cflow" else []  # CFlow-AD's own padding
+        assert main(["peer", "--config", str(config), "--set", "batch_size=3", *extra,
+                     "--peer-config", "matched", "--out", str(out)]) == 0
+        cfg = calls[-1][0]
+        expected = yaml.safe_load(config.read_text())["settings"]
+        expected.update(padding="reflect") if method == "cflow" else None
+        assert cfg.input_size == 128 and cfg.batch_size == 3
+        from nfbench.methods.base import config_to_dict
+
+        got = config_to_dict(cfg)
+        assert {k: v for k, v in got.items() if k != "batch_size"} == \
+            {k: v for k, v in expected.items() if k != "batch_size"}
+        assert json.loads(out.read_text())["config"] == "matched"
+    assert calls[-1][0].padding == "reflect"
