@@ -239,7 +239,9 @@ def test_peers_stage_is_wired_into_dvc_and_params():
     from nfbench.pipeline.spec import load_spec
 
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-    assert "results/peers" in stages["peers"]["outs"]
+    outs = {k: v for o in stages["peers"]["outs"] for k, v in
+            (o.items() if isinstance(o, dict) else [(o, {})])}
+    assert outs["results/peers"].get("persist") is True  # peers are skipped by identity
     assert "results/peers" in stages["reports"]["deps"]
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     demo = params["peers"]["demo"]["methods"]
@@ -408,3 +410,53 @@ def test_peer_mirrors_a_run_config_file_and_sets_like_nfbench_run(tmp_path, tiny
             {k: v for k, v in expected.items() if k != "batch_size"}
         assert json.loads(out.read_text())["config"] == "matched"
     assert calls[-1][0].padding == "reflect"
+
+
+def test_test_set_bootstrap_of_the_auroc_difference_has_the_delong_spread():
+    """Known answers: the vectorised draw AUROC of the unresampled set is sklearn's; against a
+    constant scorer (AUROC 0.5 in every draw) the draws' spread is the AUROC's standard error,
+    which DeLong's formula gives in closed form; identical sides differ by exactly 0."""
+    from sklearn.metrics import roc_auc_score
+
+    from nfbench.peers.report import auroc_draws, bootstrap_difference, interval
+
+    rng = np.random.default_rng(1)
+    labels = np.array([0] * 40 + [1] * 30)
+    scores = rng.normal(size=70) + 1.0 * labels
+    ones = (np.ones((1, 30)), np.ones((1, 40)))
+    assert auroc_draws(labels, {0: scores}, ones)[0, 0] == pytest.approx(
+        roc_auc_score(labels, scores))
+    boot = bootstrap_difference(labels, {0: np.zeros(70)}, {0: scores}, draws=4000)
+    a, n = scores[labels == 1], scores[labels == 0]
+    psi = (a[:, None] > n[None, :]) + 0.5 * (a[:, None] == n[None, :])
+    delong = np.sqrt(psi.mean(1).var(ddof=1) / len(a) + psi.mean(0).var(ddof=1) / len(n))
+    assert np.std(boot, ddof=1) == pytest.approx(delong, rel=0.1)
+    assert not np.any(bootstrap_difference(labels, {0: scores}, {0: scores}))
+    # one seed each: the test set alone decides (n=1 vs n=1 is compared, not left out)
+    low, high, count = interval({0: 0.5}, {0: 0.5 + 0.3}, boot=boot)
+    assert count == 1 and low == pytest.approx(0.3 - 1.959964 * np.std(boot, ddof=1))
+
+
+def test_report_compares_one_seed_each_through_the_test_set_bootstrap(tmp_path):
+    """ours n=1 (scores in its .npz) vs the peer's n=1 (scores in its record): image AUROC
+    gets a verdict from the test set's noise; pixel AUROC (no per-pixel scores) does not."""
+    from nfbench.pipeline.experiment import write_examples, write_record
+    from nfbench.peers.report import peers_section
+
+    from sklearn.metrics import roc_auc_score
+
+    labels = np.array([0] * 40 + [1] * 40)
+    perfect = labels + 0.01 * np.arange(80)
+    poor = np.random.default_rng(0).normal(size=80) + 0.3 * labels  # AUROC about 0.6
+    write_record({"metrics": {"image_auroc": 1.0, "pixel_auroc": 0.9}, "seed": 0},
+                 tmp_path / "csflow/runs/full/brick/seed0.json")
+    write_examples({"labels": labels.astype(np.int8), "image_scores": perfect},
+                   tmp_path / "csflow/runs/full/brick/seed0.npz")
+    write_record({"metrics": {"image_auroc": roc_auc_score(labels, poor), "pixel_auroc": 0.9},
+                  "seed": 0,
+                  "status": "ok", "scores": {"labels": labels.tolist(), "image": poor.tolist()}},
+                 tmp_path / "peers/csflow/matched/brick/seed0.json")
+    text = "\n".join(peers_section("csflow", tmp_path))
+    image, pixel = text.split("**pixel AUROC**")
+    assert "| brick | 1.000 (n=1) |" in image and "**ours above** [" in image
+    assert "not compared (seeds in common: 1" in pixel

@@ -174,6 +174,8 @@ def run_peer(method: str, dataset: str, category: str, *, config: str = "shipped
         "deviations_applied": list(result.applied),
         "deviations_kept": [d["id"] for d in listed if d["id"] not in result.applied],
         "metrics": metrics.compute_all(labels, result.image, test.load_masks(), result.pixel),
+        # per-image scores: the report's test-set bootstrap of the difference to ours
+        "scores": {"labels": labels.astype(int).tolist(), "image": result.image.tolist()},
         "loss_history": list(result.loss_history),
         "timing": {"fit_and_score_seconds": seconds, "device": str(device)},
         "data": {"root": str(root) if root is not None else None, "n_train": len(train),
