@@ -460,3 +460,55 @@ def test_report_compares_one_seed_each_through_the_test_set_bootstrap(tmp_path):
     image, pixel = text.split("**pixel AUROC**")
     assert "| brick | 1.000 (n=1) |" in image and "**ours above** [" in image
     assert "not compared (seeds in common: 1" in pixel
+
+
+def test_peers_stage_runs_extra_seeds_of_ours_and_the_report_pairs_them(tiny_demo, tmp_path,
+                                                                        one_thread, monkeypatch):
+    """config `ours`: seeds of OUR compared variant made as bench makes them (record + per-image
+    scores beside the peers'), skipped by identity, and counted as ours by the report."""
+    import nfbench.peers.common as common
+    from nfbench.errors import UserError
+    from nfbench.peers.report import peers_section
+
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setattr(common, "_wrapper", lambda method: _fake_fit([]))
+    params = _stage_params(tiny_demo)
+    params["peers"]["smoke"] = {"methods": {"patchflow": {
+        "configs": ["ours", "shipped"], "seeds": {"ours": [1], "shipped": [1]},
+        "categories": ["brick"]}}}
+    paths, trained = common.run_stage("smoke", params, tmp_path, quiet=True, jobs=1)
+    assert trained == 2
+    record = json.loads((tmp_path / "peers/patchflow/ours/brick/seed1.json").read_text())
+    assert record["kind"] == "peer_ours" and record["variant"] == "full" and record["seed"] == 1
+    assert (tmp_path / "peers/patchflow/ours/brick/seed1.npz").is_file()
+    assert common.run_stage("smoke", params, tmp_path, quiet=True, jobs=1)[1] == 0
+    text = "\n".join(peers_section("patchflow", tmp_path))
+    assert f"| brick | {record['metrics']['image_auroc']:.3f} (n=1) |" in text
+    assert "(seeds in common: 1" not in text.split("**pixel AUROC**")[0]  # paired via bootstrap
+    params["peers"]["smoke"]["methods"]["patchflow"]["configs"] = ["bogus"]
+    with pytest.raises(UserError, match="bogus"):
+        common.stage_runs("smoke", params)
+
+
+def test_anomalib_cflow_decoder_and_encoding_compute_ours_exactly():
+    """The CFlow-AD gap to matched is not in the model: with the same weights anomalib's
+    cflow_head computes our conditional flow exactly, and its positional encoding is ours
+    (deviations.yaml cflow note)."""
+    from anomalib.models.image.cflow.utils import cflow_head, get_logp
+    from anomalib.models.image.cflow.utils import positional_encoding_2d as theirs_pe
+
+    from nfbench.methods.cnf.flows import build_conditional_flow, log_likelihood
+    from nfbench.methods.cnf.flows import positional_encoding_2d as ours_pe
+
+    torch.manual_seed(0)
+    theirs = cflow_head(128, 2, 1.9, 16, permute_soft=True)
+    with torch.no_grad():
+        for p in theirs.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    ours = build_conditional_flow(16, 2, 128, 1.9, permute_soft=True, seed=3)
+    ours.load_state_dict(theirs.state_dict())
+    x, c = torch.randn(50, 16), torch.randn(50, 128)
+    (zt, jt), (zo, jo) = theirs(x, c=[c]), ours(x, c=[c])
+    assert torch.equal(zt, zo) and torch.equal(jt, jo)
+    assert torch.allclose(get_logp(16, zt, jt), log_likelihood(zo, jo), atol=1e-5)
+    assert torch.allclose(theirs_pe(128, 5, 7), ours_pe(128, 5, 7), atol=1e-6)

@@ -20,7 +20,8 @@ import torch
 
 from nfbench import metrics
 from nfbench.errors import UserError, check_choice
-from nfbench.peers import CONFIGS, ENABLE_HINT, METHODS, PEER, PEER_VERSION, deviations, \
+from nfbench.peers import CONFIGS, ENABLE_HINT, METHODS, PEER, PEER_VERSION, STAGE_CONFIGS, \
+    deviations, \
     peer_version, record_path
 
 RECORD_VERSION = 1
@@ -189,7 +190,8 @@ def run_peer(method: str, dataset: str, category: str, *, config: str = "shipped
 def stage_runs(profile: str, params: dict) -> list[dict[str, Any]]:
     """The peer runs of ``params['peers'][profile]`` (empty when the block is absent):
     ``{methods: {m: {configs: [...], seeds: [...], categories: all | [...]}}}``; ``all``
-    means the categories of our run's dataset role."""
+    means the categories of our run's dataset role; config ``ours`` (:func:`run_ours`) runs
+    extra seeds of our compared variant."""
     from nfbench.pipeline.plan import role_categories
 
     block = (params.get("peers") or {}).get(profile) or {}
@@ -200,6 +202,7 @@ def stage_runs(profile: str, params: dict) -> list[dict[str, Any]]:
         cats = role_categories(role) if cats == "all" else [str(c) for c in cats]
         for category in cats:
             for config in spec.get("configs", list(CONFIGS)):
+                check_choice(f"peers.{profile}.methods.{method}.configs", config, STAGE_CONFIGS)
                 seeds = spec.get("seeds", [0])
                 for seed in seeds.get(config, [0]) if isinstance(seeds, dict) else seeds:
                     runs.append({"method": method, "config": config, "dataset": role["dataset"],
@@ -208,14 +211,44 @@ def stage_runs(profile: str, params: dict) -> list[dict[str, Any]]:
     return runs
 
 
+def run_ours(method: str, dataset: str, category: str, *, seed: int, profile: str,
+             root: Path | None, params: dict | None = None) -> tuple[dict, dict]:
+    """One seed of OUR compared variant (``deviations.yaml``), made exactly as ``nfbench
+    bench`` makes it (:func:`nfbench.pipeline.experiment.run_experiment`, without the
+    original-protocol measurements, which the cross-check does not read); returns (record
+    with its peer identity, figure material with the per-image scores)."""
+    from nfbench.pipeline.experiment import run_experiment
+    from nfbench.pipeline.plan import load_params, load_spec, profile_params, variant_settings
+
+    params = params if params is not None else load_params()
+    entry = deviations()[method]
+    settings = variant_settings(load_spec(entry["paper"]),
+                                profile_params(params, entry["paper"], profile), entry["variant"])
+    cfg, _ = ours(method, profile, category, params)
+    examples: dict = {}
+    record = run_experiment(method, dataset, category, root=root, profile=profile, seed=seed,
+                            overrides=settings, variant=entry["variant"], examples=examples,
+                            original_protocol=False)
+    record.update(kind="peer_ours", status="ok", config="ours",
+                  identity=peer_identity(method, "ours", dataset, root, category, seed, cfg))
+    return record, examples
+
+
 def _stage_one(run: dict, profile: str, params: dict, results_dir: str) -> tuple[str, str]:
-    from nfbench.pipeline.experiment import write_record
+    from nfbench.pipeline.experiment import write_examples, write_record
 
     root = Path(run["root"]) if run["root"] else None
-    record = run_peer(run["method"], run["dataset"], run["category"], config=run["config"],
-                      seed=run["seed"], profile=profile, root=root, params=params)
     path = Path(results_dir) / record_path(run["method"], run["config"], run["category"],
                                            run["seed"])
+    if run["config"] == "ours":
+        record, examples = run_ours(run["method"], run["dataset"], run["category"],
+                                    seed=run["seed"], profile=profile, root=root, params=params)
+        write_examples(examples, path.with_suffix(".npz"))
+        record["timing"]["fit_and_score_seconds"] = (record["timing"]["fit_seconds"] +
+                                                     record["timing"]["score_seconds"])
+    else:
+        record = run_peer(run["method"], run["dataset"], run["category"], config=run["config"],
+                          seed=run["seed"], profile=profile, root=root, params=params)
     write_record(record, path)
     what = (f"image AUROC {record['metrics']['image_auroc']:.4f} "
             f"({record['timing']['fit_and_score_seconds']:.1f} s)"
@@ -227,17 +260,22 @@ def _stage_one(run: dict, profile: str, params: dict, results_dir: str) -> tuple
 def pending_runs(runs: list[dict], profile: str, params: dict, results_dir: Path,
                  force: bool = False) -> list[dict]:
     """The runs whose record is missing or carries another identity (all with ``force``;
-    without anomalib every run is pending: its record says why it was skipped)."""
-    if force or peer_version() is None:
+    without anomalib every anomalib run is pending: its record says why it was skipped; an
+    ``ours`` run also needs its figure material)."""
+    if force:
         return list(runs)
     pending = []
     for run in runs:
+        if run["config"] != "ours" and peer_version() is None:
+            pending.append(run)
+            continue
         cfg, _ = ours(run["method"], profile, run["category"], params)
         digest = peer_identity(run["method"], run["config"], run["dataset"], run["root"],
                                run["category"], run["seed"], cfg)["digest"]
         path = Path(results_dir) / record_path(run["method"], run["config"], run["category"],
                                                run["seed"])
-        if stored_digest(path) != digest:
+        if stored_digest(path) != digest or (run["config"] == "ours" and
+                                             not path.with_suffix(".npz").is_file()):
             pending.append(run)
     return pending
 
@@ -247,7 +285,7 @@ def stale_records(runs: list[dict], results_dir: Path) -> list[Path]:
     wanted = {Path(results_dir) / record_path(r["method"], r["config"], r["category"], r["seed"])
               for r in runs}
     folder = Path(results_dir) / "peers"
-    return sorted(p for p in folder.glob("*/*/*/seed*.json") if p not in wanted)
+    return sorted(p for p in folder.glob("*/*/*/seed*.*") if p.with_suffix(".json") not in wanted)
 
 
 def run_stage(profile: str, params: dict, results_dir: Path, quiet: bool = False,

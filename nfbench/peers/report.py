@@ -222,6 +222,9 @@ def peers_section(paper: str, results_dir: Path) -> list[str]:
     kept = lambda config: sorted({number[i] for rs in peer[config].values() for r in rs
                                   for i in r.get("deviations_kept", []) if i in arises})
     ours = _records(Path(results_dir) / paper / "runs" / entry["variant"])
+    for category, extra in _records(root / "ours").items():  # the peers stage's extra seeds
+        have = {r.get("seed") for r in ours.get(category, [])}
+        ours.setdefault(category, []).extend(r for r in extra if r.get("seed") not in have)
     categories = sorted(set(ours) | {c for recs in peer.values() for c in recs})
     labels = {c: f"anomalib {c} (deviates: {', '.join(map(str, kept(c))) or 'none'})"
               for c in CONFIGS}
