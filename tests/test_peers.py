@@ -146,10 +146,14 @@ def test_peer_run_mirrors_our_settings_and_writes_a_peer_record(tiny_demo, one_t
         assert record["deviations_applied"] == []
     else:
         assert record["deviations_applied"]
+    assert record["timing"]["device"] == "cpu" and record["identity"]["digest"]
+    assert set(record["takes_from_ours"]) == set(deviations()[method]["takes_from_ours"])
     if method == "csflow":
         assert record["peer_settings"]["betas"] == ([0.9, 0.999] if config == "matched"
                                                     else [0.5, 0.9])
         assert record["peer_settings"]["epochs"] == cfg.epochs
+        # shipped: anomalib's fixed lr (lightning_model.py configure_optimizers), not ours
+        assert record["peer_settings"]["lr"] == (cfg.lr if config == "matched" else 2e-4)
     if method == "cflow":
         assert record["peer_settings"]["fiber_batch_size"] == (cfg.fiber_batch
                                                                if config == "matched" else 64)
@@ -169,7 +173,7 @@ def test_peer_without_anomalib_writes_a_skipped_record_and_the_report_says_so(
     monkeypatch.setattr(common, "peer_version", lambda: None)
     out = tmp_path / "peers" / "csflow" / "shipped" / "brick" / "seed0.json"
     assert main(["peer", "--method", "csflow", "--dataset", "demo", "--category", "brick",
-                 "--out", str(out)]) == 0
+                 "--peer-config", "shipped", "--out", str(out)]) == 0
     record = json.loads(out.read_text())
     assert record["status"] == "skipped" and "pip install" in record["note"]
     assert "skipped" in capsys.readouterr().out
@@ -186,26 +190,47 @@ def test_report_section_compares_ours_shipped_and_matched(tmp_path):
                      tmp_path / path)
 
     for seed, value in enumerate([0.80, 0.84]):
-        rec(f"csflow/runs/full/brick/seed{seed}.json", value)
-    rec("peers/csflow/shipped/brick/seed0.json", 0.90, status="ok",
+        rec(f"csflow/runs/full/brick/seed{seed}.json", value, seed=seed)
+    rec("peers/csflow/shipped/brick/seed0.json", 0.90, status="ok", seed=0,
         deviations_kept=["log_jac_batch_sum", "adam_betas", "anomaly_map_product",
                          "soft_clamp_0636", "permutation_per_block", "backbone_torchvision_b5"])
     for seed, value in enumerate([0.70, 0.86, 0.78]):
-        rec(f"peers/csflow/matched/brick/seed{seed}.json", value, status="ok",
+        rec(f"peers/csflow/matched/brick/seed{seed}.json", value, status="ok", seed=seed,
             deviations_kept=["soft_clamp_0636", "permutation_per_block", "backbone_torchvision_b5"])
     text = "\n".join(peers_section("csflow", tmp_path))
     assert "## Ours vs anomalib 2.7, same features" in text
+    # paired by seed (0, 1): differences -0.10, +0.02 -> t-interval contains 0
     assert "| brick | 0.820 ± 0.028 (n=2) | 0.900 (n=1) | +0.080 | 0.780 ± 0.080 (n=3) | -0.040 |" \
-        " above |" in text
-    assert "anomalib shipped (deviates: 1, 2, 3, 4, 5)" in text  # 6 (backbone) is n/a
-    assert "anomalib matched (deviates: 4, 5)" in text
+        " within noise [" in text
+    assert "`hidden_channels`" in text and "`epochs`" in text  # what shipped takes from ours
+    assert "anomalib shipped (deviates: 1, 2, 5, 6, 7)" in text  # 8 (backbone) is n/a
+    assert "anomalib matched (deviates: 6, 7)" in text
     assert "1. log-determinant summed over the batch" in text
-    # ours clearly below matched beyond seed noise is flagged
-    for seed in range(2):
-        rec(f"csflow/runs/full/brick/seed{seed}.json", 0.50 + 0.001 * seed)
-    assert "**below noise**" in "\n".join(peers_section("csflow", tmp_path))
+    # one seed in common: no verdict, however large the gap
+    rec("peers/csflow/matched/brick/seed1.json", 0.99, status="ok", seed=7)
+    rec("csflow/runs/full/brick/seed1.json", 0.10, seed=5)
+    assert "not compared (seeds in common: 1; ours n=2, peer n=3)" in \
+        "\n".join(peers_section("csflow", tmp_path))
     assert "*Not run in this profile*" in "\n".join(peers_section("patchflow", tmp_path))
     assert peers_section("unknown", tmp_path) == []
+
+
+def test_peer_verdict_is_two_sided_and_uses_the_interval_of_the_difference():
+    """within noise when the 95 % t-interval of the paired differences contains 0; ours
+    above / below when it does not (a known answer: diffs 0.1, 0.2, 0.3 -> mean 0.2, sem
+    0.0577, t(0.975, 2) = 4.303 -> [-0.048, 0.448])."""
+    from nfbench.peers.report import _verdict, interval
+
+    low, high, n = interval({0: 0.5, 1: 0.5, 2: 0.5}, {0: 0.6, 1: 0.7, 2: 0.8})
+    assert n == 3 and low == pytest.approx(0.2 - 4.302653 * 0.1 / np.sqrt(3), abs=1e-6)
+    assert high == pytest.approx(0.2 + 4.302653 * 0.1 / np.sqrt(3), abs=1e-6)
+    assert _verdict({0: 0.5, 1: 0.5, 2: 0.5}, {0: 0.6, 1: 0.7, 2: 0.8}).startswith("within noise")
+    assert _verdict({0: 0.9, 1: 0.91, 2: 0.92}, {0: 0.80, 1: 0.80, 2: 0.81}).startswith(
+        "**ours above**")
+    assert _verdict({0: 0.80, 1: 0.80, 2: 0.81}, {0: 0.9, 1: 0.91, 2: 0.92}).startswith(
+        "**ours below**")
+    assert _verdict({0: 1.0, 1: 1.0}, {0: 1.0, 1: 1.0}).startswith("within noise")  # 1.000 vs 1.000
+    assert _verdict({0: 0.9}, {0: 0.8, 1: 0.8, 2: 0.8}).startswith("not compared")
 
 
 def test_peers_stage_is_wired_into_dvc_and_params():
@@ -214,7 +239,10 @@ def test_peers_stage_is_wired_into_dvc_and_params():
     from nfbench.pipeline.spec import load_spec
 
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-    assert {"results/peers": {"cache": False}} in stages["peers"]["outs"]  # records in git
+    outs = {k: v for o in stages["peers"]["outs"] for k, v in
+            (o.items() if isinstance(o, dict) else [(o, {})])}
+    assert outs["results/peers"].get("cache") is False  # records in git
+    assert outs["results/peers"].get("persist") is True  # peers are skipped by identity
     assert "results/peers" in stages["reports"]["deps"]
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     demo = params["peers"]["demo"]["methods"]
@@ -260,3 +288,228 @@ def test_peer_table_skips_undefined_metrics():
                {"metrics": {"pixel_auroc": 0.6}}]
     mean, std, n = _stat(records, "pixel_auroc")
     assert n == 2 and mean == pytest.approx(0.7)
+
+
+def _fake_fit(calls: list):
+    """A stand-in for a wrapper's fit_and_score (the stage logic is under test, not anomalib)."""
+    from nfbench.peers.common import PeerResult
+
+    def fit_and_score(cfg, train, test, config, seed, device):
+        calls.append((cfg, config, seed, device))
+        n = len(test)
+        labels = np.asarray(test.labels, dtype=float)
+        return PeerResult(labels + 0.01 * np.arange(n), np.zeros((n, cfg.input_size,
+                                                                   cfg.input_size)),
+                          {"lr": 0.0}, ())
+    return fit_and_score
+
+
+def _stage_params(tiny_demo) -> dict:
+    params = _small_params()
+    for paper in ("csflow", "patchflow", "clscnf"):
+        for role in params[paper]["smoke"]["datasets"].values():
+            role["root"] = str(tiny_demo)
+    return params
+
+
+def test_peers_stage_skips_runs_by_identity_and_retrains_only_what_changed(
+        tiny_demo, tmp_path, monkeypatch):
+    """A second `peers` run with nothing changed trains nothing; a changed setting of one
+    method retrains only that method's peers; a run dropped from the block loses its record."""
+    import nfbench.peers.common as common
+
+    monkeypatch.chdir(ROOT)
+    calls: list = []
+    monkeypatch.setattr(common, "_wrapper", lambda method: _fake_fit(calls))
+    params = _stage_params(tiny_demo)
+    paths, trained = common.run_stage("smoke", params, tmp_path, quiet=True, jobs=1)
+    assert trained == 4 and len(paths) == 4 and all(p.is_file() for p in paths)
+    assert all(json.loads(p.read_text())["identity"]["digest"] for p in paths)
+    assert common.run_stage("smoke", params, tmp_path, quiet=True, jobs=1) == (paths, 0)
+    params["patchflow"]["smoke"]["settings"]["epochs"] = 2  # only PatchFlow's peer changes
+    assert common.run_stage("smoke", params, tmp_path, quiet=True, jobs=1)[1] == 1
+    pending = common.pending_runs(common.stage_runs("smoke", params), "smoke", params, tmp_path)
+    assert pending == []
+    del params["peers"]["smoke"]["methods"]["cflow"]
+    paths, trained = common.run_stage("smoke", params, tmp_path, quiet=True, jobs=1)
+    assert trained == 0 and len(paths) == 3
+    assert not list((tmp_path / "peers" / "cflow").glob("*/*/seed*.json"))
+
+
+def test_peer_identity_does_not_depend_on_the_machine(tiny_demo, monkeypatch):
+    """`device: auto` stays unresolved and a device index does not count: a peer recorded
+    on cuda:3 of a GPU node is the same run to a CPU head node."""
+    from nfbench.peers.common import ours, peer_identity
+
+    monkeypatch.chdir(ROOT)
+    params = _small_params()
+    cfg, _ = ours("csflow", "smoke", "brick", params)
+    digest = lambda c: peer_identity("csflow", "shipped", "demo", tiny_demo, "brick", 0, c)["digest"]
+    cpu_view = digest(cfg)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU node
+    assert digest(cfg) == cpu_view
+    import dataclasses
+
+    assert digest(dataclasses.replace(cfg, device="cuda:3")) == \
+        digest(dataclasses.replace(cfg, device="cuda:0"))
+    assert digest(dataclasses.replace(cfg, epochs=cfg.epochs + 1)) != cpu_view
+
+
+def test_peer_runs_on_the_runs_device(tiny_demo, one_thread, monkeypatch):
+    """The run's `device` setting reaches the record and anomalib's modules (CPU here)."""
+    import nfbench.peers.csflow as wrapper
+    from nfbench.peers.common import run_peer
+
+    monkeypatch.chdir(ROOT)
+    built = []
+    original = wrapper.build_flow
+    monkeypatch.setattr(wrapper, "build_flow", lambda *a, **k: built.append(original(*a, **k))
+                        or built[-1])
+    moved = []
+    real_to = torch.nn.Module.to
+    monkeypatch.setattr(torch.nn.Module, "to", lambda self, *a, **k: moved.append(a) or
+                        real_to(self, *a, **k))
+    record = run_peer("csflow", "demo", "brick", config="shipped", profile="smoke",
+                      root=tiny_demo, params=_small_params(), overrides={
+                          **_small_params()["csflow"]["smoke"]["settings"], "device": "cpu"})
+    assert record["timing"]["device"] == "cpu" and record["ours"]["config"]["device"] == "cpu"
+    assert {p.device.type for p in built[0].parameters()} == {"cpu"}
+    assert (torch.device("cpu"),) in moved  # the flow was sent to the run's device
+
+
+def test_peer_mirrors_a_run_config_file_and_sets_like_nfbench_run(tmp_path, tiny_demo,
+                                                                  monkeypatch, capsys):
+    """`nfbench peer --config FILE --set k=v` resolves our run with nfbench run's resolver:
+    the config the wrapper receives is the one `nfbench run --print-config` prints."""
+    import yaml
+
+    import nfbench.peers.common as common
+    from nfbench.cli import main
+
+    monkeypatch.chdir(ROOT)
+    calls: list = []
+    monkeypatch.setattr(common, "_wrapper", lambda method: _fake_fit(calls))
+    for method in ("csflow", "patchflow", "cflow"):
+        variant = deviations()[method]["variant"]
+        assert main(["run", "--method", method, "--dataset", "demo", "--category", "brick",
+                     "--root", str(tiny_demo), "--profile", "smoke", "--variant", variant,
+                     "--set", "input_size=128", "--print-config"]) == 0
+        config = tmp_path / f"{method}.yaml"
+        config.write_text(capsys.readouterr().out)
+        out = tmp_path / f"{method}.json"
+        extra = ["padding=reflect"] if method == "cflow" else []  # CFlow-AD's own padding
+        assert main(["peer", "--config", str(config), "--set", "batch_size=3", *extra,
+                     "--peer-config", "matched", "--out", str(out)]) == 0
+        cfg = calls[-1][0]
+        expected = yaml.safe_load(config.read_text())["settings"]
+        expected.update(padding="reflect") if method == "cflow" else None
+        assert cfg.input_size == 128 and cfg.batch_size == 3
+        from nfbench.methods.base import config_to_dict
+
+        got = config_to_dict(cfg)
+        assert {k: v for k, v in got.items() if k != "batch_size"} == \
+            {k: v for k, v in expected.items() if k != "batch_size"}
+        assert json.loads(out.read_text())["config"] == "matched"
+    assert calls[-1][0].padding == "reflect"
+
+
+def test_test_set_bootstrap_of_the_auroc_difference_has_the_delong_spread():
+    """Known answers: the vectorised draw AUROC of the unresampled set is sklearn's; against a
+    constant scorer (AUROC 0.5 in every draw) the draws' spread is the AUROC's standard error,
+    which DeLong's formula gives in closed form; identical sides differ by exactly 0."""
+    from sklearn.metrics import roc_auc_score
+
+    from nfbench.peers.report import auroc_draws, bootstrap_difference, interval
+
+    rng = np.random.default_rng(1)
+    labels = np.array([0] * 40 + [1] * 30)
+    scores = rng.normal(size=70) + 1.0 * labels
+    ones = (np.ones((1, 30)), np.ones((1, 40)))
+    assert auroc_draws(labels, {0: scores}, ones)[0, 0] == pytest.approx(
+        roc_auc_score(labels, scores))
+    boot = bootstrap_difference(labels, {0: np.zeros(70)}, {0: scores}, draws=4000)
+    a, n = scores[labels == 1], scores[labels == 0]
+    psi = (a[:, None] > n[None, :]) + 0.5 * (a[:, None] == n[None, :])
+    delong = np.sqrt(psi.mean(1).var(ddof=1) / len(a) + psi.mean(0).var(ddof=1) / len(n))
+    assert np.std(boot, ddof=1) == pytest.approx(delong, rel=0.1)
+    assert not np.any(bootstrap_difference(labels, {0: scores}, {0: scores}))
+    # one seed each: the test set alone decides (n=1 vs n=1 is compared, not left out)
+    low, high, count = interval({0: 0.5}, {0: 0.5 + 0.3}, boot=boot)
+    assert count == 1 and low == pytest.approx(0.3 - 1.959964 * np.std(boot, ddof=1))
+
+
+def test_report_compares_one_seed_each_through_the_test_set_bootstrap(tmp_path):
+    """ours n=1 (scores in its .npz) vs the peer's n=1 (scores in its record): image AUROC
+    gets a verdict from the test set's noise; pixel AUROC (no per-pixel scores) does not."""
+    from nfbench.pipeline.experiment import write_examples, write_record
+    from nfbench.peers.report import peers_section
+
+    from sklearn.metrics import roc_auc_score
+
+    labels = np.array([0] * 40 + [1] * 40)
+    perfect = labels + 0.01 * np.arange(80)
+    poor = np.random.default_rng(0).normal(size=80) + 0.3 * labels  # AUROC about 0.6
+    write_record({"metrics": {"image_auroc": 1.0, "pixel_auroc": 0.9}, "seed": 0},
+                 tmp_path / "csflow/runs/full/brick/seed0.json")
+    write_examples({"labels": labels.astype(np.int8), "image_scores": perfect},
+                   tmp_path / "csflow/runs/full/brick/seed0.npz")
+    write_record({"metrics": {"image_auroc": roc_auc_score(labels, poor), "pixel_auroc": 0.9},
+                  "seed": 0,
+                  "status": "ok", "scores": {"labels": labels.tolist(), "image": poor.tolist()}},
+                 tmp_path / "peers/csflow/matched/brick/seed0.json")
+    text = "\n".join(peers_section("csflow", tmp_path))
+    image, pixel = text.split("**pixel AUROC**")
+    assert "| brick | 1.000 (n=1) |" in image and "**ours above** [" in image
+    assert "not compared (seeds in common: 1" in pixel
+
+
+def test_peers_stage_runs_extra_seeds_of_ours_and_the_report_pairs_them(tiny_demo, tmp_path,
+                                                                        one_thread, monkeypatch):
+    """config `ours`: seeds of OUR compared variant made as bench makes them (record + per-image
+    scores beside the peers'), skipped by identity, and counted as ours by the report."""
+    import nfbench.peers.common as common
+    from nfbench.errors import UserError
+    from nfbench.peers.report import peers_section
+
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setattr(common, "_wrapper", lambda method: _fake_fit([]))
+    params = _stage_params(tiny_demo)
+    params["peers"]["smoke"] = {"methods": {"patchflow": {
+        "configs": ["ours", "shipped"], "seeds": {"ours": [1], "shipped": [1]},
+        "categories": ["brick"]}}}
+    paths, trained = common.run_stage("smoke", params, tmp_path, quiet=True, jobs=1)
+    assert trained == 2
+    record = json.loads((tmp_path / "peers/patchflow/ours/brick/seed1.json").read_text())
+    assert record["kind"] == "peer_ours" and record["variant"] == "full" and record["seed"] == 1
+    assert (tmp_path / "peers/patchflow/ours/brick/seed1.npz").is_file()
+    assert common.run_stage("smoke", params, tmp_path, quiet=True, jobs=1)[1] == 0
+    text = "\n".join(peers_section("patchflow", tmp_path))
+    assert f"| brick | {record['metrics']['image_auroc']:.3f} (n=1) |" in text
+    assert "(seeds in common: 1" not in text.split("**pixel AUROC**")[0]  # paired via bootstrap
+    params["peers"]["smoke"]["methods"]["patchflow"]["configs"] = ["bogus"]
+    with pytest.raises(UserError, match="bogus"):
+        common.stage_runs("smoke", params)
+
+
+def test_anomalib_cflow_decoder_and_encoding_compute_ours_exactly():
+    """The CFlow-AD gap to matched is not in the model: with the same weights anomalib's
+    cflow_head computes our conditional flow exactly, and its positional encoding is ours
+    (deviations.yaml cflow note)."""
+    from anomalib.models.image.cflow.utils import cflow_head, get_logp
+    from anomalib.models.image.cflow.utils import positional_encoding_2d as theirs_pe
+
+    from nfbench.methods.cnf.flows import build_conditional_flow, log_likelihood
+    from nfbench.methods.cnf.flows import positional_encoding_2d as ours_pe
+
+    torch.manual_seed(0)
+    theirs = cflow_head(128, 2, 1.9, 16, permute_soft=True)
+    with torch.no_grad():
+        for p in theirs.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    ours = build_conditional_flow(16, 2, 128, 1.9, permute_soft=True, seed=3)
+    ours.load_state_dict(theirs.state_dict())
+    x, c = torch.randn(50, 16), torch.randn(50, 128)
+    (zt, jt), (zo, jo) = theirs(x, c=[c]), ours(x, c=[c])
+    assert torch.equal(zt, zo) and torch.equal(jt, jo)
+    assert torch.allclose(get_logp(16, zt, jt), log_likelihood(zo, jo), atol=1e-5)
+    assert torch.allclose(theirs_pe(128, 5, 7), ours_pe(128, 5, 7), atol=1e-6)

@@ -1,13 +1,16 @@
 """Independent-implementation cross-check: anomalib's torch models on our cached features.
 
 ``nfbench peer`` trains anomalib's own ``torch_model.py`` classes (CS-Flow, PatchFlow, CFlow;
-no Lightning, no Engine) on exactly the features, input size, budget and seed of our run of
-that method, with a training loop that mirrors anomalib's ``lightning_model.py``, scores the
-same test set through anomalib's anomaly-map code and writes a record of kind ``peer``.
-Two configs: ``shipped`` (anomalib's defaults where they differ from the paper) and
-``matched`` (those settings changed to the paper's where anomalib's API allows it); the list
-of deviations is data (``deviations.yaml``). The extra ``peers`` installs anomalib; without it
-the pipeline stage writes ``skipped`` records and the reports say how to enable it.
+no Lightning, no Engine) on exactly the features of a run of ours (resolved as ``nfbench run``
+resolves it), at its input size, budget and seed and on its device, with a training loop that
+mirrors anomalib's ``lightning_model.py``, scores the same test set through anomalib's
+anomaly-map code and writes a record of kind ``peer``. Two configs: ``shipped`` (anomalib's own
+defaults for everything it lets a user set, taking from our run only what ``deviations.yaml``
+``takes_from_ours`` names) and ``matched`` (exactly the listed deviations set to our run's
+values); the list of deviations is data (``deviations.yaml``). The ``peers`` stage skips runs
+whose record carries the same identity, and its config ``ours`` runs extra seeds of our
+compared variant. The extra ``peers`` installs anomalib; without it the pipeline stage writes
+``skipped`` records and the reports say how to enable it.
 """
 
 from __future__ import annotations
@@ -22,6 +25,10 @@ PEER = "anomalib"
 PEER_VERSION = "2.7.0"
 METHODS = ("csflow", "patchflow", "cflow")
 CONFIGS = ("shipped", "matched")
+#: what the ``peers`` stage runs: the two anomalib configs, and ``ours``: extra seeds of OUR
+#: compared variant (records beside the peers'), so that ours has as many seeds as the peer
+#: where the two are compared without changing the paper's bench runs
+STAGE_CONFIGS = CONFIGS + ("ours",)
 ENABLE_HINT = 'python -m pip install -e ".[dev,peers]"  (installs anomalib==2.7.0)'
 
 

@@ -8,13 +8,17 @@ upsampling with align_corners, ``max - map``, image score = max of the map). Tra
 ``E // fiber_batch`` fiber batches (the last takes the remainder), and one Adam step on
 ``-logsigmoid(get_logp / C)`` is taken per fiber batch; Adam over the decoders, lr 1e-4.
 
-``shipped``: fiber batch 64, constant lr 1e-4, hard permutations, likelihoods normalised per
-scored batch of 32 images (anomalib's eval batch). ``matched``: our fiber batch, our lr with
-CFlow-AD's warm-up + cosine schedule (``nfbench.methods.cnf.training.learning_rate``), soft
-permutations (``permute_soft=True``), the whole test set scored as one batch (CFlow-AD's
-test-set maxima, like our ``transductive`` normalisation). Both use our budget: our image
-batch, ``meta_epochs * sub_epochs`` passes, and our ``fiber_fraction`` share of each batch's
-fibers.
+``shipped``: anomalib's defaults: fiber batch 64, constant lr 1e-4, hard permutations, every
+fiber of every batch (anomalib never subsamples), likelihoods normalised per scored batch of 32
+images (anomalib's eval batch). ``matched`` changes exactly the deviations listed in
+``deviations.yaml`` to our run's values: our fiber batch, our lr with CFlow-AD's warm-up +
+cosine schedule (``nfbench.methods.cnf.training.learning_rate``), soft permutations, our
+``fiber_fraction`` share of each batch's fibers, the whole test set scored as one batch
+(CFlow-AD's test-set maxima, like our ``transductive`` normalisation). Both take from our run
+what ``takes_from_ours`` names: the features (backbone, layers and padding: with reflect padding
+they are computed for the peer by our frozen encoder, ``methods.cnf.encoder.frozen_features``,
+as our run computes them), the input size, the flow's size and the passes (image batch,
+``meta_epochs * sub_epochs``), and run on our run's device.
 """
 
 from __future__ import annotations
@@ -25,31 +29,37 @@ import torch
 import torch.nn.functional as F
 
 from nfbench.errors import UserError
-from nfbench.feature_cache import cached_features
 from nfbench.peers.common import epochs, CachedEncoder, PeerResult, index_images, substituted
 
+#: anomalib 2.7 ``models/image/cflow/lightning_model.py`` ``Cflow.__init__`` defaults (lines
+#: 85-91): fiber_batch_size=64, permute_soft=False, lr=0.0001; ``configure_optimizers``: Adam
+#: without a scheduler; ``training_step`` uses every fiber; eval batch: the datamodules' 32.
+SHIPPED = {"fiber_batch_size": 64, "lr": 1e-4, "eval_batch_size": 32}
 
-def fit_and_score(cfg, train, test, config: str, seed: int) -> PeerResult:
+
+def fit_and_score(cfg, train, test, config: str, seed: int,
+                  device: torch.device = torch.device("cpu")) -> PeerResult:
     import einops
     from anomalib.models.image.cflow import torch_model
     from anomalib.models.image.cflow.utils import get_logp, positional_encoding_2d
 
+    from nfbench.methods.cnf.encoder import frozen_features
     from nfbench.methods.cnf.training import learning_rate
 
-    if cfg.padding != "zeros":
-        raise UserError("peer cflow reads the shared feature cache: the profile needs padding=zeros")
     matched = config == "matched"
-    feats = lambda images: [cached_features(cfg.backbone, list(cfg.layers), images,
-                                            progress=False)[0]]
-    fiber_batch = cfg.fiber_batch if matched else 64
+    # zeros: the shared feature cache; reflect: computed by our frozen encoder, as our run does
+    feats = lambda images: [frozen_features(cfg.backbone, list(cfg.layers), cfg.padding, images,
+                                            device)[0]]
+    fiber_batch = cfg.fiber_batch if matched else SHIPPED["fiber_batch_size"]
+    fiber_fraction = cfg.fiber_fraction if matched else 1.0
     settings = {"fiber_batch_size": fiber_batch, "condition_vector": cfg.condition_dim,
                 "coupling_blocks": cfg.n_blocks, "clamp_alpha": cfg.clamp,
                 "permute_soft": bool(cfg.permute_soft) if matched else False,
-                "lr": cfg.lr if matched else 1e-4,
+                "lr": cfg.lr if matched else SHIPPED["lr"],
                 "lr_schedule": "warm-up + cosine (CFlow-AD)" if matched else "constant",
                 "epochs": cfg.meta_epochs * cfg.sub_epochs, "batch_size": cfg.batch_size,
-                "fiber_fraction": cfg.fiber_fraction,
-                "eval_batch_size": len(test) if matched else 32}
+                "fiber_fraction": fiber_fraction, "padding": cfg.padding,
+                "eval_batch_size": len(test) if matched else SHIPPED["eval_batch_size"]}
 
     def model_for(features):
         encoder = lambda **kw: CachedEncoder(features, cfg.layers, cfg.input_size, [8, 16, 32])
@@ -58,7 +68,7 @@ def fit_and_score(cfg, train, test, config: str, seed: int) -> PeerResult:
                 backbone="cached", layers=list(cfg.layers), pre_trained=False,
                 fiber_batch_size=fiber_batch, condition_vector=cfg.condition_dim,
                 coupling_blocks=cfg.n_blocks, clamp_alpha=cfg.clamp,
-                permute_soft=settings["permute_soft"])
+                permute_soft=settings["permute_soft"]).to(device)
 
     model = model_for(feats(train))
     optimizer = torch.optim.Adam(model.decoders.parameters(), lr=settings["lr"])
@@ -76,17 +86,18 @@ def fit_and_score(cfg, train, test, config: str, seed: int) -> PeerResult:
                     group["lr"] = learning_rate(schedule, meta, (sub * n_batches + b) /
                                                 (cfg.sub_epochs * n_batches))
             index = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
-            activation = model.encoder(index_images(index, cfg.input_size))
+            activation = model.encoder(index_images(index, cfg.input_size, device))
             for layer_idx, layer in enumerate(model.pool_layers):
                 maps = activation[layer].detach()
                 batch, dim, height, width = maps.size()
                 pos = einops.repeat(positional_encoding_2d(model.condition_vector, height, width)
-                                    .unsqueeze(0), "b c h w-> (tile b) c h w", tile=batch)
+                                    .unsqueeze(0), "b c h w-> (tile b) c h w",
+                                    tile=batch).to(device)
                 c_r = einops.rearrange(pos, "b c h w -> (b h w) c")
                 e_r = einops.rearrange(maps, "b c h w -> (b h w) c")
                 perm = torch.randperm(batch * height * width, generator=generator)
-                if cfg.fiber_fraction < 1.0:  # our budget knob, applied to both configs
-                    perm = perm[:max(1, int(round(perm.numel() * cfg.fiber_fraction)))]
+                if fiber_fraction < 1.0:  # our budget knob (matched only: anomalib never subsamples)
+                    perm = perm[:max(1, int(round(perm.numel() * fiber_fraction)))]
                 length = perm.numel()
                 fiber_batches = length // fiber_batch
                 if fiber_batches <= 0 and matched:  # ours: one smaller fiber batch
@@ -96,7 +107,7 @@ def fit_and_score(cfg, train, test, config: str, seed: int) -> PeerResult:
                 decoder = model.decoders[layer_idx]
                 for k in range(fiber_batches):
                     stop = (k + 1) * fiber_batch if k < fiber_batches - 1 else length
-                    idx = perm[k * fiber_batch:stop]
+                    idx = perm[k * fiber_batch:stop].to(device)
                     p_u, log_jac_det = decoder(e_r[idx], [c_r[idx]])
                     loss = -F.logsigmoid(get_logp(dim, p_u, log_jac_det) / dim)
                     if not torch.isfinite(loss.mean()):
@@ -112,10 +123,10 @@ def fit_and_score(cfg, train, test, config: str, seed: int) -> PeerResult:
     with torch.no_grad():
         for start in range(0, len(test), step):
             out = model(index_images(torch.arange(start, min(start + step, len(test))),
-                                     cfg.input_size))
-            image.append(out.pred_score.reshape(-1))
-            pixel.append(out.anomaly_map.reshape(-1, cfg.input_size, cfg.input_size))
-    applied = (("fiber_batch_64", "lr_constant", "hard_permutation", "batch_max_normalisation")
-               if matched else ())
+                                     cfg.input_size, device))
+            image.append(out.pred_score.reshape(-1).cpu())
+            pixel.append(out.anomaly_map.reshape(-1, cfg.input_size, cfg.input_size).cpu())
+    applied = (("fiber_batch_64", "lr_constant", "hard_permutation", "all_fibers",
+                "batch_max_normalisation") if matched else ())
     return PeerResult(torch.cat(image).double().numpy(), torch.cat(pixel).float().numpy(),
                       settings, applied, tuple(history))

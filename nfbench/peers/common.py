@@ -20,7 +20,8 @@ import torch
 
 from nfbench import metrics
 from nfbench.errors import UserError, check_choice
-from nfbench.peers import CONFIGS, ENABLE_HINT, METHODS, PEER, PEER_VERSION, deviations, \
+from nfbench.peers import CONFIGS, ENABLE_HINT, METHODS, PEER, PEER_VERSION, STAGE_CONFIGS, \
+    deviations, \
     peer_version, record_path
 
 RECORD_VERSION = 1
@@ -37,26 +38,79 @@ class PeerResult:
     loss_history: tuple[float, ...] = ()
 
 
-def ours(method: str, profile: str, category: str, params: dict | None = None):
-    """(our resolved config of ``method`` for ``category``, the dataset role) under ``profile``:
-    the settings of the variant our report compares with (``deviations.yaml``: CS-Flow
-    ``full``, PatchFlow ``full``, CLS-CNFs' ``cflow_ad``)."""
+def ours(method: str, profile: str, category: str, params: dict | None = None,
+         overrides: dict | None = None):
+    """(our resolved config of ``method`` for ``category``, the dataset role) under ``profile``.
+
+    ``overrides``: the run's settings exactly as ``nfbench run`` resolves them
+    (:func:`nfbench.pipeline.run_config.resolve_run_args`: params.yaml's block, ``--config``,
+    ``--set``, ``--device``), for ``nfbench peer``; ``None``: the settings of the variant our
+    report compares with (``deviations.yaml``: CS-Flow ``full``, PatchFlow ``full``, CLS-CNFs'
+    ``cflow_ad``), as ``nfbench bench`` gives them, for the ``peers`` stage. Either way the
+    config comes from :func:`nfbench.pipeline.experiment.resolve_config`, the one resolver."""
     from nfbench.pipeline.experiment import resolve_config
     from nfbench.pipeline.plan import load_params, load_spec, profile_params, variant_settings
 
     check_choice("peer --method", method, METHODS)
+    params = params if params is not None else load_params()
     entry = deviations()[method]
     spec = load_spec(entry["paper"])
-    block = profile_params(params if params is not None else load_params(), entry["paper"],
-                           profile)
-    settings = variant_settings(spec, block, entry["variant"])
-    config = resolve_config(method, profile, settings).config
+    block = profile_params(params, entry["paper"], profile)
+    settings = variant_settings(spec, block, entry["variant"]) if overrides is None \
+        else dict(overrides)
+    config = resolve_config(method, profile, settings, params).config
     if hasattr(config, "category_settings"):
         from nfbench.methods.cnf.config import apply_category_settings
 
         config = apply_category_settings(config, category)
     role = block["datasets"][spec.variant(entry["variant"]).dataset]
     return config, role
+
+
+def identity_device(requested: str) -> str:
+    """The device as a peer's identity counts it: its type, ``auto`` unresolved, so that the
+    same peer run is the same on a GPU node, on another GPU and on a CPU head node."""
+    return str(requested).split(":")[0]
+
+
+def peer_identity(method: str, config: str, dataset: str, root, category: str, seed: int,
+                  cfg) -> dict[str, Any]:
+    """What determines a peer record, as one digest (like a bench run's identity,
+    :mod:`nfbench.pipeline.identity`): the peer run's key, OUR resolved config (the peer's
+    settings derive from it), the dataset fingerprint, our method's code version (features,
+    data, metrics), the peers package's source and anomalib's version."""
+    import hashlib
+    import json
+
+    from nfbench.methods.base import config_to_dict
+    from nfbench.pipeline.identity import code_version, dataset_fingerprint
+
+    ours_config = config_to_dict(cfg)
+    ours_config["device"] = identity_device(ours_config.get("device", "auto"))
+    peers_code = hashlib.sha1()
+    for path in sorted(Path(__file__).parent.glob("*.py")) + [Path(__file__).with_name(
+            "deviations.yaml")]:
+        peers_code.update(path.name.encode() + path.read_bytes())
+    parts = {"version": RECORD_VERSION, "method": method, "config": config, "seed": int(seed),
+             "category": category, "dataset": dataset, "ours": ours_config,
+             "dataset_fingerprint": dataset_fingerprint(dataset, str(root) if root else None,
+                                                        category),
+             "code_version": code_version(method), "peers_code": peers_code.hexdigest()[:16],
+             "peer_version": peer_version()}
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return {"digest": hashlib.sha1(blob).hexdigest()[:20], "code_version": parts["code_version"],
+            "peers_code": parts["peers_code"],
+            "dataset_fingerprint": parts["dataset_fingerprint"]}
+
+
+def stored_digest(path: Path) -> str | None:
+    """The identity digest of the peer record at ``path`` (None: missing or unreadable)."""
+    import json
+
+    try:
+        return json.loads(Path(path).read_text()).get("identity", {}).get("digest")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def _wrapper(method: str) -> Callable:
@@ -88,14 +142,15 @@ def epochs(n: int, what: str):
 
 def run_peer(method: str, dataset: str, category: str, *, config: str = "shipped",
              seed: int = 0, profile: str = "demo", root: Path | None = None,
-             params: dict | None = None) -> dict[str, Any]:
-    """Train and score anomalib's ``method`` like our run of it; returns the record."""
+             params: dict | None = None, overrides: dict | None = None) -> dict[str, Any]:
+    """Train and score anomalib's ``method`` like our run of it (``overrides``: see
+    :func:`ours`) on that run's device; returns the record (with its identity)."""
     from nfbench.datasets import image_sets
     from nfbench.pipeline.experiment import category_table, environment
-    from nfbench.methods.base import config_to_dict, seed_everything
+    from nfbench.methods.base import config_to_dict, resolve_device, seed_everything
 
-    check_choice("--config", config, CONFIGS)
-    cfg, _ = ours(method, profile, category, params)
+    check_choice("--peer-config", config, CONFIGS)
+    cfg, _ = ours(method, profile, category, params, overrides)
     version = peer_version()
     if version is None:
         return skipped_record(method, config, dataset, category, seed, profile,
@@ -103,31 +158,38 @@ def run_peer(method: str, dataset: str, category: str, *, config: str = "shipped
     if version != PEER_VERSION:
         raise UserError(f"the cross-check is written against anomalib {PEER_VERSION}, found "
                         f"{version}; {ENABLE_HINT}")
+    identity = peer_identity(method, config, dataset, root, category, seed, cfg)
     table = category_table(dataset, root, category)
     train, test = image_sets(table, category, cfg.input_size)
     labels = np.asarray(test.labels)
     if labels.sum() == 0 or labels.sum() == len(labels):
         raise UserError(f"{test.name}: the test split needs normal and anomalous images")
 
+    device = resolve_device(getattr(cfg, "device", "auto"))
     seed_everything(seed)
     start = time.perf_counter()
-    result = _wrapper(method)(cfg, train, test, config, seed)
+    result = _wrapper(method)(cfg, train, test, config, seed, device)
     seconds = time.perf_counter() - start
     if not (np.isfinite(result.image).all() and np.isfinite(result.pixel).all()):
         raise RuntimeError(f"anomalib {method} ({config}) produced non-finite scores on {test.name}")
-    listed = deviations()[method]["deviations"]
+    entry = deviations()[method]
+    listed = entry["deviations"]
     return {
         "record_version": RECORD_VERSION, "kind": "peer", "status": "ok",
         "peer": PEER, "peer_version": version, "method": method, "config": config,
         "dataset": dataset, "category": category, "seed": seed, "profile": profile,
-        "ours": {"paper": deviations()[method]["paper"],
-                 "variant": deviations()[method]["variant"], "config": config_to_dict(cfg)},
+        "identity": identity,
+        "ours": {"paper": entry["paper"], "variant": entry["variant"],
+                 "config": config_to_dict(cfg)},
+        "takes_from_ours": {key: getattr(cfg, key) for key in entry["takes_from_ours"]},
         "peer_settings": result.settings,
         "deviations_applied": list(result.applied),
         "deviations_kept": [d["id"] for d in listed if d["id"] not in result.applied],
         "metrics": metrics.compute_all(labels, result.image, test.load_masks(), result.pixel),
+        # per-image scores: the report's test-set bootstrap of the difference to ours
+        "scores": {"labels": labels.astype(int).tolist(), "image": result.image.tolist()},
         "loss_history": list(result.loss_history),
-        "timing": {"fit_and_score_seconds": seconds, "device": "cpu"},
+        "timing": {"fit_and_score_seconds": seconds, "device": str(device)},
         "data": {"root": str(root) if root is not None else None, "n_train": len(train),
                  "n_test": len(test), "n_test_anomalous": int(labels.sum()),
                  "train_fingerprint": train.fingerprint, "test_fingerprint": test.fingerprint},
@@ -139,7 +201,8 @@ def run_peer(method: str, dataset: str, category: str, *, config: str = "shipped
 def stage_runs(profile: str, params: dict) -> list[dict[str, Any]]:
     """The peer runs of ``params['peers'][profile]`` (empty when the block is absent):
     ``{methods: {m: {configs: [...], seeds: [...], categories: all | [...]}}}``; ``all``
-    means the categories of our run's dataset role."""
+    means the categories of our run's dataset role; config ``ours`` (:func:`run_ours`) runs
+    extra seeds of our compared variant."""
     from nfbench.pipeline.plan import role_categories
 
     block = (params.get("peers") or {}).get(profile) or {}
@@ -150,6 +213,7 @@ def stage_runs(profile: str, params: dict) -> list[dict[str, Any]]:
         cats = role_categories(role) if cats == "all" else [str(c) for c in cats]
         for category in cats:
             for config in spec.get("configs", list(CONFIGS)):
+                check_choice(f"peers.{profile}.methods.{method}.configs", config, STAGE_CONFIGS)
                 seeds = spec.get("seeds", [0])
                 for seed in seeds.get(config, [0]) if isinstance(seeds, dict) else seeds:
                     runs.append({"method": method, "config": config, "dataset": role["dataset"],
@@ -158,14 +222,44 @@ def stage_runs(profile: str, params: dict) -> list[dict[str, Any]]:
     return runs
 
 
+def run_ours(method: str, dataset: str, category: str, *, seed: int, profile: str,
+             root: Path | None, params: dict | None = None) -> tuple[dict, dict]:
+    """One seed of OUR compared variant (``deviations.yaml``), made exactly as ``nfbench
+    bench`` makes it (:func:`nfbench.pipeline.experiment.run_experiment`, without the
+    original-protocol measurements, which the cross-check does not read); returns (record
+    with its peer identity, figure material with the per-image scores)."""
+    from nfbench.pipeline.experiment import run_experiment
+    from nfbench.pipeline.plan import load_params, load_spec, profile_params, variant_settings
+
+    params = params if params is not None else load_params()
+    entry = deviations()[method]
+    settings = variant_settings(load_spec(entry["paper"]),
+                                profile_params(params, entry["paper"], profile), entry["variant"])
+    cfg, _ = ours(method, profile, category, params)
+    examples: dict = {}
+    record = run_experiment(method, dataset, category, root=root, profile=profile, seed=seed,
+                            overrides=settings, variant=entry["variant"], examples=examples,
+                            original_protocol=False)
+    record.update(kind="peer_ours", status="ok", config="ours",
+                  identity=peer_identity(method, "ours", dataset, root, category, seed, cfg))
+    return record, examples
+
+
 def _stage_one(run: dict, profile: str, params: dict, results_dir: str) -> tuple[str, str]:
-    from nfbench.pipeline.experiment import write_record
+    from nfbench.pipeline.experiment import write_examples, write_record
 
     root = Path(run["root"]) if run["root"] else None
-    record = run_peer(run["method"], run["dataset"], run["category"], config=run["config"],
-                      seed=run["seed"], profile=profile, root=root, params=params)
     path = Path(results_dir) / record_path(run["method"], run["config"], run["category"],
                                            run["seed"])
+    if run["config"] == "ours":
+        record, examples = run_ours(run["method"], run["dataset"], run["category"],
+                                    seed=run["seed"], profile=profile, root=root, params=params)
+        write_examples(examples, path.with_suffix(".npz"))
+        record["timing"]["fit_and_score_seconds"] = (record["timing"]["fit_seconds"] +
+                                                     record["timing"]["score_seconds"])
+    else:
+        record = run_peer(run["method"], run["dataset"], run["category"], config=run["config"],
+                          seed=run["seed"], profile=profile, root=root, params=params)
     write_record(record, path)
     what = (f"image AUROC {record['metrics']['image_auroc']:.4f} "
             f"({record['timing']['fit_and_score_seconds']:.1f} s)"
@@ -174,10 +268,43 @@ def _stage_one(run: dict, profile: str, params: dict, results_dir: str) -> tuple
                        f"seed{run['seed']}: {what}")
 
 
+def pending_runs(runs: list[dict], profile: str, params: dict, results_dir: Path,
+                 force: bool = False) -> list[dict]:
+    """The runs whose record is missing or carries another identity (all with ``force``;
+    without anomalib every anomalib run is pending: its record says why it was skipped; an
+    ``ours`` run also needs its figure material)."""
+    if force:
+        return list(runs)
+    pending = []
+    for run in runs:
+        if run["config"] != "ours" and peer_version() is None:
+            pending.append(run)
+            continue
+        cfg, _ = ours(run["method"], profile, run["category"], params)
+        digest = peer_identity(run["method"], run["config"], run["dataset"], run["root"],
+                               run["category"], run["seed"], cfg)["digest"]
+        path = Path(results_dir) / record_path(run["method"], run["config"], run["category"],
+                                               run["seed"])
+        if stored_digest(path) != digest or (run["config"] == "ours" and
+                                             not path.with_suffix(".npz").is_file()):
+            pending.append(run)
+    return pending
+
+
+def stale_records(runs: list[dict], results_dir: Path) -> list[Path]:
+    """Records below ``results/peers`` that no run of the block makes any more."""
+    wanted = {Path(results_dir) / record_path(r["method"], r["config"], r["category"], r["seed"])
+              for r in runs}
+    folder = Path(results_dir) / "peers"
+    return sorted(p for p in folder.glob("*/*/*/seed*.*") if p.with_suffix(".json") not in wanted)
+
+
 def run_stage(profile: str, params: dict, results_dir: Path, quiet: bool = False,
-              jobs: int | None = None) -> list[Path]:
-    """The ``peers`` pipeline stage: every run of the profile's block, one record each,
-    spread over worker processes like ``nfbench bench`` (one thread each on 2 cores)."""
+              jobs: int | None = None, force: bool = False) -> tuple[list[Path], int]:
+    """The ``peers`` pipeline stage: every run of the profile's block whose record is missing
+    or has another identity (:func:`pending_runs`), one record each, spread over worker
+    processes like ``nfbench bench``; records of runs no longer in the block are removed.
+    Returns (every record path of the block, the number of runs trained)."""
     import os
     import sys
     from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -187,24 +314,30 @@ def run_stage(profile: str, params: dict, results_dir: Path, quiet: bool = False
     from nfbench.pipeline.runner import _init_worker, default_jobs
 
     runs = stage_runs(profile, params)
-    if not runs:
-        return []
+    for path in stale_records(runs, results_dir):
+        path.unlink()
+    every = sorted(Path(results_dir) / record_path(r["method"], r["config"], r["category"],
+                                                   r["seed"]) for r in runs)
+    todo = pending_runs(runs, profile, params, results_dir, force)
+    if not quiet and len(todo) < len(runs):
+        print(f"peers: {len(runs) - len(todo)} run(s) already recorded with the same "
+              "identity: skipped", flush=True)
+    if not todo:
+        return every, 0
     if peer_version() is not None:  # import anomalib once, before the workers fork (~10 s)
         import anomalib.models.image.csflow.torch_model  # noqa: F401
-    jobs = max(1, min(jobs or default_jobs(), len(runs)))
+    jobs = max(1, min(jobs or default_jobs(), len(todo)))
     threads = max(1, (os.cpu_count() or 1) // jobs)
     context = get_context("fork" if sys.platform == "linux" else "spawn")
-    paths = []
     with ProcessPoolExecutor(jobs, mp_context=context, initializer=_init_worker,
                              initargs=(threads, None)) as pool:
         futures = [pool.submit(_stage_one, run, profile, params, str(results_dir))
-                   for run in runs]
+                   for run in todo]
         for future in as_completed(futures):
-            path, summary = future.result()
-            paths.append(Path(path))
+            _, summary = future.result()
             if not quiet:
                 print(summary, flush=True)
-    return sorted(paths)
+    return every, len(todo)
 
 
 class CachedEncoder(torch.nn.Module):
@@ -226,12 +359,14 @@ class CachedEncoder(torch.nn.Module):
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         index = images[:, 0, 0, 0].round().long().cpu()
         scale = int(round(np.log2(self.size / images.shape[-1])))
-        return {layer: fmap[index] for layer, fmap in zip(self.layers, self.features[scale])}
+        return {layer: fmap[index].to(images.device)  # the maps stay on the CPU until read
+                for layer, fmap in zip(self.layers, self.features[scale])}
 
 
-def index_images(index: torch.Tensor, size: int) -> torch.Tensor:
-    """``[B, 3, size, size]`` images whose every pixel is the image's index."""
-    return index.float()[:, None, None, None].expand(-1, 3, size, size).contiguous()
+def index_images(index: torch.Tensor, size: int, device: torch.device | str = "cpu"
+                 ) -> torch.Tensor:
+    """``[B, 3, size, size]`` images whose every pixel is the image's index, on ``device``."""
+    return index.float()[:, None, None, None].expand(-1, 3, size, size).contiguous().to(device)
 
 
 @contextlib.contextmanager

@@ -25,7 +25,8 @@ from nfbench.peers.common import epochs, CachedEncoder, PeerResult, index_images
 STRIDES = {"stride8": 8, "stride16": 16, "stride32": 32}
 
 
-def fit_and_score(cfg, train, test, config: str, seed: int) -> PeerResult:
+def fit_and_score(cfg, train, test, config: str, seed: int,
+                  device: torch.device = torch.device("cpu")) -> PeerResult:
     from anomalib.models.image.patchflow import torch_model
     from anomalib.models.image.patchflow.loss import PatchflowLoss
 
@@ -49,7 +50,7 @@ def fit_and_score(cfg, train, test, config: str, seed: int) -> PeerResult:
             return torch_model.PatchflowModel(
                 input_size=(cfg.input_size, cfg.input_size), backbone="cached", pre_trained=False,
                 flow_steps=cfg.flow_steps, flow_feature_dim=128, num_scales=cfg.n_scales,
-                patch_size=cfg.patch_size, flow_hidden_dim=cfg.hidden, crop_size=None)
+                patch_size=cfg.patch_size, flow_hidden_dim=cfg.hidden, crop_size=None).to(device)
 
     model = model_for(feats(train))
     optimizer = torch.optim.Adam(model.parameters(), lr=settings["lr"],
@@ -60,7 +61,8 @@ def fit_and_score(cfg, train, test, config: str, seed: int) -> PeerResult:
         model.train()
         order, losses = torch.randperm(n, generator=generator), []
         for start in range(0, n, cfg.batch_size):
-            hidden, jac = model(index_images(order[start:start + cfg.batch_size], cfg.input_size))
+            hidden, jac = model(index_images(order[start:start + cfg.batch_size], cfg.input_size,
+                                             device))
             loss = loss_fn(hidden, jac)
             if not torch.isfinite(loss):
                 raise RuntimeError(f"anomalib PatchFlow loss became {loss.item()} at epoch {epoch + 1}")
@@ -77,8 +79,9 @@ def fit_and_score(cfg, train, test, config: str, seed: int) -> PeerResult:
     image, pixel = [], []
     with torch.no_grad():
         for start in range(0, len(test), 16):
-            out = model(index_images(torch.arange(start, min(start + 16, len(test))), cfg.input_size))
-            image.append(out.pred_score.reshape(-1))
-            pixel.append(out.anomaly_map[:, 0])
+            out = model(index_images(torch.arange(start, min(start + 16, len(test))), cfg.input_size,
+                                     device))
+            image.append(out.pred_score.reshape(-1).cpu())
+            pixel.append(out.anomaly_map[:, 0].cpu())
     return PeerResult(torch.cat(image).double().numpy(), torch.cat(pixel).float().numpy(),
                       settings, (), tuple(history))

@@ -58,7 +58,7 @@ def resolve_run_args(args: argparse.Namespace) -> dict[str, Any]:
     """Fill ``args`` from ``--config``/defaults; return the settings overrides of the run."""
     from nfbench.pipeline.devices import validate_device
     from nfbench.methods import method_class
-    from nfbench.pipeline.plan import active_profile, load_params, run_settings
+    from nfbench.pipeline.plan import active_profile, load_params
 
     loaded: dict[str, Any] = {}
     if args.config is not None:
