@@ -8,7 +8,6 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from nfbench.atomic import write_text_atomic  # noqa: E402
