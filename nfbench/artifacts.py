@@ -21,13 +21,12 @@ The folder is written beside its target and renamed into place: never half-writt
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
@@ -216,26 +215,3 @@ def load_detector(folder: Path | str, device: str | None = None) -> Any:
     detector.artifact_ = {**manifest, "folder": str(folder)}
     return detector
 
-
-@contextlib.contextmanager
-def keep_detector() -> Iterator[list]:
-    """Collect the detector :func:`~nfbench.pipeline.experiment.run_experiment` builds, to
-    save it after the run. A wrapper around ``experiment.resolve_config`` for the duration,
-    not a hook inside ``run_experiment``: experiment.py's source is part of every run's
-    identity (:data:`nfbench.pipeline.identity.SHARED_CODE`), so a parameter added there
-    would make every recorded run run again."""
-    from nfbench.pipeline import experiment
-
-    kept: list = []
-    original = experiment.resolve_config
-
-    def resolve_and_keep(*args, **kwargs):
-        detector = original(*args, **kwargs)
-        kept.append(detector)
-        return detector
-
-    experiment.resolve_config = resolve_and_keep
-    try:
-        yield kept
-    finally:
-        experiment.resolve_config = original

@@ -87,7 +87,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     if args.print_config:
         print_config(args, overrides)
         return
-    from nfbench.artifacts import keep_detector, save_detector
+    from nfbench.artifacts import save_detector
     from nfbench.use_cli import check_model_folder, run_of
 
     category = "all" if args.joint else _category(args)
@@ -99,10 +99,11 @@ def cmd_run(args: argparse.Namespace) -> None:
         check_model_folder(args.save_model)
     from nfbench.pipeline.identity import run_identity
 
-    with keep_detector() as kept:
-        record = run_experiment(args.method, args.dataset, category, root=args.root,
-                                profile=args.profile, seed=args.seed, overrides=overrides,
-                                shots=args.shots, variant=args.variant, joint=args.joint)
+    kept: list = []
+    record = run_experiment(args.method, args.dataset, category, root=args.root,
+                            profile=args.profile, seed=args.seed, overrides=overrides,
+                            shots=args.shots, variant=args.variant, joint=args.joint,
+                            fitted=kept)
     record["paper"], record["run_id"] = run.paper, run.run_id
     record["identity"] = run_identity(run)  # as bench's records (nfbench.pipeline.identity)
     write_record(record, args.out)

@@ -45,7 +45,7 @@ def test_identity_is_the_same_on_every_machine_and_device(tiny_demo, monkeypatch
 @pytest.fixture
 def edited_source(monkeypatch):
     """``edit(relative_path, transform)``: the digest code reads that module as transformed."""
-    import nfbench.pipeline.code_digest as cd
+    import nfbench.code_digest as cd
 
     edits: dict[Path, callable] = {}
     real = cd._read_source

@@ -178,7 +178,8 @@ def run_experiment(method: str, dataset: str, category: str, *, root: Path | Non
                    profile: str = "demo", seed: int = 0, overrides: dict[str, Any] | None = None,
                    shots: int | None = None, variant: str = "default",
                    joint: bool = False, joint_categories: list[str] | None = None,
-                   examples: dict | None = None, original_protocol: bool | None = None) -> dict[str, Any]:
+                   examples: dict | None = None, original_protocol: bool | None = None,
+                   fitted: list | None = None) -> dict[str, Any]:
     """Fit ``method`` on the normal train images of ``category`` and score its test images.
 
     ``shots`` keeps a random subset of that many training images (drawn with ``seed``).
@@ -186,7 +187,8 @@ def run_experiment(method: str, dataset: str, category: str, *, root: Path | Non
     scores each category's test set (CS-Flow §4.5); ``category`` is then ``"all"`` and the
     record's metrics are the means over categories, with ``per_category`` beside them;
     ``joint_categories`` limits joint training to those categories (default: all).
-    ``examples``, if a dict, receives scores and a few maps of the first category for figures.
+    ``examples``, if a dict, receives scores and a few maps of the first category for figures;
+    ``fitted``, if a list, receives the fitted detector (``--save-model``).
     ``original_protocol``: also measure, in the same run, what the original code's evaluation
     protocol would have reported (:mod:`nfbench.pipeline.protocols`), stored under
     ``record["original_protocol"]``; the record's ``metrics`` stay the honest ones. Default:
@@ -198,6 +200,8 @@ def run_experiment(method: str, dataset: str, category: str, *, root: Path | Non
         category_table(dataset, root, category)
     seed_everything(seed)
     detector = resolve_config(method, profile, dict(overrides or {}))
+    if fitted is not None:
+        fitted.append(detector)
     apply_run_settings(detector.config)  # deterministic / precision: torch's global flags
     size = detector.config.input_size
     if joint:

@@ -14,7 +14,7 @@ stopped and a changed parameter reruns exactly the runs it changes. The identity
   (images and masks; hashes cached by file ``stat`` in :mod:`nfbench.datasets.content_hash`,
   so an unchanged dataset is not read again), and those of the DTD textures a run pastes
   into synthetic defects (``foreign_source: dtd``);
-* the code version: :func:`nfbench.pipeline.code_digest.code_digest` of the method's package
+* the code version: :func:`nfbench.code_digest.code_digest` of the method's package
   and the one-run driver, following their nfbench imports (docstrings and comments do not
   count).
   The runner, plan, tables, reports and CLI are not part of it: they do not change a result.
@@ -28,7 +28,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from nfbench.pipeline.code_digest import PACKAGE, code_digest, module_closure, module_path
+from nfbench.code_digest import PACKAGE, code_digest, module_closure, module_path
 
 IDENTITY_VERSION = 2
 
@@ -48,7 +48,7 @@ def method_packages(method: str) -> tuple[str, ...]:
 def code_version(method: str) -> str:
     """The code digest (16 hex digits) of what a run of ``method`` executes: its package and
     :data:`RUN_CODE`, with every nfbench module they import
-    (:mod:`nfbench.pipeline.code_digest`)."""
+    (:mod:`nfbench.code_digest`)."""
     package = f"nfbench.methods.{method}"
     # a method registered from outside the nfbench package: only the shared code is known
     return code_digest(*([package] if module_path(package) else []), *RUN_CODE)

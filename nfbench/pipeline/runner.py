@@ -63,7 +63,6 @@ def compute(run: Run, models_dir: Path | None = None) -> tuple[dict, dict]:
     """Fit and score one run; returns its record (with identity) and figure material. With
     ``models_dir``, the fitted detector is saved to ``models_dir/<run_id>``
     (:mod:`nfbench.artifacts`)."""
-    import contextlib
 
     from nfbench.pipeline.devices import validate_device
     from nfbench.pipeline.identity import run_identity
@@ -74,20 +73,20 @@ def compute(run: Run, models_dir: Path | None = None) -> tuple[dict, dict]:
     identity = run_identity(run)
     start = time.perf_counter()
     examples: dict = {}
-    if models_dir is not None:  # imported only then: a plain bench does not depend on it
-        from nfbench.artifacts import keep_detector, save_detector
-    with keep_detector() if models_dir is not None else contextlib.nullcontext([]) as kept:
-        record = run_experiment(run.method, run.dataset, run.category,
-                                root=Path(run.root) if run.root else None, profile=run.profile,
-                                seed=run.seed, overrides=run.settings, shots=run.shots,
-                                variant=run.variant, joint=run.joint,
-                                joint_categories=list(run.joint_categories) or None,
-                                examples=examples)
+    kept: list = []
+    record = run_experiment(run.method, run.dataset, run.category,
+                            root=Path(run.root) if run.root else None, profile=run.profile,
+                            seed=run.seed, overrides=run.settings, shots=run.shots,
+                            variant=run.variant, joint=run.joint,
+                            joint_categories=list(run.joint_categories) or None,
+                            examples=examples, fitted=kept if models_dir is not None else None)
     record["paper"] = run.paper
     record["run_id"] = run.run_id
     record["identity"] = identity
     record["timing"]["wall_seconds"] = time.perf_counter() - start
-    if models_dir is not None:
+    if models_dir is not None:  # imported only then: a plain bench does not depend on it
+        from nfbench.artifacts import save_detector
+
         save_detector(kept[0], Path(models_dir) / run.run_id, record=record)
     return record, examples
 

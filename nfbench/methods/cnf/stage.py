@@ -25,7 +25,7 @@ from nfbench.methods.cnf.config import CNFSettings, cnf_fields
 from nfbench.methods.cnf.flows import build_flows
 from nfbench.methods.cnf.training import train_flows
 from nfbench.paths import cache_root
-from nfbench.pipeline.code_digest import code_digest
+from nfbench.code_digest import code_digest
 from nfbench.progress import bars_enabled
 
 try:
@@ -36,7 +36,7 @@ except ImportError:  # Windows: no advisory locks; concurrent trainers then dupl
 
 def stage_code(module: str) -> str:
     """The code digest of a stage trained by ``module``: every nfbench module it imports,
-    followed transitively (:func:`nfbench.pipeline.code_digest.code_digest`), so that a change
+    followed transitively (:func:`nfbench.code_digest.code_digest`), so that a change
     of the training code (or of anything it uses: base, encoder, backbones, ...) never reuses a
     stale stage, and a docstring edit keeps the stage."""
     return code_digest(module)

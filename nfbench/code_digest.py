@@ -39,7 +39,7 @@ NOT_FOLLOWED = ("nfbench.pipeline.plan", "nfbench.pipeline.spec",
                 "nfbench.pipeline.runner", "nfbench.pipeline.ray_executor",
                 "nfbench.pipeline.tables", "nfbench.pipeline.check", "nfbench.pipeline.results",
                 "nfbench.pipeline.cost", "nfbench.pipeline.decision",
-                "nfbench.pipeline.code_digest", "nfbench.cli", "nfbench.report", "nfbench.peers",
+                "nfbench.code_digest", "nfbench.cli", "nfbench.report", "nfbench.peers",
                 "nfbench.progress")
 
 
