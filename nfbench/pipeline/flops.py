@@ -3,7 +3,7 @@
 Per image, the forward FLOPs of each method's ``inference_module`` (the network ``score()``
 runs) are counted by ``torch.utils.flop_counter.FlopCounterMode`` (2 FLOPs per multiply-add,
 matmuls and convolutions; element-wise ops are left out, a few per cent), split into the
-frozen feature extractor (the ``extractor`` / ``encoder`` submodule) and the rest (what trains:
+frozen feature extractor (:data:`EXTRACTOR_NAMES`) and the rest (what trains:
 the flows, heads). fvcore counts the same layers (:mod:`nfbench.profiling`) but traces the
 model with the JIT, which takes minutes at paper size on a CPU; FlopCounterMode only
 dispatches. Counting runs at a probe size (``PROBE`` px, or the input size when smaller) and
@@ -45,7 +45,9 @@ SCHEDULE_FIELDS = frozenset({
 
 #: Largest side the networks are counted at; larger inputs are scaled by the area ratio.
 PROBE = 256
-EXTRACTOR_NAMES = ("extractor", "encoder")
+#: The frozen feature extractors of the inference networks (CLS-CNFs-nsFE: ``nf_encoder``,
+#: the frozen ImageNet encoder its flows read).
+EXTRACTOR_NAMES = ("extractor", "encoder", "nf_encoder")
 
 
 def _probe_settings(method: str, shape: dict[str, Any]) -> tuple[dict[str, Any], float]:
