@@ -126,10 +126,9 @@ def run_items(method: str, config: dict[str, Any], data: tuple, n_train: int, n_
         passes = c.get("fe_sub_epochs", 1) * c.get("fe_repeat", 1)
         items.append(("train", fe_key, n_train * passes * fe
                       * (c.get("fe_freeze_epochs", 0) + 3 * c.get("fe_meta_epochs", 0))))
-        feature_source = fe_key  # features of the fine-tuned encoder
-        feature_key = _key("features", feature_source, data)
-    else:
-        feature_key = _key("features", feature_source, data)
+        if c.get("shared_encoder", True):  # the flows read the fine-tuned encoder's features
+            feature_source = fe_key  # (CLS-CNFs-nsFE: the frozen ImageNet encoder's)
+    feature_key = _key("features", feature_source, data)
     items.append(("features", feature_key, (n_train + n_test) * fe))
     if method in ("cflow", "clscnf"):
         from nfbench.methods.cnf.config import CNFSettings
