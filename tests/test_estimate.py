@@ -124,3 +124,19 @@ def test_records_of_the_device_kind_calibrate_its_efficiency(monkeypatch, tmp_pa
     other = estimate_module.estimate_profile("demo", params, device_kind="rtx2080ti",
                                              results=tmp_path, papers=["patchflow"])
     assert other["efficiency"]["patchflow"]["records"] == 0
+
+
+def test_clscnf_fine_tuning_is_shared_and_nsfe_trains_its_own_flows():
+    """sFE and nsFE runs of one category and seed share the FE stage; nsFE's flows read the
+    frozen ImageNet features, so its CNF stage is its own."""
+    forward = {"extractor": 1.0, "trained": 2.0}
+    config = {"backbone": "wide_resnet50_2", "input_size": 256, "finetune": "cls",
+              "fe_freeze_epochs": 2, "fe_meta_epochs": 1, "fe_sub_epochs": 1, "fe_repeat": 1,
+              "meta_epochs": 2, "sub_epochs": 1, "shared_encoder": True}
+    data = ("mvtec_ad", "", "bottle", (), 0)
+    sfe = run_items("clscnf", config, data, 10, 5, 0, forward)
+    nsfe = run_items("clscnf", {**config, "shared_encoder": False}, data, 10, 5, 0, forward)
+    assert sfe[0][0] == "train" and sfe[0][2] == pytest.approx(10 * 1e9 * (2 + 3 * 1))
+    assert sfe[0][1] == nsfe[0][1]  # one FE stage
+    cnf = [k for kind, k, _ in sfe if kind == "train"][1]
+    assert cnf not in {k for _, k, _ in nsfe}
