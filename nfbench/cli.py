@@ -7,6 +7,7 @@ traceback and no partial output file.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -178,10 +179,13 @@ def cmd_plan(args: argparse.Namespace) -> None:
     if args.gpus is not None and args.gpus < 1:
         raise UserError(f"--gpus must be at least 1, got {args.gpus}")
     if args.gpus is not None or args.cost:
-        from nfbench.pipeline.cost import plan_table
+        from nfbench.pipeline.estimate import estimate_profile, format_estimate
 
-        print(plan_table(_profile(args, params), params, gpus=args.gpus or 1,
-                         results=args.results, papers=[args.paper] if args.paper else None))
+        estimate = estimate_profile(_profile(args, params), params, gpus=args.gpus or 1,
+                                    device_kind=args.device_kind, precision=args.precision,
+                                    results=args.results,
+                                    papers=[args.paper] if args.paper else None)
+        print(json.dumps(estimate, indent=2) if args.json else format_estimate(estimate))
         return
     print(describe_plan(papers, _profile(args, params), params, verbose=args.verbose))
 
@@ -357,6 +361,11 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--gpus", type=int, help="estimate device-hours and the wall time on N "
                       "GPUs per paper and table (cost model: benchmarks/cost.yaml)")
     plan.add_argument("--cost", action="store_true", help="the estimate table on 1 GPU")
+    plan.add_argument("--device-kind", default="rtx2080ti", choices=("rtx2080ti", "a100", "h100"),
+                      help="the GPU the estimate is for (peaks: benchmarks/cost.yaml devices)")
+    plan.add_argument("--precision", choices=("fp32", "tf32", "bf16"),
+                      help="price every run at this precision (default: each run's setting)")
+    plan.add_argument("--json", action="store_true", help="the estimate as JSON")
     bench = pipeline_command("bench", "execute a paper's runs (all, or --variant ...)", cmd_bench)
     bench.add_argument("--variant", action="append", help="only this variant (repeatable)")
     bench.add_argument("--table", action="append", help="only the variants this table needs")
