@@ -170,7 +170,7 @@ EXAMPLES = {
     "data verify": "nfbench data verify demo --category brick",
     "data prepare": "nfbench data prepare --quiet",
     "methods": "nfbench methods\nnfbench methods --settings csflow",
-    "plan": "nfbench plan -v\nnfbench plan --profile paper --gpus 8",
+    "plan": "nfbench plan -v\nnfbench plan --profile paper --gpus 8 --device-kind h100 --json",
     "bench": "nfbench bench --paper csflow --variant full --category brick --quiet\n"
              "nfbench bench --paper patchflow --shard 0/4",
     "tables": "nfbench tables --paper csflow",
@@ -191,6 +191,7 @@ EXAMPLES = {
               "nfbench export --model models/gaussian-brick --format onnx",
     "peer": "nfbench peer --method csflow --dataset demo --category brick --out peer.json",
     "peers": "nfbench peers --quiet",
+    "selfcheck": "nfbench selfcheck --device cpu\nnfbench selfcheck --device cuda",
 }
 
 #: help for options that were declared without any (so that their default shows)

@@ -31,7 +31,7 @@ def counted(monkeypatch):
     calls = {"n": 0, "stop_after": None}
     real = runner.run_one
 
-    def run_one(run, results_dir):
+    def run_one(run, results_dir, models_dir=None):
         if calls["stop_after"] is not None and calls["n"] >= calls["stop_after"]:
             raise KeyboardInterrupt
         calls["n"] += 1

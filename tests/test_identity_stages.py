@@ -167,10 +167,12 @@ def test_stage_trained_without_the_hook_is_replayed_by_a_run_with_it(monkeypatch
     monkeypatch.setattr(stage, "train_flows", counting)
     cache = stage.StageCache(True)
     source = {"test": "no hook first"}
-    first = stage.fit_cnf_stage(features, source, settings, train, 0, torch.device("cpu"),
-                                cache, "t", keep_snapshots=True)
-    with_hook = stage.fit_cnf_stage(features, source, settings, train, 0, torch.device("cpu"),
-                                    cache, "t", on_meta_epoch=hook)
+    first, history = stage.fit_cnf_stage(features, source, settings, train, 0,
+                                         torch.device("cpu"), cache, "t", keep_snapshots=True)
+    with_hook, replayed_history = stage.fit_cnf_stage(features, source, settings, train, 0,
+                                                      torch.device("cpu"), cache, "t",
+                                                      on_meta_epoch=hook)
+    assert replayed_history == history  # the loss curve travels with the stage
     assert len(trained) == 1  # reused, not trained again
     assert [m for m, _ in seen] == [1, 2]
     for a, b in zip(first.parameters(), with_hook.parameters()):

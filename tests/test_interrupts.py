@@ -19,6 +19,8 @@ import psutil
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+VARIANTS = ("full", "steps2", "steps3", "steps4", "steps5", "scales2", "scales1",
+            "baseline_gaussian")
 
 
 def _group(pgid: int) -> list[psutil.Process]:
@@ -38,7 +40,10 @@ def _start_bench(tiny_demo: Path, tmp_path: Path) -> tuple[subprocess.Popen, Pat
            "NFBENCH_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(ROOT)}
     bench = subprocess.Popen(
         [sys.executable, "-m", "nfbench", "bench", "--paper", "patchflow", "--profile", "smoke",
-         "--jobs", "2", "--results", str(results), "--quiet"],
+         "--jobs", "2", "--results", str(results), "--quiet",
+         # named variants run as one batch over the workers (a whole paper runs one batch per
+         # variant, and the smoke profile has one category: no workers)
+         *[arg for v in VARIANTS for arg in ("--variant", v)]],
         cwd=ROOT, env=env, start_new_session=True, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
@@ -132,7 +137,7 @@ def test_device_cache_is_emptied_after_every_run_of_a_worker(monkeypatch, tmp_pa
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: emptied.append(1))
-    monkeypatch.setattr(runner, "run_one", lambda run, results: Path(results) / "r.json")
+    monkeypatch.setattr(runner, "run_one", lambda run, results, models_dir=None: Path(results) / "r.json")
     for _ in range(2):
         runner._worker_run(None, tmp_path)
     assert len(emptied) == 2
