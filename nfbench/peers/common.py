@@ -327,6 +327,12 @@ def run_stage(profile: str, params: dict, results_dir: Path, quiet: bool = False
     if peer_version() is not None:  # import anomalib once, before the workers fork (~10 s)
         import anomalib.models.image.csflow.torch_model  # noqa: F401
     jobs = max(1, min(jobs or default_jobs(), len(todo)))
+    if jobs == 1:  # in this process: a fork after torch has started its threads can hang
+        for run in todo:
+            _, summary = _stage_one(run, profile, params, str(results_dir))
+            if not quiet:
+                print(summary, flush=True)
+        return every, len(todo)
     threads = max(1, (os.cpu_count() or 1) // jobs)
     context = get_context("fork" if sys.platform == "linux" else "spawn")
     with ProcessPoolExecutor(jobs, mp_context=context, initializer=_init_worker,
