@@ -210,7 +210,8 @@ def rescue_dir(tmp_path, monkeypatch):
     return folder / "nfbench-rescued"
 
 
-def test_full_disk_at_out_keeps_the_finished_record(tmp_path, rescue_dir, monkeypatch, capsys):
+def test_full_disk_at_out_keeps_the_finished_record(tmp_path, rescue_dir, monkeypatch, capsys,
+                                                    tiny_demo):
     from nfbench.pipeline import experiment
 
     record = {"method": "gaussian", "category": "brick", "metrics": {
@@ -219,8 +220,8 @@ def test_full_disk_at_out_keeps_the_finished_record(tmp_path, rescue_dir, monkey
     monkeypatch.setattr(experiment, "write_text_atomic", _enospc)
     out = tmp_path / "out" / "r.json"
     assert main(["run", "--method", "gaussian", "--dataset", "demo", "--category", "brick",
-                 "--out", str(out)]) == 2
-    line = _one_error_line(capsys)
+                 "--root", str(tiny_demo), "--out", str(out)]) == 2  # the record's identity
+    line = _one_error_line(capsys)  # reads the data set's files: a fresh clone has no demo set
     assert "No space left on device" in line and "the finished result was saved to" in line
     rescued = list(rescue_dir.glob("*-r.json"))
     assert len(rescued) == 1 and str(rescued[0]) in line
