@@ -28,13 +28,13 @@ import dataclasses
 import os
 import sys
 import time
-from contextlib import contextmanager
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from nfbench.datasets.staging import cleanup_on_terminate  # SIGTERM raises KeyboardInterrupt
 from nfbench.errors import UserError
 from nfbench.pipeline.experiment import run_experiment, write_examples, write_record
 from nfbench.pipeline.plan import Run
@@ -348,27 +348,6 @@ def _longest_first(todo: list[Run], results_dir: Path) -> list[Run]:
     return [todo[i] for i in order]
 
 
-@contextmanager
-def _interruptible():
-    """SIGTERM in the bench raises :class:`KeyboardInterrupt` (as SIGINT does), so that one
-    path stops the batch: queued runs cancelled, workers ended, temporary files removed."""
-    import signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def _stop_pool(pool: ProcessPoolExecutor, grace: float = 10.0) -> None:
     """Cancel the queued runs and end every worker now: SIGTERM (a worker unwinds its run,
     removing temporary files), SIGKILL for any still alive after ``grace`` seconds."""
@@ -423,12 +402,12 @@ def _execute_local(todo: list[Run], results_dir: Path, status: Progress, jobs: i
     else:
         jobs = max(1, min(jobs or default_jobs(), len(todo)))
     if jobs == 1 and slots is None:
-        with _interruptible():
+        with cleanup_on_terminate():
             for run in todo:
                 status.update(run.run_id, message=_summary(run_one(run, results_dir, models_dir)))
         return
     threads = max(1, (os.cpu_count() or 1) // jobs)
-    with _interruptible():
+    with cleanup_on_terminate():
         pool = _make_pool(jobs, slots, threads)
         try:
             futures = {pool.submit(_worker_run, run, results_dir, models_dir): run
