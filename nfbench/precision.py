@@ -76,8 +76,10 @@ def apply_run_settings(config: Any) -> dict[str, Any]:
     check_precision(precision)
     prepare_process(deterministic)
     # warn_only: an op with no deterministic CUDA kernel warns instead of failing the run
-    # (CLS-CNFs' reflect padding and bicubic upsampling backward, see the module docstring)
-    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    # (CLS-CNFs' reflect padding and bicubic upsampling backward, see the module docstring).
+    # Called only to change the state: the call imports torch._inductor (about 3 s a process)
+    if deterministic or torch.are_deterministic_algorithms_enabled():
+        torch.use_deterministic_algorithms(deterministic, warn_only=True)
     torch.backends.cudnn.deterministic = deterministic
     torch.backends.cudnn.benchmark = False
     tf32 = precision == "tf32"

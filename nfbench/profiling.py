@@ -10,6 +10,11 @@ can trust the number and compare it with a paper's:
 For convolutions and matmuls the second is twice the first; each counter also reports the
 operators it skipped (fvcore: element-wise ops such as exp/atan/add; FlopCounterMode counts
 only matmul/conv/attention-like ops), which :func:`count_flops` lists.
+
+FlopCounterMode's formulas read shapes only, so it runs on fake tensors (nothing computed: a
+paper-size network counts in seconds, with the same counts). fvcore traces the network with
+the JIT, which computes every layer (minutes at paper size on a CPU), so a count-only
+measurement may leave it out (``fvcore=False``).
 """
 
 from __future__ import annotations
@@ -30,27 +35,47 @@ def parameter_stats(module: nn.Module) -> dict[str, float]:
     return {"parameters": count, "size_mb": size / 2**20}
 
 
-@torch.no_grad()
-def count_flops(module: nn.Module, example: Any) -> dict[str, Any]:
-    """FLOPs of one forward pass on ``example`` (a tensor or a tuple of inputs), per batch.
-
-    Returns ``gmacs_fvcore`` (fvcore: 1 per multiply-add), ``gflops_torch`` (FlopCounterMode:
-    2 per multiply-add), and the operators each counter skipped.
-    """
-    from fvcore.nn import FlopCountAnalysis
+def torch_flop_counter(module: nn.Module, inputs: tuple) -> Any:
+    """``FlopCounterMode`` after ``module(*inputs)`` run on fake tensors (shapes only, no
+    compute); a network whose forward reads values (data-dependent control flow) is run for
+    real instead. The counts are the same either way."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.utils.flop_counter import FlopCounterMode
 
+    try:
+        with FakeTensorMode(allow_non_fake_inputs=True) as mode, torch.no_grad():
+            fake = tuple(mode.from_tensor(x) if isinstance(x, torch.Tensor) else x
+                         for x in inputs)
+            with FlopCounterMode(display=False) as counter:
+                module(*fake)
+        return counter
+    except Exception:  # noqa: BLE001 - any op fake tensors cannot run: count for real
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            module(*inputs)
+        return counter
+
+
+@torch.no_grad()
+def count_flops(module: nn.Module, example: Any, fvcore: bool = True) -> dict[str, Any]:
+    """FLOPs of one forward pass on ``example`` (a tensor or a tuple of inputs), per batch.
+
+    Returns ``gmacs_fvcore`` (fvcore: 1 per multiply-add; ``None`` with ``fvcore=False``),
+    ``gflops_torch`` (FlopCounterMode: 2 per multiply-add), and the operators each counter
+    skipped.
+    """
     inputs = example if isinstance(example, tuple) else (example,)
     module = module.eval()
-    analysis = FlopCountAnalysis(module, inputs)
-    analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
-    fvcore_total = analysis.total()
-    skipped_fvcore = sorted(analysis.unsupported_ops())
-    with FlopCounterMode(display=False) as counter:
-        module(*inputs)
-    torch_total = counter.get_total_flops()
+    fvcore_total, skipped_fvcore = None, []
+    if fvcore:
+        from fvcore.nn import FlopCountAnalysis
+
+        analysis = FlopCountAnalysis(module, inputs)
+        analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+        fvcore_total = analysis.total() / 1e9
+        skipped_fvcore = sorted(analysis.unsupported_ops())
+    counter = torch_flop_counter(module, inputs)
     counted_torch = sorted(str(op) for op in counter.get_flop_counts().get("Global", {}))
-    return {"gmacs_fvcore": fvcore_total / 1e9, "gflops_torch": torch_total / 1e9,
+    return {"gmacs_fvcore": fvcore_total, "gflops_torch": counter.get_total_flops() / 1e9,
             "fvcore_skipped_ops": skipped_fvcore, "torch_counted_ops": counted_torch}
 
 
@@ -76,10 +101,12 @@ def time_inference(function: Callable[[], Any], device: torch.device | str = "cp
 
 def measure_module(module: nn.Module, size: int, batch_size: int, device: torch.device,
                    time_it: bool = True, min_run_time: float = 1.0) -> dict[str, Any]:
-    """FLOPs per image (:func:`count_flops`) of an images → (scores, map) ``module`` at ``size`` px
-    and, if ``time_it``, its speed on a batch of ``batch_size`` (:func:`time_inference`, timed
+    """FLOPs per image (:func:`count_flops`; fvcore's only if ``time_it``) of an images →
+    (scores, map) ``module`` at ``size`` px and, if ``time_it``, its speed on a batch of
+    ``batch_size`` (:func:`time_inference`, timed
     for at least ``min_run_time`` seconds)."""
-    result = count_flops(module, torch.rand(1, 3, size, size, device=device))
+    # fvcore (it runs the network) only where the network is timed, i.e. run anyway
+    result = count_flops(module, torch.rand(1, 3, size, size, device=device), fvcore=time_it)
     if time_it:
         batch = torch.rand(batch_size, 3, size, size, device=device)
         timing = time_inference(lambda: module(batch), device=device, warmup=1,

@@ -102,7 +102,8 @@ def test_profiling_hook_runs_untrained_and_is_counted(name, one_thread):
     assert scores.shape == (2,) and maps.ndim == 3 and maps.shape[0] == 2
     assert torch.isfinite(scores).all() and torch.isfinite(maps).all()
     result = profile_method(name, _smoke(name), time_it=False)
-    assert result["gmacs_fvcore"] > 0 and result["parameters"] >= 0
+    assert result["gflops_torch"] > 0 and result["parameters"] >= 0
+    assert result["gmacs_fvcore"] is None  # count-only: fvcore's JIT trace runs the network
     for component in detector.profiling_components:
         try:
             part = detector.inference_module(component, pretrained=False).eval()

@@ -52,7 +52,7 @@ def test_the_profiling_stage_reuses_measurements_of_unchanged_configs_and_code(
 
     def fake_method(method, settings, batch_size=1, time_it=True):
         calls.append(("method", json.dumps(settings, sort_keys=True)))
-        return {"gmacs_fvcore": 1.0, "parameters": 2e6, "settings": settings}
+        return {"gmacs_fvcore": 1.0, "gflops_torch": 2.0, "parameters": 2e6, "settings": settings}
 
     def fake_components(method, settings, rows, batch_size, time_it=True):
         calls.append(("components", json.dumps(settings, sort_keys=True)))

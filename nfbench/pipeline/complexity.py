@@ -93,7 +93,7 @@ def profile_paper(paper: str, profile: str, params: dict, results: Path,
                         lambda: profile_method(spec.method, settings, config["batch_size"],
                                                time_it=config["time_it"]))
         entries.append({"label": config["label"], **result})
-        log(f"{config['label']}: {result['gmacs_fvcore']:.2f} GMACs, "
+        log(f"{config['label']}: {result['gflops_torch']:.2f} GFLOPs, "
             f"{result['parameters'] / 1e6:.1f} M parameters")
     for table_id, table in spec.tables.items():
         if table.layout != "complexity":

@@ -5,8 +5,8 @@ runs) are counted by ``torch.utils.flop_counter.FlopCounterMode`` (2 FLOPs per m
 matmuls and convolutions; element-wise ops are left out, a few per cent), split into the
 frozen feature extractor (:data:`EXTRACTOR_NAMES`) and the rest (what trains:
 the flows, heads). fvcore counts the same layers (:mod:`nfbench.profiling`) but traces the
-model with the JIT, which takes minutes at paper size on a CPU; FlopCounterMode only
-dispatches. Counting runs at a probe size (``PROBE`` px, or the input size when smaller) and
+model with the JIT, which takes minutes at paper size on a CPU; FlopCounterMode runs on fake
+tensors (:func:`nfbench.profiling.torch_flop_counter`: shapes only). Counting runs at a probe size (``PROBE`` px, or the input size when smaller) and
 is scaled by the area ratio (convolutions and per-pixel flows scale with the pixel count),
 and each count is cached under ``<cache>/profiling`` keyed by its settings and the method's
 code digest (:func:`nfbench.pipeline.complexity.cached`), so only the first plan of a
@@ -66,16 +66,14 @@ def _probe_settings(method: str, shape: dict[str, Any]) -> tuple[dict[str, Any],
 def _count(method: str, settings: dict[str, Any]) -> dict[str, float]:
     """Forward GFLOPs per image of ``method``'s inference network: extractor and the rest."""
     import torch
-    from torch.utils.flop_counter import FlopCounterMode
 
     from nfbench.methods import create_method
+    from nfbench.profiling import torch_flop_counter
 
     detector = create_method(method, **{**settings, "device": "cpu"})
     module = detector.inference_module(pretrained=False).eval()
     size = detector.config.input_size
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        module(torch.zeros(1, 3, size, size))
-    counts = counter.get_flop_counts()
+    counts = torch_flop_counter(module, (torch.zeros(1, 3, size, size),)).get_flop_counts()
     total = sum(counts.get("Global", {}).values())
     top = type(module).__name__
     extractor = sum(sum(counts.get(f"{top}.{name}", {}).values()) for name in EXTRACTOR_NAMES)

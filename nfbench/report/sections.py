@@ -172,14 +172,16 @@ def complexity_section(spec: PaperSpec, profile_path: Path, main_records: list[d
         entries = json.loads(profile_path.read_text())
         out += ["FLOPs per image: fvcore counts one multiply-add as one flop (so its column is "
                 "GMACs); torch's FlopCounterMode counts two. Operators neither counts "
-                "(element-wise: exp, atan, add, ...) are listed below the table.", "",
+                "(element-wise: exp, atan, add, ...) are listed below the table. fvcore traces "
+                "the network by running it (minutes at the paper's size on a CPU), so rows "
+                "that are counted but not timed have torch's count only (—).", "",
                 "| configuration | input | GMACs (fvcore) | GFLOPs (torch) | parameters [M] | size [MB] | images/s | batch | device |",
                 "|---|---|---|---|---|---|---|---|---|"]
         skipped = set()
         entries = [e for e in entries if "table" not in e]  # network tables are rendered above
         for e in entries:
             skipped.update(e.get("fvcore_skipped_ops", []))
-            out.append(f"| {e['label']} | {e['input_size']} | {e['gmacs_fvcore']:.2f} | "
+            out.append(f"| {e['label']} | {e['input_size']} | {fmt(e['gmacs_fvcore'], 2)} | "
                        f"{e['gflops_torch']:.2f} | {e['parameters'] / 1e6:.1f} | {e['size_mb']:.1f} | "
                        f"{fmt(e.get('images_per_second'), 2)} | {e['batch_size']} | "
                        f"{e.get('device_name', '—')} |")
@@ -187,8 +189,11 @@ def complexity_section(spec: PaperSpec, profile_path: Path, main_records: list[d
         paper_entry = next((e for e in entries if e["label"] == "paper configuration"), None)
         if published.get("flops_per_image") and paper_entry:
             flops = float(published["flops_per_image"]) / 1e9
+            macs, by = paper_entry["gmacs_fvcore"], "fvcore"
+            if macs is None:  # count-only row: torch's multiply-adds (its FLOPs / 2)
+                macs, by = paper_entry["gflops_torch"] / 2, "torch's count / 2"
             out += [f"Published {flops:.2f} G FLOPs per image vs the paper configuration here: "
-                    f"{paper_entry['gmacs_fvcore']:.2f} GMACs ({paper_entry['gmacs_fvcore'] / flops:.2f}× "
+                    f"{macs:.2f} GMACs ({by}; {macs / flops:.2f}× "
                     f"if the paper counted multiply-adds once) or {paper_entry['gflops_torch']:.2f} "
                     f"GFLOPs ({paper_entry['gflops_torch'] / flops:.2f}× if twice). The deviations "
                     "below say what we know of the gap.", ""]
