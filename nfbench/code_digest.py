@@ -152,3 +152,45 @@ def code_digest(*starts: str) -> str:
         digest.update(name.encode() + b"\0")
         digest.update(_module(name)[1].encode() + b"\0")
     return digest.hexdigest()[:16]
+
+
+def package_digests() -> dict[str, str]:
+    """A digest per file of the nfbench package: a module's normalised syntax tree (as
+    :func:`code_digest`: docstrings, comments and layout do not count), any other file's bytes
+    (YAML data, ...). The pipeline's stages depend on these digests (dvc.yaml's ``code``
+    stage writes them) instead of on the source folders, so that an edit that changes no code
+    reruns nothing after that one stage, while any code edit reruns what it did before."""
+    digests = {}
+    for path in sorted(PACKAGE.rglob("*")):
+        # defaults/ links the repository's params.yaml and specs (stage params and deps)
+        if not path.is_file() or path.is_symlink() or {"__pycache__", "defaults"} & set(
+                path.relative_to(PACKAGE).parts):
+            continue
+        if path.suffix == ".py":
+            tree = _strip_docstrings(ast.parse(_read_source(path), filename=str(path)))
+            content = ast.dump(tree, annotate_fields=False, include_attributes=False).encode()
+        else:
+            content = path.read_bytes()
+        digests[path.relative_to(PACKAGE).as_posix()] = hashlib.sha1(content).hexdigest()[:16]
+    return digests
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m nfbench.code_digest --out FILE``: write :func:`package_digests` as JSON
+    (the pipeline's ``code`` stage; rewritten only when a digest changed)."""
+    import argparse
+    import json
+
+    from nfbench.atomic import write_text_atomic
+
+    parser = argparse.ArgumentParser(prog="python -m nfbench.code_digest",
+                                     description=main.__doc__)
+    parser.add_argument("--out", type=Path, required=True, help="JSON file to write")
+    args = parser.parse_args(argv)
+    text = json.dumps(package_digests(), indent=1, sort_keys=True) + "\n"
+    if not args.out.is_file() or args.out.read_text() != text:
+        write_text_atomic(args.out, text)
+
+
+if __name__ == "__main__":
+    main()

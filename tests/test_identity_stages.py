@@ -6,6 +6,7 @@ that keep a stage's runs together."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -97,6 +98,28 @@ def test_edit_in_a_module_not_imported_keeps_the_digest(edited_source):
     assert after["csflow"] != before["csflow"]  # its own package
     assert {k: v for k, v in after.items() if k != "csflow"} == \
         {k: v for k, v in before.items() if k != "csflow"}
+
+
+def test_the_pipelines_code_digests_ignore_docstrings_and_see_code_and_data(edited_source,
+                                                                           tmp_path):
+    """dvc.yaml's stages depend on ``package_digests`` (the ``code`` stage's file), not on the
+    source folders: a docstring edit must leave the file byte-identical (nothing reruns), a
+    code edit in any module, reports included, must change it."""
+    import nfbench.code_digest as cd
+
+    out = tmp_path / "code.json"
+    cd.main(["--out", str(out)])
+    before = out.read_text()
+    edited_source("report/figures.py", lambda s: s.replace('"""', '"""Edited. ', 1) + "# c\n")
+    cd.main(["--out", str(out)])
+    assert out.read_text() == before
+    edited_source("report/figures.py", lambda s: s + "\nEDITED = 1\n")
+    cd.main(["--out", str(out)])
+    changed = {k for k, v in json.loads(out.read_text()).items()
+               if json.loads(before)[k] != v}
+    assert changed == {"report/figures.py"}
+    assert "peers/deviations.yaml" in json.loads(before)  # data files count by their bytes
+    assert not any(k.startswith("defaults/") for k in json.loads(before))  # params: not code
 
 
 def test_stage_key_follows_an_edit_of_what_the_stage_imports(tiny_demo, edited_source):
