@@ -158,7 +158,8 @@ def test_bad_setting_is_one_line_and_writes_nothing(method, setting, message, br
 def test_every_planned_run_passes_the_config_validator():
     from nfbench.pipeline.experiment import resolve_config
     from nfbench.pipeline.plan import expand_runs, load_params
-    from nfbench.pipeline.spec import papers, profile_names
+    from nfbench.pipeline.params import profile_names
+    from nfbench.pipeline.spec import papers
 
     params = load_params()
     for profile in profile_names(params):

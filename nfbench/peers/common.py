@@ -47,24 +47,21 @@ def ours(method: str, profile: str, category: str, params: dict | None = None,
     ``--set``, ``--device``), for ``nfbench peer``; ``None``: the settings of the variant our
     report compares with (``deviations.yaml``: CS-Flow ``full``, PatchFlow ``full``, CLS-CNFs'
     ``cflow_ad``), as ``nfbench bench`` gives them, for the ``peers`` stage. Either way the
-    config comes from :func:`nfbench.pipeline.experiment.resolve_config`, the one resolver."""
-    from nfbench.pipeline.experiment import resolve_config
-    from nfbench.pipeline.plan import load_params, load_spec, profile_params, variant_settings
+    config comes from :mod:`nfbench.pipeline.settings`, the one resolver."""
+    from nfbench.pipeline.params import load_params, typed
+    from nfbench.pipeline.settings import for_variant, resolve_config
 
     check_choice("peer --method", method, METHODS)
     params = params if params is not None else load_params()
     entry = deviations()[method]
-    spec = load_spec(entry["paper"])
-    block = profile_params(params, entry["paper"], profile)
-    settings = variant_settings(spec, block, entry["variant"]) if overrides is None \
-        else dict(overrides)
-    config = resolve_config(method, profile, settings, params).config
+    source = for_variant(params, entry["paper"], profile, entry["variant"])
+    settings = dict(source.settings) if overrides is None else dict(overrides)
+    config = resolve_config(method, profile, settings, params)
     if hasattr(config, "category_settings"):
         from nfbench.methods.cnf.config import apply_category_settings
 
         config = apply_category_settings(config, category)
-    role = block["datasets"][spec.variant(entry["variant"]).dataset]
-    return config, role
+    return config, typed(params).block(entry["paper"], profile).role(source.role)
 
 
 def identity_device(requested: str) -> str:
@@ -203,21 +200,19 @@ def stage_runs(profile: str, params: dict) -> list[dict[str, Any]]:
     ``{methods: {m: {configs: [...], seeds: [...], categories: all | [...]}}}``; ``all``
     means the categories of our run's dataset role; config ``ours`` (:func:`run_ours`) runs
     extra seeds of our compared variant."""
-    from nfbench.pipeline.plan import role_categories
-
     block = (params.get("peers") or {}).get(profile) or {}
     runs = []
     for method, spec in (block.get("methods") or {}).items():
         _, role = ours(method, profile, "", params)
         cats = spec.get("categories", "all")
-        cats = role_categories(role) if cats == "all" else [str(c) for c in cats]
+        cats = role.categories if cats == "all" else [str(c) for c in cats]
         for category in cats:
             for config in spec.get("configs", list(CONFIGS)):
                 check_choice(f"peers.{profile}.methods.{method}.configs", config, STAGE_CONFIGS)
                 seeds = spec.get("seeds", [0])
                 for seed in seeds.get(config, [0]) if isinstance(seeds, dict) else seeds:
-                    runs.append({"method": method, "config": config, "dataset": role["dataset"],
-                                 "root": role.get("root"), "category": category,
+                    runs.append({"method": method, "config": config, "dataset": role.dataset,
+                                 "root": role.root, "category": category,
                                  "seed": int(seed)})
     return runs
 
@@ -229,12 +224,12 @@ def run_ours(method: str, dataset: str, category: str, *, seed: int, profile: st
     original-protocol measurements, which the cross-check does not read); returns (record
     with its peer identity, figure material with the per-image scores)."""
     from nfbench.pipeline.experiment import run_experiment
-    from nfbench.pipeline.plan import load_params, load_spec, profile_params, variant_settings
+    from nfbench.pipeline.params import load_params
+    from nfbench.pipeline.settings import variant_settings
 
     params = params if params is not None else load_params()
     entry = deviations()[method]
-    settings = variant_settings(load_spec(entry["paper"]),
-                                profile_params(params, entry["paper"], profile), entry["variant"])
+    settings = variant_settings(params, entry["paper"], profile, entry["variant"])
     cfg, _ = ours(method, profile, category, params)
     examples: dict = {}
     record = run_experiment(method, dataset, category, root=root, profile=profile, seed=seed,

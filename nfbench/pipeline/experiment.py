@@ -7,7 +7,6 @@ fingerprints. Tables and reports are built from records only; they never train.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as _dt
 import functools
 import json
@@ -24,10 +23,10 @@ import torch
 import nfbench
 from nfbench import metrics
 from nfbench.pipeline import protocols
+from nfbench.pipeline.settings import build_detector
 from nfbench.atomic import atomic_path, write_text_atomic
 from nfbench.datasets import ImageSet, image_sets, load_table
 from nfbench.errors import UserError
-from nfbench.methods import create_method, method_class
 from nfbench.methods.base import config_to_dict, resolve_device, seed_everything
 from nfbench.precision import apply_run_settings
 
@@ -88,16 +87,10 @@ def git_commit() -> str | None:
 
 def resolve_config(method: str, profile: str, overrides: dict[str, Any],
                    params: dict[str, Any] | None = None):
-    """The method's paper-default config, then the profile's shared settings (params.yaml
-    ``profiles.<profile>.settings``, the fields the config has), then ``overrides``."""
-    from nfbench.pipeline.plan import project_params
-    from nfbench.pipeline.spec import shared_settings
-
-    cls = method_class(method)
-    fields = {f.name for f in dataclasses.fields(cls.Config)}
-    settings = {**shared_settings(params if params is not None else project_params(), profile,
-                                  fields), **overrides}
-    return create_method(method, **settings)
+    """An unfitted detector of ``method`` with its resolved config: the one resolver,
+    :func:`nfbench.pipeline.settings.build_detector` (paper defaults, the profile's shared
+    settings, then ``overrides``)."""
+    return build_detector(method, profile, overrides, params)
 
 
 def category_table(dataset: str, root: Path | None, category: str):

@@ -21,8 +21,7 @@ dataset, defined once in its module (:data:`nfbench.datasets.mvtec_ad.TEXTURES` 
 ``OBJECTS``, :data:`nfbench.datasets.demo.categories.CATEGORY_KIND`); a table only names the
 group rows it shows (``groups: [textures, objects]``), :func:`category_groups` fills them.
 
-Profiles are parameters (``params.yaml``): :func:`profile_names`, :func:`shared_settings` and
-:func:`reference_profile` (the papers' own setup).
+Profiles are parameters (``params.yaml``), read by :mod:`nfbench.pipeline.params`.
 """
 
 from __future__ import annotations
@@ -290,62 +289,3 @@ def category_groups(table: TableSpec, dataset: str, categories: list[str]
     kinds = category_kinds(dataset)
     groups = {name: [c for c in categories if kinds.get(c) == GROUPS[name]] for name in names}
     return {name: members for name, members in groups.items() if members}
-
-
-# ------------------------------------------------------------------------------------------
-# profiles (params.yaml)
-
-
-def profile_names(params: Mapping[str, Any]) -> tuple[str, ...]:
-    """The profiles of ``params`` (params.yaml), sorted: the keys of its ``profiles`` block,
-    which every paper's block and the ``peers`` block must have exactly (peers: at most)."""
-    declared = params.get("profiles")
-    if not isinstance(declared, Mapping) or not declared:
-        raise UserError("params.yaml: profiles: expected a mapping of profile name -> "
-                        "{settings: ...}")
-    names = set(declared)
-    for paper in papers():
-        if paper not in params:
-            continue
-        block = params[paper]
-        have = set(block) if isinstance(block, Mapping) else set()
-        if have != names:
-            missing, extra = sorted(names - have), sorted(have - names)
-            raise UserError(f"params.yaml: {paper}: its profiles must be those of `profiles:` "
-                            f"({', '.join(sorted(names))})"
-                            + (f"; missing {', '.join(missing)}" if missing else "")
-                            + (f"; unknown {', '.join(extra)}" if extra else ""))
-    extra = sorted(set(params.get("peers") or {}) - names)
-    if extra:
-        raise UserError(f"params.yaml: peers: unknown profile(s) {', '.join(extra)}")
-    if params.get("profile") is not None and params["profile"] not in names:
-        raise UserError(f"params.yaml: profile: unknown profile {params['profile']!r}; "
-                        f"available: {', '.join(sorted(names))}")
-    return tuple(sorted(names))
-
-
-def reference_profile(params: Mapping[str, Any]) -> str:
-    """The profile marked ``reference: true`` in params.yaml's ``profiles:`` (exactly one):
-    the one that runs the papers' own setup, which reports cite as "what the paper used" and
-    profiling times in full."""
-    names = profile_names(params)
-    marked = [n for n in names if (params["profiles"][n] or {}).get("reference") is True]
-    if len(marked) != 1:
-        raise UserError("params.yaml: profiles: exactly one profile must say `reference: true`"
-                        f" (the papers' own setup); found {len(marked)}")
-    return marked[0]
-
-
-def shared_settings(params: Mapping[str, Any], profile: str,
-                    fields: set[str] | None = None) -> dict[str, Any]:
-    """``params.profiles.<profile>.settings``: what the profile changes for every method
-    (below a paper's block; the only settings where no paper runs the method on the data),
-    restricted to a config's ``fields`` if given."""
-    names = profile_names(params)
-    if profile not in names:
-        raise UserError(f"unknown profile {profile!r}; available: {', '.join(names)}")
-    block = params["profiles"][profile] or {}
-    if not isinstance(block, Mapping) or not isinstance(block.get("settings") or {}, Mapping):
-        raise UserError(f"params.yaml: profiles.{profile}: expected {{settings: {{...}}}}")
-    settings = dict(block.get("settings") or {})
-    return {k: v for k, v in settings.items() if fields is None or k in fields}

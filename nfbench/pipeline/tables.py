@@ -31,7 +31,8 @@ import pandas as pd
 
 from nfbench.atomic import atomic_path, write_text_atomic
 from nfbench.errors import UserError
-from nfbench.pipeline.plan import Run, expand_runs, profile_params, role_categories
+from nfbench.pipeline.params import typed
+from nfbench.pipeline.plan import Run, expand_runs
 from nfbench.pipeline.spec import category_groups, load_spec
 
 COLUMNS = ["table", "variant", "row", "label", "metric", "n", "mean", "std", "published", "delta",
@@ -216,7 +217,7 @@ def build_tables(paper: str, profile: str, params: dict, results_dir: Path,
     spec = load_spec(paper)
     runs = expand_runs(paper, profile, params)
     records = load_records(runs, results_dir)
-    block = profile_params(params, paper, profile)
+    block = typed(params).block(paper, profile)
     tolerance = spec.tolerance
     seeds = sorted({run.seed for run in runs})
     tables = {}
@@ -225,9 +226,9 @@ def build_tables(paper: str, profile: str, params: dict, results_dir: Path,
             continue  # not reproducible, or built from the profiling stage (pipeline/complexity.py)
         metrics = list(table.metrics)
         variants = dict(table.labels)
-        role = block["datasets"][table.dataset]
-        categories = role_categories(role)
-        comparable = comparable_dataset(role["dataset"])
+        role = block.role(table.dataset)
+        categories = role.categories
+        comparable = comparable_dataset(role.dataset)
         rows: list[dict[str, Any]] = []
         kind_of = {v: "method" for v in variants}
         for ref, label in table.references.items() if references else ():
@@ -311,7 +312,7 @@ def build_tables(paper: str, profile: str, params: dict, results_dir: Path,
                     for category in categories:
                         add(category, f"{label}, {category}", metric, variant, [category],
                             pub.get(category) if isinstance(pub, Mapping) else None)
-                    for group, members in category_groups(table, role["dataset"], categories).items():
+                    for group, members in category_groups(table, role.dataset, categories).items():
                         add(group, f"{label}, {group}", metric, variant, members,
                             pub.get(group) if isinstance(pub, Mapping) else None)
                     add("average", f"{label}, average", metric, variant, categories,

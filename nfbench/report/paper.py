@@ -74,7 +74,7 @@ def _difference(paper: str, profile: str, params: dict, results_dir: Path):
     """``difference(question, metric)``: the interval of better − than on the question's row
     (its categories, every seed), paired over the same test images."""
     from nfbench.pipeline.intervals import cell_difference
-    from nfbench.pipeline.plan import profile_params, role_categories
+    from nfbench.pipeline.params import typed
     from nfbench.pipeline.spec import category_groups
     from nfbench.pipeline.tables import load_records
 
@@ -84,14 +84,14 @@ def _difference(paper: str, profile: str, params: dict, results_dir: Path):
     paths = {(r.variant, r.category, r.seed): Path(results_dir) / r.record_path.with_suffix(".npz")
              for r in runs}
     seeds = sorted({r.seed for r in runs})
-    block = profile_params(params, paper, profile)
+    block = typed(params).block(paper, profile)
 
     def difference(q, metric: str):
         table = spec.tables[q.table]
-        role = block["datasets"][table.dataset]
-        members = role_categories(role)
+        role = block.role(table.dataset)
+        members = role.categories
         if q.row is not None and q.row != "average":
-            members = category_groups(table, role["dataset"], members).get(q.row, [q.row])
+            members = category_groups(table, role.dataset, members).get(q.row, [q.row])
         return cell_difference(records, paths, q.better, q.than, members, metric, seeds)
 
     return difference
