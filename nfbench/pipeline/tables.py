@@ -33,6 +33,7 @@ from nfbench.atomic import atomic_path, write_text_atomic
 from nfbench.errors import UserError
 from nfbench.pipeline.params import typed
 from nfbench.pipeline.plan import Run, expand_runs
+from nfbench.pipeline.record import metric_value, read_record
 from nfbench.pipeline.spec import category_groups, load_spec
 
 COLUMNS = ["table", "variant", "row", "label", "metric", "n", "mean", "std", "published", "delta",
@@ -67,7 +68,7 @@ def load_records(runs: list[Run], results_dir: Path) -> dict[tuple[str, str, int
         if not path.is_file():
             raise UserError(f"missing result record {path} (run {run.run_id}); run "
                             f"'nfbench bench --paper {run.paper} --variant {run.variant}' first")
-        records[(run.variant, run.category, run.seed)] = json.loads(path.read_text())
+        records[(run.variant, run.category, run.seed)] = read_record(path)
     return records
 
 
@@ -79,14 +80,6 @@ def _cell(values_by_seed: dict[int, list[float]]) -> tuple[int, float, float]:
         return 0, float("nan"), float("nan")
     std = float(np.std(per_seed, ddof=1)) if len(per_seed) > 1 else 0.0
     return len(per_seed), float(np.mean(per_seed)), std
-
-
-def _metric(record: dict, metric: str, category: str | None) -> float:
-    if record["category"] == "all" and category is not None:
-        value = record["per_category"][category].get(metric)
-    else:
-        value = record["metrics"].get(metric)
-    return float("nan") if value is None else float(value)
 
 
 def _original_protocol(record: dict, metric: str, category: str | None,
@@ -177,7 +170,7 @@ def _identical_variants(records: dict, variants: list[str], metrics: list[str],
                 record = joint or records.get((variant, category, seed))
                 if record is None:
                     return None
-                out += [_metric(record, m, category) for m in metrics]
+                out += [metric_value(record, m, category) for m in metrics]
         return out
 
     found: dict[str, tuple[str, str]] = {}
@@ -261,7 +254,7 @@ def build_tables(paper: str, profile: str, params: dict, results_dir: Path,
                 for category in members:
                     record = joint or records.get((variant, category, seed))
                     if record is not None:
-                        by_seed[seed].append(_metric(record, metric, category) if value is None
+                        by_seed[seed].append(metric_value(record, metric, category) if value is None
                                              else value(record, metric, category, variant))
             return _cell(by_seed)
 
