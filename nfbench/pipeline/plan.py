@@ -62,7 +62,8 @@ def expand_runs(paper: str, profile: str, params: dict[str, Any] | None = None,
     """Every run of ``paper`` under ``profile`` (optionally only some ``variants``)."""
     spec = load_spec(paper)
     params = params if params is not None else load_params()
-    block = typed(params).block(paper, profile)
+    view = typed(params)
+    block = view.block(paper, profile)
     chosen = variants or list(spec.variants)
     unknown = [v for v in chosen if v not in spec.variants]
     if unknown:
@@ -71,7 +72,7 @@ def expand_runs(paper: str, profile: str, params: dict[str, Any] | None = None,
     for name in chosen:
         variant = spec.variants[name]
         role = block.role(variant.dataset)
-        settings = variant_settings(params, paper, profile, name)
+        settings = variant_settings(view, paper, profile, name)
         role_cats = role.categories
         categories = ["all"] if variant.joint else role_cats
         for category in categories:
@@ -205,7 +206,7 @@ def profile_datasets(profile: str, params: dict[str, Any]) -> list[str]:
             names.append(block.role(variant.dataset).dataset)
             # the run's resolved config (defaults, profile, role, variant), as the run sees it
             config = resolve_config(variant.method, profile,
-                                    variant_settings(params, paper, profile, name), params)
+                                    variant_settings(view, paper, profile, name), params)
             if getattr(config, "foreign_source", None) == "dtd":
                 names.append("dtd")
     return list(dict.fromkeys(names))

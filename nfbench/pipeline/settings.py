@@ -23,7 +23,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-from nfbench.pipeline.params import profile_settings, project_params, typed
+from nfbench.pipeline.params import Params, profile_settings, project_params, typed
 from nfbench.pipeline.spec import load_spec, papers
 
 
@@ -51,12 +51,13 @@ class Source:
         return out
 
 
-def variant_settings(params: Mapping[str, Any], paper: str, profile: str,
+def variant_settings(params: Mapping[str, Any] | Params, paper: str, profile: str,
                      variant: str) -> dict[str, Any]:
     """Step 3: the settings of ``variant`` of ``paper`` under ``profile``: the block's
-    settings, then its dataset role's, then the variant's own (later ones win)."""
+    settings, then its dataset role's, then the variant's own (later ones win). ``params``:
+    params.yaml's document, or its :func:`~nfbench.pipeline.params.typed` view."""
     declared = load_spec(paper).variant(variant)
-    block = typed(params).block(paper, profile)
+    block = (params if isinstance(params, Params) else typed(params)).block(paper, profile)
     inherited = {**block.settings, **block.role(declared.dataset).settings}
     if declared.profile_settings is not None:  # a reference method (e.g. the Gaussian
         # baseline) takes only the named profile settings (backbone, input size), not the
