@@ -284,3 +284,21 @@ def test_ray_and_local_executors_share_one_execution_path():
     assert runner.compute is execution.compute and runner.store is execution.store
     source = Path(ray_executor.__file__).read_text()
     assert "pipeline.runner import" not in source and "pipeline.execution import" in source
+
+
+def test_the_bench_pool_runs_the_peers_tasks_too():
+    """One worker pool (runner.map_in_workers) for bench runs and peer runs: any picklable
+    task runs in the workers; one job runs in this process."""
+    import functools
+    import math
+    import os
+
+    from nfbench.pipeline.runner import in_worker, map_in_workers
+
+    done = {}
+    map_in_workers([(4.0,), (9.0,)], 2, math.sqrt, functools.partial(in_worker, math.sqrt),
+                   lambda task, result: done.__setitem__(task[0], result))
+    assert done == {4.0: 2.0, 9.0: 3.0}
+    pids = []
+    map_in_workers([()], 1, os.getpid, None, lambda task, pid: pids.append(pid))
+    assert pids == [os.getpid()]
