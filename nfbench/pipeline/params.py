@@ -188,12 +188,7 @@ def reference_profile(params: Mapping[str, Any]) -> str:
     """The profile marked ``reference: true`` in params.yaml's ``profiles:`` (exactly one):
     the one that runs the papers' own setup, which reports cite as "what the paper used" and
     profiling times in full."""
-    names = profile_names(params)
-    marked = [n for n in names if (params["profiles"][n] or {}).get("reference") is True]
-    if len(marked) != 1:
-        raise UserError("params.yaml: profiles: exactly one profile must say `reference: true`"
-                        f" (the papers' own setup); found {len(marked)}")
-    return marked[0]
+    return typed(params).reference
 
 
 def profile_settings(params: Mapping[str, Any], profile: str,
