@@ -133,7 +133,7 @@ def defect_fraction(results_dir: Path, runs: list[Run], category: str) -> float:
             continue
         path = Path(results_dir) / run.record_path
         if path.is_file():
-            fraction = json.loads(path.read_text()).get("data", {}).get("defect_pixel_fraction", {})
+            fraction = read_record(path).get("data", {}).get("defect_pixel_fraction", {})
             if category in fraction:
                 return float(fraction[category])
         path = path.with_suffix(".npz")
