@@ -5,7 +5,7 @@ loaders (:mod:`nfbench.datasets`), the shared metrics (:mod:`nfbench.metrics`) a
 one-run driver (:mod:`nfbench.pipeline.experiment`).
 """
 
-__version__ = "0.1.0"
+from nfbench.version import __version__  # noqa: F401
 
 
 def __getattr__(name: str):

@@ -135,7 +135,7 @@ def save_detector(detector: Any, folder: Path | str, *, record: dict | None = No
     record that fitted it. Returns the folder."""
     import yaml
 
-    import nfbench
+    from nfbench.version import __version__
 
     folder = Path(folder)
     if folder.exists() and not (folder / MANIFEST).is_file() and any(folder.iterdir()):
@@ -148,14 +148,14 @@ def save_detector(detector: Any, folder: Path | str, *, record: dict | None = No
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
     try:
         manifest = {
-            "format": FORMAT, "format_version": FORMAT_VERSION, "nfbench": nfbench.__version__,
+            "format": FORMAT, "format_version": FORMAT_VERSION, "nfbench": __version__,
             "method": detector.name, "category": category, "config": settings,
             "backbone": backbone_identity(settings.get("backbone")),
             "state": _write_state(detector.state_dict(), tmp),
             "threshold": threshold, "record": "record.json" if record is not None else None,
         }
         if record is not None:
-            from nfbench.pipeline.experiment import write_record
+            from nfbench.pipeline.record import write_record
 
             write_record(record, tmp / "record.json")
             manifest["run"] = {k: record.get(k) for k in

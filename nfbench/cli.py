@@ -75,13 +75,10 @@ def _category(args: argparse.Namespace) -> str:
     return categories[0]
 
 
-def _metric(value) -> str:
-    return "undefined" if value is None else f"{value:.4f}"
-
-
 def cmd_run(args: argparse.Namespace) -> None:
     from nfbench.atomic import check_output_file
-    from nfbench.pipeline.experiment import run_experiment, write_record
+    from nfbench.pipeline.experiment import run_experiment
+    from nfbench.pipeline.record import format_metric, stamp, write_record
     from nfbench.pipeline.run_config import print_config, resolve_run_args
 
     overrides = resolve_run_args(args)  # --config, params.yaml's block, --set, --device
@@ -105,15 +102,15 @@ def cmd_run(args: argparse.Namespace) -> None:
                             profile=args.profile, seed=args.seed, overrides=overrides,
                             shots=args.shots, variant=args.variant, joint=args.joint,
                             fitted=kept)
-    record["paper"], record["run_id"] = run.paper, run.run_id
-    record["identity"] = run_identity(run)  # as bench's records (nfbench.pipeline.identity)
+    stamp(record, paper=run.paper, run_id=run.run_id,
+          identity=run_identity(run))  # as bench's records (nfbench.pipeline.identity)
     write_record(record, args.out)
     if args.save_model:
         print(f"model saved to {save_detector(kept[0], args.save_model, record=record)}")
     m = record["metrics"]
     print(f"{args.method} {args.dataset}/{record['category']}: image AUROC "
-          f"{_metric(m['image_auroc'])}, pixel AUROC {_metric(m['pixel_auroc'])}, "
-          f"AUPRO {_metric(m['aupro'])} -> {args.out}")
+          f"{format_metric(m['image_auroc'])}, pixel AUROC {format_metric(m['pixel_auroc'])}, "
+          f"AUPRO {format_metric(m['aupro'])} -> {args.out}")
 
 
 def cmd_decide(args: argparse.Namespace) -> None:
@@ -282,6 +279,9 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(f"baseline written: {args.baseline} ({len(result.added)} added, "
               f"{len(result.replaced)} replaced, {len(result.kept)} kept)")
         return 0
+    if result.stale:  # a removed variant's records: not compared (nfbench.pipeline.record)
+        print(f"note: {len(result.stale)} stale record(s) of variants no longer declared, "
+              f"ignored (first: {result.stale[0]})", file=sys.stderr)
     for problem in result.problems:
         print(f"REGRESSION {problem}", file=sys.stderr)
     for run_id in result.missing:

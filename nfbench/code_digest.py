@@ -16,9 +16,9 @@ the method registry's built-in list) are not followed: the registry loads every 
 a run executes only its own.
 
 Modules whose effect on a result is already part of the identity, or that do not compute
-results, are not followed (:data:`NOT_FOLLOWED`): the spec and plan code (a run's identity
-holds the resolved config they produce), the runner and identity code itself, the CLI and
-the reports.
+results, are not followed (:data:`NOT_FOLLOWED`): the spec, params, settings and plan code
+(a run's identity holds the resolved config they produce), the record's writer, the
+execution, runner and identity code itself, the CLI and the reports.
 """
 
 from __future__ import annotations
@@ -35,7 +35,10 @@ PACKAGE = Path(nfbench.__file__).resolve().parent
 #: Modules (and packages, with everything under them) whose edits never change a result:
 #: they resolve settings into the config (hashed as such), run, record or report runs.
 NOT_FOLLOWED = ("nfbench.pipeline.plan", "nfbench.pipeline.spec",
-                "nfbench.pipeline.spec_validation", "nfbench.pipeline.identity",
+                "nfbench.pipeline.spec_validation", "nfbench.pipeline.spec_types",
+                "nfbench.pipeline.params", "nfbench.pipeline.params_validation",
+                "nfbench.pipeline.settings", "nfbench.pipeline.record",
+                "nfbench.pipeline.execution", "nfbench.pipeline.identity",
                 "nfbench.pipeline.runner", "nfbench.pipeline.ray_executor",
                 "nfbench.pipeline.tables", "nfbench.pipeline.check", "nfbench.pipeline.results",
                 "nfbench.pipeline.cost", "nfbench.pipeline.decision",

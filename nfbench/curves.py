@@ -12,7 +12,6 @@ would have to be threaded through; CSV needs no extra dependency.
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -30,7 +29,7 @@ def loss_curve(record: dict) -> list[float] | None:
 def write_loss_curves(paper: str, results_dir: Path | str) -> list[Path]:
     """One ``epoch,loss`` CSV per run record of ``paper`` that has a loss curve, in
     ``<results>/<paper>/plots/loss/`` (rewritten whole: no stale curves). Returns the paths."""
-    from nfbench.pipeline.results import record_paths
+    from nfbench.pipeline.record import read_record, record_paths
 
     folder = Path(results_dir) / paper / LOSS_FOLDER
     if folder.exists():
@@ -38,7 +37,7 @@ def write_loss_curves(paper: str, results_dir: Path | str) -> list[Path]:
     folder.mkdir(parents=True)  # even empty: dvc plots show reports a missing folder as an error
     written = []
     for path in record_paths(results_dir, [paper]):
-        record = json.loads(path.read_text())
+        record = read_record(path)
         curve = loss_curve(record)
         if not curve:
             continue

@@ -11,7 +11,8 @@ import pytest
 import yaml
 
 from nfbench.pipeline.plan import expand_runs, load_params
-from nfbench.pipeline.spec import papers, profile_names
+from nfbench.pipeline.params import profile_names
+from nfbench.pipeline.spec import papers
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -147,7 +148,7 @@ def test_run_stages_depend_on_every_module_a_run_imports(tiny_demo, tmp_path):
 
 def test_exactly_one_profile_is_the_papers_setup():
     from nfbench.errors import UserError
-    from nfbench.pipeline.spec import reference_profile
+    from nfbench.pipeline.params import reference_profile
 
     params = load_params()
     assert reference_profile(params) == "paper"

@@ -73,8 +73,9 @@ def test_execute_ray_submits_with_the_decorator_options(monkeypatch, tmp_path):
     seen = {}
 
     class FakeRemote:
-        def remote(self, run, env, threads):
+        def remote(self, run, env, threads, identity):
             seen["call"] = (env, threads)
+            seen["identity"] = identity  # the driver's, stamped by the task
             return "ref"
 
     fake = SimpleNamespace(
@@ -90,7 +91,7 @@ def test_execute_ray_submits_with_the_decorator_options(monkeypatch, tmp_path):
         ray_executor.execute_ray([run], tmp_path, status, threads=4)
     assert seen["options"]["max_calls"] == 1 and seen["options"]["num_cpus"] == 4
     env, threads = seen["call"]
-    assert threads == 4 and env["CUBLAS_WORKSPACE_CONFIG"]
+    assert threads == 4 and env["CUBLAS_WORKSPACE_CONFIG"] and seen["identity"] == {"digest": "x"}
 
 
 def test_task_releases_caches_after_its_run(monkeypatch):
@@ -100,14 +101,15 @@ def test_task_releases_caches_after_its_run(monkeypatch):
 
     feature_cache._EXTRACTORS[("fake",)] = object()
     calls = []
-    monkeypatch.setattr("nfbench.pipeline.runner.compute", lambda run: calls.append(run) or "rec")
+    monkeypatch.setattr("nfbench.pipeline.execution.compute",
+                        lambda run, identity=None: calls.append((run, identity)) or "rec")
     emptied = []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: emptied.append(1))
     threads = torch.get_num_threads()
     try:
-        assert ray_executor._task("run", {"NFBENCH_QUIET": "1"}, 1) == "rec"
+        assert ray_executor._task("run", {"NFBENCH_QUIET": "1"}, 1, {"digest": "d"}) == "rec"
     finally:
         torch.set_num_threads(threads)
-    assert calls == ["run"] and emptied == [1] and not feature_cache._EXTRACTORS
+    assert calls == [("run", {"digest": "d"})] and emptied == [1] and not feature_cache._EXTRACTORS

@@ -37,44 +37,44 @@ def _baseline(path: Path, runs: dict, tolerance: dict | None = None) -> Path:
 
 
 def test_check_update_merges_and_keeps_other_papers_and_metrics(tmp_path, capsys):
-    old = {"csflow/a/x/seed0": {"image_auroc": 0.5, "pixel_auroc": 0.6, "aupro": 0.4},
+    old = {"csflow/full/x/seed0": {"image_auroc": 0.5, "pixel_auroc": 0.6, "aupro": 0.4},
            "csflow/gone/x/seed0": {"image_auroc": 0.5},
-           "patchflow/a/x/seed0": {"image_auroc": 0.7, "pixel_auroc": 0.8}}
+           "patchflow/full/x/seed0": {"image_auroc": 0.7, "pixel_auroc": 0.8}}
     baseline = _baseline(tmp_path / "b.json", old, tolerance={"image_auroc": 0.02})
     results = tmp_path / "r"
-    _record(results, "csflow/a/x/seed0", image_auroc=0.9, pixel_auroc=0.95, aupro=0.7)
-    _record(results, "csflow/new/x/seed0", image_auroc=0.8, pixel_auroc=0.85, aupro=0.6)
-    _record(results, "patchflow/a/x/seed0", image_auroc=0.1, pixel_auroc=0.1)
+    _record(results, "csflow/full/x/seed0", image_auroc=0.9, pixel_auroc=0.95, aupro=0.7)
+    _record(results, "csflow/shots16/x/seed0", image_auroc=0.8, pixel_auroc=0.85, aupro=0.6)
+    _record(results, "patchflow/full/x/seed0", image_auroc=0.1, pixel_auroc=0.1)
     assert main(["check", "--baseline", str(baseline), "--results", str(results),
                  "--paper", "csflow", "--update"]) == 0
     assert "1 added, 1 replaced, 2 kept" in capsys.readouterr().out
     runs = json.loads(baseline.read_text())["runs"]
-    assert runs["csflow/a/x/seed0"] == {"image_auroc": 0.9, "pixel_auroc": 0.95, "aupro": 0.7}
-    assert runs["csflow/new/x/seed0"]["aupro"] == 0.6  # every metric, not only the tolerance's
+    assert runs["csflow/full/x/seed0"] == {"image_auroc": 0.9, "pixel_auroc": 0.95, "aupro": 0.7}
+    assert runs["csflow/shots16/x/seed0"]["aupro"] == 0.6  # every metric, not only the tolerance's
     assert runs["csflow/gone/x/seed0"] == {"image_auroc": 0.5}  # not in the results: kept
-    assert runs["patchflow/a/x/seed0"] == old["patchflow/a/x/seed0"]  # other paper untouched
+    assert runs["patchflow/full/x/seed0"] == old["patchflow/full/x/seed0"]  # other paper untouched
     assert json.loads(baseline.read_text())["tolerance"] == {"image_auroc": 0.02}
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
 
 def test_check_reports_runs_the_baseline_does_not_know(tmp_path, capsys):
-    baseline = _baseline(tmp_path / "b.json", {"csflow/a/x/seed0": {"image_auroc": 0.5}})
-    _record(tmp_path / "r", "csflow/a/x/seed0", image_auroc=0.6)
-    _record(tmp_path / "r", "csflow/extra/x/seed0", image_auroc=0.6)
+    baseline = _baseline(tmp_path / "b.json", {"csflow/full/x/seed0": {"image_auroc": 0.5}})
+    _record(tmp_path / "r", "csflow/full/x/seed0", image_auroc=0.6)
+    _record(tmp_path / "r", "csflow/mtd/x/seed0", image_auroc=0.6)
     assert main(["check", "--baseline", str(baseline), "--results", str(tmp_path / "r")]) == 0
     err = capsys.readouterr().err
-    assert "1 run(s) not in the baseline" in err and "csflow/extra/x/seed0" in err
+    assert "1 run(s) not in the baseline" in err and "csflow/mtd/x/seed0" in err
 
 
 @pytest.mark.parametrize("body, message", [
     ("{not json", "not valid JSON"),
     ('{"tolerance": {}}', "no 'runs'"),
     ("[1, 2]", "must be a JSON object"),
-    ('{"runs": {"csflow/a/x/seed0": {"image_auroc": "high"}}}', "must be a number"),
+    ('{"runs": {"csflow/full/x/seed0": {"image_auroc": "high"}}}', "must be a number"),
 ])
 def test_malformed_baseline_is_one_line(body, message, tmp_path, capsys):
     (tmp_path / "b.json").write_text(body)
-    _record(tmp_path / "r", "csflow/a/x/seed0", image_auroc=0.6)
+    _record(tmp_path / "r", "csflow/full/x/seed0", image_auroc=0.6)
     for extra in ([], ["--update"]):
         assert main(["check", "--baseline", str(tmp_path / "b.json"),
                      "--results", str(tmp_path / "r")] + extra) == 2
@@ -87,11 +87,11 @@ def test_malformed_baseline_is_one_line(body, message, tmp_path, capsys):
     ("{oops", "not valid JSON"),
     ('{"paper": "csflow", "metrics": {}}', "no run_id"),
     ('["x"]', "must be a JSON object"),
-    ('{"paper": "csflow", "run_id": "csflow/a/x/seed0", "metrics": {"image_auroc": "0.9"}}',
+    ('{"paper": "csflow", "run_id": "csflow/full/x/seed0", "metrics": {"image_auroc": "0.9"}}',
      "must be a number"),
 ])
 def test_malformed_record_is_one_line(record, message, tmp_path, capsys):
-    path = _record(tmp_path / "r", "csflow/a/x/seed0", image_auroc=0.6)
+    path = _record(tmp_path / "r", "csflow/full/x/seed0", image_auroc=0.6)
     path.write_text(record)
     assert main(["check", "--baseline", str(tmp_path / "b.json"), "--results",
                  str(tmp_path / "r"), "--update"]) == 2
@@ -100,10 +100,10 @@ def test_malformed_record_is_one_line(record, message, tmp_path, capsys):
 
 
 def test_undefined_fresh_metric_is_a_regression_not_a_crash(tmp_path):
-    baseline = _baseline(tmp_path / "b.json", {"csflow/a/x/seed0": {"pixel_auroc": 0.5}})
-    _record(tmp_path / "r", "csflow/a/x/seed0", image_auroc=0.6, pixel_auroc=None)
+    baseline = _baseline(tmp_path / "b.json", {"csflow/full/x/seed0": {"pixel_auroc": 0.5}})
+    _record(tmp_path / "r", "csflow/full/x/seed0", image_auroc=0.6, pixel_auroc=None)
     problems = check(baseline, tmp_path / "r").problems
-    assert problems == ["csflow/a/x/seed0: pixel_auroc is undefined, baseline 0.5000"]
+    assert problems == ["csflow/full/x/seed0: pixel_auroc is undefined, baseline 0.5000"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -158,7 +158,8 @@ def test_bad_setting_is_one_line_and_writes_nothing(method, setting, message, br
 def test_every_planned_run_passes_the_config_validator():
     from nfbench.pipeline.experiment import resolve_config
     from nfbench.pipeline.plan import expand_runs, load_params
-    from nfbench.pipeline.spec import papers, profile_names
+    from nfbench.pipeline.params import profile_names
+    from nfbench.pipeline.spec import papers
 
     params = load_params()
     for profile in profile_names(params):

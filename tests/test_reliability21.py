@@ -212,12 +212,12 @@ def rescue_dir(tmp_path, monkeypatch):
 
 def test_full_disk_at_out_keeps_the_finished_record(tmp_path, rescue_dir, monkeypatch, capsys,
                                                     tiny_demo):
-    from nfbench.pipeline import experiment
+    from nfbench.pipeline import experiment, record as records
 
     record = {"method": "gaussian", "category": "brick", "metrics": {
         "image_auroc": 0.75, "pixel_auroc": 0.5, "aupro": 0.25}}
     monkeypatch.setattr(experiment, "run_experiment", lambda *a, **k: dict(record))
-    monkeypatch.setattr(experiment, "write_text_atomic", _enospc)
+    monkeypatch.setattr(records, "write_text_atomic", _enospc)  # the one record writer
     out = tmp_path / "out" / "r.json"
     assert main(["run", "--method", "gaussian", "--dataset", "demo", "--category", "brick",
                  "--root", str(tiny_demo), "--out", str(out)]) == 2  # the record's identity
@@ -231,7 +231,7 @@ def test_full_disk_at_out_keeps_the_finished_record(tmp_path, rescue_dir, monkey
 
 def test_full_disk_at_results_keeps_the_record_and_leaves_nothing(tmp_path, rescue_dir,
                                                                   monkeypatch):
-    from nfbench.pipeline import runner
+    from nfbench.pipeline import execution, runner
     from nfbench.pipeline.plan import Run
 
     def full(examples, path):
@@ -241,7 +241,7 @@ def test_full_disk_at_results_keeps_the_record_and_leaves_nothing(tmp_path, resc
             tmp.write_bytes(b"half")
             _enospc()
 
-    monkeypatch.setattr(runner, "write_examples", full)
+    monkeypatch.setattr(execution, "write_examples", full)
     run = Run(paper="csflow", method="csflow", variant="full", dataset="demo",
               category="brick", seed=0, profile="demo")
     with pytest.raises(UserError, match="No space left on device; the finished result was "

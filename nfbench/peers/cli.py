@@ -18,7 +18,7 @@ def cmd_peer(args: argparse.Namespace) -> None:
     from nfbench.errors import UserError, check_choice
     from nfbench.peers import deviations
     from nfbench.peers.common import run_peer
-    from nfbench.pipeline.experiment import write_record
+    from nfbench.pipeline.record import format_metric, write_record
     from nfbench.pipeline.run_config import resolve_run_args
 
     check_output_file(args.out)  # before training: a bad --out is found now
@@ -47,10 +47,11 @@ def cmd_peer(args: argparse.Namespace) -> None:
     if record["status"] != "ok":
         print(f"peer {method} skipped: {record['note']} -> {args.out}")
         return
-    m = record["metrics"]
+    m = record["metrics"]  # an undefined metric is null: "n/a"
     print(f"anomalib {method} ({args.peer_config}) {args.dataset}/{args.category} seed "
-          f"{args.seed} on {record['timing']['device']}: image AUROC {m['image_auroc']:.4f}, "
-          f"pixel AUROC {m['pixel_auroc']:.4f} -> {args.out}")
+          f"{args.seed} on {record['timing']['device']}: image AUROC "
+          f"{format_metric(m['image_auroc'])}, pixel AUROC {format_metric(m['pixel_auroc'])} "
+          f"-> {args.out}")
 
 
 def cmd_peers(args: argparse.Namespace) -> None:
@@ -58,7 +59,7 @@ def cmd_peers(args: argparse.Namespace) -> None:
 
     import torch
 
-    from nfbench.pipeline.experiment import write_record
+    from nfbench.pipeline.record import write_record
     from nfbench.peers import peer_version
     from nfbench.peers.common import run_stage
     from nfbench.pipeline.plan import active_profile, load_params

@@ -23,8 +23,7 @@ from nfbench.errors import UserError, check_choice
 from nfbench.peers import CONFIGS, ENABLE_HINT, METHODS, PEER, PEER_VERSION, STAGE_CONFIGS, \
     deviations, \
     peer_version, record_path
-
-RECORD_VERSION = 1
+from nfbench.pipeline.record import RECORD_VERSION, format_metric  # one record version
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,24 +46,21 @@ def ours(method: str, profile: str, category: str, params: dict | None = None,
     ``--set``, ``--device``), for ``nfbench peer``; ``None``: the settings of the variant our
     report compares with (``deviations.yaml``: CS-Flow ``full``, PatchFlow ``full``, CLS-CNFs'
     ``cflow_ad``), as ``nfbench bench`` gives them, for the ``peers`` stage. Either way the
-    config comes from :func:`nfbench.pipeline.experiment.resolve_config`, the one resolver."""
-    from nfbench.pipeline.experiment import resolve_config
-    from nfbench.pipeline.plan import load_params, load_spec, profile_params, variant_settings
+    config comes from :mod:`nfbench.pipeline.settings`, the one resolver."""
+    from nfbench.pipeline.params import load_params, typed
+    from nfbench.pipeline.settings import for_variant, resolve_config
 
     check_choice("peer --method", method, METHODS)
     params = params if params is not None else load_params()
     entry = deviations()[method]
-    spec = load_spec(entry["paper"])
-    block = profile_params(params, entry["paper"], profile)
-    settings = variant_settings(spec, block, entry["variant"]) if overrides is None \
-        else dict(overrides)
-    config = resolve_config(method, profile, settings, params).config
+    source = for_variant(params, entry["paper"], profile, entry["variant"])
+    settings = dict(source.settings) if overrides is None else dict(overrides)
+    config = resolve_config(method, profile, settings, params)
     if hasattr(config, "category_settings"):
         from nfbench.methods.cnf.config import apply_category_settings
 
         config = apply_category_settings(config, category)
-    role = block["datasets"][spec.variant(entry["variant"]).dataset]
-    return config, role
+    return config, typed(params).block(entry["paper"], profile).role(source.role)
 
 
 def identity_device(requested: str) -> str:
@@ -203,21 +199,19 @@ def stage_runs(profile: str, params: dict) -> list[dict[str, Any]]:
     ``{methods: {m: {configs: [...], seeds: [...], categories: all | [...]}}}``; ``all``
     means the categories of our run's dataset role; config ``ours`` (:func:`run_ours`) runs
     extra seeds of our compared variant."""
-    from nfbench.pipeline.plan import role_categories
-
     block = (params.get("peers") or {}).get(profile) or {}
     runs = []
     for method, spec in (block.get("methods") or {}).items():
         _, role = ours(method, profile, "", params)
         cats = spec.get("categories", "all")
-        cats = role_categories(role) if cats == "all" else [str(c) for c in cats]
+        cats = role.categories if cats == "all" else [str(c) for c in cats]
         for category in cats:
             for config in spec.get("configs", list(CONFIGS)):
                 check_choice(f"peers.{profile}.methods.{method}.configs", config, STAGE_CONFIGS)
                 seeds = spec.get("seeds", [0])
                 for seed in seeds.get(config, [0]) if isinstance(seeds, dict) else seeds:
-                    runs.append({"method": method, "config": config, "dataset": role["dataset"],
-                                 "root": role.get("root"), "category": category,
+                    runs.append({"method": method, "config": config, "dataset": role.dataset,
+                                 "root": role.root, "category": category,
                                  "seed": int(seed)})
     return runs
 
@@ -229,12 +223,12 @@ def run_ours(method: str, dataset: str, category: str, *, seed: int, profile: st
     original-protocol measurements, which the cross-check does not read); returns (record
     with its peer identity, figure material with the per-image scores)."""
     from nfbench.pipeline.experiment import run_experiment
-    from nfbench.pipeline.plan import load_params, load_spec, profile_params, variant_settings
+    from nfbench.pipeline.params import load_params
+    from nfbench.pipeline.settings import variant_settings
 
     params = params if params is not None else load_params()
     entry = deviations()[method]
-    settings = variant_settings(load_spec(entry["paper"]),
-                                profile_params(params, entry["paper"], profile), entry["variant"])
+    settings = variant_settings(params, entry["paper"], profile, entry["variant"])
     cfg, _ = ours(method, profile, category, params)
     examples: dict = {}
     record = run_experiment(method, dataset, category, root=root, profile=profile, seed=seed,
@@ -246,7 +240,9 @@ def run_ours(method: str, dataset: str, category: str, *, seed: int, profile: st
 
 
 def _stage_one(run: dict, profile: str, params: dict, results_dir: str) -> tuple[str, str]:
-    from nfbench.pipeline.experiment import write_examples, write_record
+    """One peer run of the stage, its record (and figure material) written
+    (:func:`nfbench.pipeline.execution.write_run`); returns (record path, progress line)."""
+    from nfbench.pipeline.execution import write_run
 
     root = Path(run["root"]) if run["root"] else None
     path = Path(results_dir) / record_path(run["method"], run["config"], run["category"],
@@ -254,14 +250,14 @@ def _stage_one(run: dict, profile: str, params: dict, results_dir: str) -> tuple
     if run["config"] == "ours":
         record, examples = run_ours(run["method"], run["dataset"], run["category"],
                                     seed=run["seed"], profile=profile, root=root, params=params)
-        write_examples(examples, path.with_suffix(".npz"))
         record["timing"]["fit_and_score_seconds"] = (record["timing"]["fit_seconds"] +
                                                      record["timing"]["score_seconds"])
     else:
         record = run_peer(run["method"], run["dataset"], run["category"], config=run["config"],
                           seed=run["seed"], profile=profile, root=root, params=params)
-    write_record(record, path)
-    what = (f"image AUROC {record['metrics']['image_auroc']:.4f} "
+        examples = None
+    write_run(record, examples, path)
+    what = (f"image AUROC {format_metric(record['metrics']['image_auroc'])} "
             f"({record['timing']['fit_and_score_seconds']:.1f} s)"
             if record["status"] == "ok" else record["note"])
     return str(path), (f"peer {run['method']}/{run['config']}/{run['category']}/"
@@ -305,13 +301,10 @@ def run_stage(profile: str, params: dict, results_dir: Path, quiet: bool = False
     or has another identity (:func:`pending_runs`), one record each, spread over worker
     processes like ``nfbench bench``; records of runs no longer in the block are removed.
     Returns (every record path of the block, the number of runs trained)."""
-    import os
-    import sys
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-    from multiprocessing import get_context
+    import functools
 
-    # the runner's worker count and initialiser (torch threads; no GPU slot here)
-    from nfbench.pipeline.runner import _init_worker, default_jobs
+    # the bench's worker pool (torch threads per worker; no GPU slot here)
+    from nfbench.pipeline.runner import default_jobs, in_worker, map_in_workers
 
     runs = stage_runs(profile, params)
     for path in stale_records(runs, results_dir):
@@ -327,22 +320,14 @@ def run_stage(profile: str, params: dict, results_dir: Path, quiet: bool = False
     if peer_version() is not None:  # import anomalib once, before the workers fork (~10 s)
         import anomalib.models.image.csflow.torch_model  # noqa: F401
     jobs = max(1, min(jobs or default_jobs(), len(todo)))
-    if jobs == 1:  # in this process: a fork after torch has started its threads can hang
-        for run in todo:
-            _, summary = _stage_one(run, profile, params, str(results_dir))
-            if not quiet:
-                print(summary, flush=True)
-        return every, len(todo)
-    threads = max(1, (os.cpu_count() or 1) // jobs)
-    context = get_context("fork" if sys.platform == "linux" else "spawn")
-    with ProcessPoolExecutor(jobs, mp_context=context, initializer=_init_worker,
-                             initargs=(threads, None)) as pool:
-        futures = [pool.submit(_stage_one, run, profile, params, str(results_dir))
-                   for run in todo]
-        for future in as_completed(futures):
-            _, summary = future.result()
-            if not quiet:
-                print(summary, flush=True)
+
+    def done(task, result) -> None:
+        if not quiet:
+            print(result[1], flush=True)
+
+    # one job: in this process (a fork after torch has started its threads can hang)
+    map_in_workers([(run, profile, params, str(results_dir)) for run in todo], jobs,
+                   _stage_one, functools.partial(in_worker, _stage_one), done)
     return every, len(todo)
 
 

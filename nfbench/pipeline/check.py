@@ -5,7 +5,9 @@ trusted run, and a tolerance per metric. A run regresses when a metric falls bel
 baseline by more than the tolerance; a baseline run missing from the results is reported apart
 (a missing record is not a regression: ``nfbench check`` exits 1 on a regression, 3 when
 records are only missing); a run in the results that the baseline does not know is reported
-as a hint (not a failure).
+as a hint (not a failure). Records are found as every consumer finds them
+(:func:`nfbench.pipeline.record.record_paths`): a record of a variant its paper no longer
+declares is stale, neither compared nor merged, and named as such.
 
 Every input is checked before anything is compared: an unknown ``--paper`` (a typo would
 filter every run away and pass), two records with one ``run_id``, a metric that is not a
@@ -52,25 +54,14 @@ def _check_metrics(metrics, where: str) -> dict:
     return metrics
 
 
-def _read_json(path: Path, what: str):
-    try:
-        return json.loads(Path(path).read_text())
-    except OSError as exc:
-        raise UserError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise UserError(f"{what} {path} is not valid JSON: {exc}") from None
-    except RecursionError:
-        raise UserError(f"{what} {path} is nested too deeply to be a {what}") from None
-
-
 def collect(results_dir: Path, papers: list[str] | None = None) -> dict[str, dict[str, float]]:
-    """``run_id → metrics`` of every record under ``results_dir/<paper>/runs``."""
+    """``run_id → metrics`` of every record under ``results_dir/<paper>/runs`` but the stale
+    ones (:func:`nfbench.pipeline.record.record_paths`)."""
+    from nfbench.pipeline.record import read_record, record_paths
+
     found, where = {}, {}
-    for path in sorted(Path(results_dir).glob("*/runs/*/*/seed*.json")):
-        record = _read_json(path, "result record")
-        if not isinstance(record, dict):
-            raise UserError(f"result record {path} must be a JSON object, got "
-                            f"{type(record).__name__}")
+    for path in record_paths(results_dir):  # stale records (removed variants) left out
+        record = read_record(path)
         # a record without "paper" belongs to the paper its run id names
         if papers and (record.get("paper") or str(record.get("run_id", "")).split("/")[0]) \
                 not in papers:
@@ -89,7 +80,9 @@ def collect(results_dir: Path, papers: list[str] | None = None) -> dict[str, dic
 
 def load_baseline(path: Path) -> dict:
     """A validated baseline: ``{"runs": {run_id: {metric: number|null}}, "tolerance": {...}}``."""
-    baseline = _read_json(path, "baseline")
+    from nfbench.pipeline.record import read_record
+
+    baseline = read_record(path, "baseline")
     if not isinstance(baseline, dict):
         raise UserError(f"baseline {path} must be a JSON object with 'runs', got "
                         f"{type(baseline).__name__}")
@@ -156,6 +149,7 @@ class CheckResult:
     added: list[str] = field(default_factory=list)
     replaced: list[str] = field(default_factory=list)
     kept: list[str] = field(default_factory=list)
+    stale: list[str] = field(default_factory=list)
 
 
 def known_papers_only(papers: list[str] | None) -> None:
@@ -184,9 +178,12 @@ def check(baseline_path: Path, results_dir: Path, update: bool = False,
 
         check_output_file(baseline_path, "--baseline")  # a folder, or a path under a file
     fresh = collect(results_dir, papers)
+    from nfbench.pipeline.record import stale_record_paths
+
+    stale = [str(p) for p in stale_record_paths(results_dir, papers)]
     if papers:  # a record without "paper" still belongs to the paper its run id names
         fresh = {k: v for k, v in fresh.items() if _paper_of(k) in papers}
-    result = CheckResult()
+    result = CheckResult(stale=stale)
     if update:
         if not fresh:
             raise UserError(f"no result records under {results_dir} to make a baseline from")

@@ -15,7 +15,6 @@ counters' versions: a rerun of the stage after an unrelated change reads them ba
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import hashlib
 import json
@@ -23,10 +22,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from nfbench.atomic import write_text_atomic
-from nfbench.methods import method_class
 from nfbench.paths import cache_root
-from nfbench.pipeline.plan import load_spec, profile_params, variant_settings
-from nfbench.pipeline.spec import PaperSpec, reference_profile, shared_settings
+from nfbench.pipeline.params import reference_profile
+from nfbench.pipeline.settings import config_settings, variant_settings
+from nfbench.pipeline.spec import PaperSpec, load_spec
 from nfbench.profiling import profile_components, profile_method
 
 
@@ -61,11 +60,11 @@ def cached(kind: str, method: str, what: dict[str, Any], measure: Callable[[], A
     return json.loads(json.dumps(result))  # as a cached read returns it
 
 
-def _configurations(spec: PaperSpec, block: dict[str, Any], profile: str, shared: dict,
+def _configurations(spec: PaperSpec, params: dict, profile: str,
                     slow: bool) -> list[dict[str, Any]]:
     configs = [dict(label="paper configuration", settings={}, batch_size=1, time_it=slow)]
     configs += [dict(label=f"{profile} configuration",
-                     settings={**shared, **variant_settings(spec, block, spec.main_variant)},
+                     settings=_profile_settings(spec, params, profile, spec.main_variant),
                      batch_size=spec.complexity.batch_size, time_it=True)]
     for extra in spec.complexity.configs:  # variants of the paper's
         configs.append(dict(label=extra.label, settings=extra.settings,
@@ -73,19 +72,22 @@ def _configurations(spec: PaperSpec, block: dict[str, Any], profile: str, shared
     return configs
 
 
+def _profile_settings(spec: PaperSpec, params: dict, profile: str, variant: str) -> dict:
+    """The settings a run of ``variant`` gets under ``profile``, as the one resolver gives
+    them (:func:`nfbench.pipeline.settings.config_settings`: shared, block, role, variant)."""
+    return config_settings(spec.method, profile,
+                           variant_settings(params, spec.paper, profile, variant), params)
+
+
 def profile_paper(paper: str, profile: str, params: dict, results: Path,
                   device: str | None = None, time_paper: bool = False,
                   log: Callable[[str], None] = print) -> Path:
     """Measure ``paper``'s method under ``profile``; write ``results/<paper>/profile.json``."""
     spec = load_spec(paper)
-    block = profile_params(params, paper, profile)
     on_device = {"device": device} if device else {}
-    # the profile's shared settings first, as a run resolves them (experiment.resolve_config)
-    fields = {f.name for f in dataclasses.fields(method_class(spec.method).Config)}
-    shared = shared_settings(params, profile, fields)
     slow = profile == reference_profile(params) or time_paper  # the paper setup is slow on a CPU
     entries = []
-    for config in _configurations(spec, block, profile, shared, slow):
+    for config in _configurations(spec, params, profile, slow):
         settings = {**config["settings"], **on_device}
         result = cached("method", spec.method, {"settings": settings,
                                                 "batch_size": config["batch_size"],
@@ -102,7 +104,7 @@ def profile_paper(paper: str, profile: str, params: dict, results: Path,
         for label, settings, time_it in (
                 ("paper configuration", paper_settings, slow),
                 (f"{profile} configuration",
-                 {**shared, **variant_settings(spec, block, table.variant)}, True)):
+                 _profile_settings(spec, params, profile, table.variant), True)):
             what = {"settings": {**settings, **on_device}, "rows": list(table.labels),
                     "batch_size": table.batch_size, "time_it": time_it}
             for entry in cached("components", spec.method, what, lambda: profile_components(

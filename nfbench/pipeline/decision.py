@@ -67,7 +67,8 @@ def decision_table(method: str, dataset: str, category: str, *, root: Path | Non
     holds the fitted ``detector`` under ``"detector"`` (not serialised), the config, timing,
     environment and every test image's score and prediction."""
     from nfbench.methods.base import config_to_dict
-    from nfbench.pipeline.experiment import category_table, environment, resolve_config
+    from nfbench.pipeline.experiment import category_table, environment
+    from nfbench.pipeline.settings import build_detector
 
     say = (lambda text: print(f"[decide] {text}", file=sys.stderr, flush=True)) if progress \
         else (lambda text: None)
@@ -75,7 +76,7 @@ def decision_table(method: str, dataset: str, category: str, *, root: Path | Non
     seed_everything(seed)
     fitted = detector is not None
     if not fitted:
-        detector = resolve_config(method, profile, dict(overrides or {}))
+        detector = build_detector(method, profile, dict(overrides or {}))
     size = getattr(getattr(detector, "settings_", detector.config), "input_size")
     train, test = image_sets(table, category, size)
     fit_idx, held_idx = holdout_split(len(train), holdout, seed)

@@ -7,10 +7,8 @@ fingerprints. Tables and reports are built from records only; they never train.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as _dt
 import functools
-import json
 import os
 import platform
 import subprocess
@@ -21,17 +19,19 @@ from typing import Any
 import numpy as np
 import torch
 
-import nfbench
 from nfbench import metrics
 from nfbench.pipeline import protocols
-from nfbench.atomic import atomic_path, write_text_atomic
+from nfbench.pipeline.settings import build_detector
+# the record's writer lives in nfbench.pipeline.record; re-exported for its many callers
+from nfbench.pipeline.record import (RECORD_VERSION, record_json,  # noqa: F401
+                                     run_record, write_record)
+from nfbench.atomic import atomic_path
 from nfbench.datasets import ImageSet, image_sets, load_table
 from nfbench.errors import UserError
-from nfbench.methods import create_method, method_class
 from nfbench.methods.base import config_to_dict, resolve_device, seed_everything
 from nfbench.precision import apply_run_settings
+from nfbench.version import __version__
 
-RECORD_VERSION = 1
 
 
 def environment(device: torch.device | str | None = None) -> dict[str, Any]:
@@ -44,7 +44,7 @@ def environment(device: torch.device | str | None = None) -> dict[str, Any]:
         index = device.index if device.index is not None else torch.cuda.current_device()
         gpu = torch.cuda.get_device_name(index)
     return {
-        "nfbench": nfbench.__version__, "python": platform.python_version(),
+        "nfbench": __version__, "python": platform.python_version(),
         "torch": torch.__version__, "timm": _package_version("timm"), "numpy": np.__version__,
         "platform": platform.platform(), "cpu": platform.processor() or platform.machine(),
         "cpu_threads": torch.get_num_threads(),
@@ -88,16 +88,10 @@ def git_commit() -> str | None:
 
 def resolve_config(method: str, profile: str, overrides: dict[str, Any],
                    params: dict[str, Any] | None = None):
-    """The method's paper-default config, then the profile's shared settings (params.yaml
-    ``profiles.<profile>.settings``, the fields the config has), then ``overrides``."""
-    from nfbench.pipeline.plan import project_params
-    from nfbench.pipeline.spec import shared_settings
-
-    cls = method_class(method)
-    fields = {f.name for f in dataclasses.fields(cls.Config)}
-    settings = {**shared_settings(params if params is not None else project_params(), profile,
-                                  fields), **overrides}
-    return create_method(method, **settings)
+    """An unfitted detector of ``method`` with its resolved config: the one resolver,
+    :func:`nfbench.pipeline.settings.build_detector` (paper defaults, the profile's shared
+    settings, then ``overrides``)."""
+    return build_detector(method, profile, overrides, params)
 
 
 def category_table(dataset: str, root: Path | None, category: str):
@@ -230,25 +224,24 @@ def run_experiment(method: str, dataset: str, category: str, *, root: Path | Non
     n_test = sum(len(t) for t in tests.values())
     summary = {key: float(np.mean([m[key] for m in per_category.values()]))
                for key in next(iter(per_category.values()))}
-    record = {
-        "record_version": RECORD_VERSION,
-        "method": method, "dataset": dataset, "category": category, "variant": variant,
-        "seed": seed, "profile": profile, "shots": shots, "joint": joint,
-        "config": recorded_config(detector),
-        "metrics": summary,
-        "timing": {"fit_seconds": fit_seconds, "score_seconds": score_seconds,
+    record = run_record(
+        method=method, dataset=dataset, category=category, variant=variant,
+        seed=seed, profile=profile, shots=shots, joint=joint,
+        config=recorded_config(detector),
+        metrics=summary,
+        timing={"fit_seconds": fit_seconds, "score_seconds": score_seconds,
                    "images_per_second": n_test / max(score_seconds, 1e-9),
                    "device": str(resolve_device(getattr(detector.config, "device", "auto")))},
-        "data": {"root": str(root) if root is not None else None, "n_train": len(train),
+        data={"root": str(root) if root is not None else None, "n_train": len(train),
                  "n_test": n_test,
                  "n_test_anomalous": int(sum(sum(t.labels) for t in tests.values())),
                  "train_fingerprint": train.fingerprint,
                  "test_fingerprint": {name: t.fingerprint for name, t in tests.items()},
                  # per category: chance level of pixel AUPR, for tables without the NPZ
                  "defect_pixel_fraction": dict(zip(tests, defect_pixels.values()))},
-        "environment": environment(resolve_device(getattr(detector.config, "device", "auto"))),
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-    }
+        environment=environment(resolve_device(getattr(detector.config, "device", "auto"))),
+        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    )
     if joint:
         record["per_category"] = per_category
     record.update(_bootstrap_fields(boots))
@@ -310,35 +303,6 @@ def _mark_undefined(record: dict[str, Any]) -> None:
         record["undefined_metrics"] = reasons
 
 
-def write_record(record: dict[str, Any], path: Path) -> None:
-    """Write a record as JSON atomically (temporary file, then rename); where that fails
-    (full disk), the record is rescued and the error line says where (:mod:`nfbench.pipeline.rescue`)."""
-    text = record_json(record)
-    try:
-        write_text_atomic(path, text)
-    except OSError as exc:  # a full disk after hours of training: keep the result elsewhere
-        from nfbench.pipeline.rescue import unwritable
-
-        raise unwritable("the record", path, exc, text) from None
-
-
-def record_json(record: dict[str, Any]) -> str:
-    """A record's strict-JSON text (non-finite floats as ``null``), as it is written."""
-    return json.dumps(_finite_or_none(record), indent=2, default=_json_default,
-                      allow_nan=False) + "\n"
-
-
-def _finite_or_none(value: Any) -> Any:
-    """``value`` with every non-finite float (NaN, inf) replaced by ``None``: strict JSON."""
-    if isinstance(value, dict):
-        return {k: _finite_or_none(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite_or_none(v) for v in value]
-    if isinstance(value, (float, np.floating)) and not np.isfinite(value):
-        return None
-    return value
-
-
 def write_examples(examples: dict[str, np.ndarray], path: Path) -> None:
     """Save the figure material of a run (``.npz``, plain arrays: loads without pickle)."""
     with atomic_path(path, suffix=".npz") as tmp:  # savez keeps a name ending in .npz
@@ -379,11 +343,3 @@ def examples_whole(path: Path) -> bool:
                        for info in archive.infolist())
     except (OSError, zipfile.BadZipFile, EOFError, ValueError):
         return False
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, (np.floating, np.integer)):
-        return value.item()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"cannot serialise {type(value).__name__}")

@@ -102,10 +102,10 @@ def textures_fingerprint(config: dict[str, Any]) -> str | None:
 
 def resolved_config(run) -> dict[str, Any]:
     """The config ``run`` trains with (as JSON-ready dict)."""
-    from nfbench.pipeline.experiment import resolve_config
     from nfbench.methods.base import config_to_dict
+    from nfbench.pipeline.settings import resolve_config
 
-    return config_to_dict(resolve_config(run.method, run.profile, dict(run.settings)).config)
+    return config_to_dict(resolve_config(run.method, run.profile, dict(run.settings)))
 
 
 def run_identity(run) -> dict[str, Any]:

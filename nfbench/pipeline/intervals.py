@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from nfbench.metrics import uncertainty
+from nfbench.pipeline.record import metric_value
 
 
 @functools.lru_cache(maxsize=4096)
@@ -48,21 +49,19 @@ def cell_samples(records: dict, paths: dict, variant: str, members: list[str], m
     replicates ``[k, B]`` (None if any part lacks them) of one cell. ``records`` and ``paths``
     are keyed by (variant, category, seed); ``value`` as in :func:`tables.build_tables`
     (companion tables: no replicates)."""
-    from nfbench.pipeline.tables import _metric
-
     points, reps = [], []
     for seed in seeds:
         joint = records.get((variant, "all", seed))
         if joint is not None:
             covers = set(members) == set(joint.get("per_category", {}))
-            values = [_metric(joint, metric, c) for c in members]
+            values = [metric_value(joint, metric, c) for c in members]
             rep = record_replicates(joint, metric) if covers and value is None else None
         else:
             found = [(c, records.get((variant, c, seed))) for c in members]
             found = [(c, r) for c, r in found if r is not None]
             if not found:
                 continue
-            values = [_metric(r, metric, c) if value is None else value(r, metric, c, variant)
+            values = [metric_value(r, metric, c) if value is None else value(r, metric, c, variant)
                       for c, r in found]
             parts = [record_replicates(r, metric, paths.get((variant, c, seed)))
                      if value is None else None for c, r in found]

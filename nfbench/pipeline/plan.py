@@ -10,15 +10,16 @@ the run so that tables can find it without training anything.
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-
 from nfbench.errors import UserError
-from nfbench.paths import config_root
-from nfbench.pipeline.spec import PaperSpec, load_spec, papers, profile_names
+# re-exported: params.yaml's readers (nfbench.pipeline.params) were first written here
+from nfbench.pipeline.params import (active_profile, load_params, profile_params,  # noqa: F401
+                                     project_params, role_categories, typed)
+from nfbench.pipeline.settings import for_method, resolve_config, variant_settings
+from nfbench.pipeline.spec import load_spec, papers
 
 
 def pipeline_papers(params: dict[str, Any], paper: str | None = None) -> list[str]:
@@ -27,49 +28,6 @@ def pipeline_papers(params: dict[str, Any], paper: str | None = None) -> list[st
         load_spec(paper)  # an unknown paper is one clear error
         return [paper]
     return [p for p in papers() if p in params]
-
-
-def active_profile(params: dict[str, Any], requested: str | None = None) -> str:
-    """``requested`` (``--profile``), else params.yaml's ``profile``; one of the profiles
-    params.yaml declares (:func:`nfbench.pipeline.spec.profile_names`), else one clear error."""
-    names = profile_names(params)
-    profile = requested or params.get("profile")
-    if profile not in names:
-        raise UserError(f"unknown profile {profile!r}; params.yaml declares: {', '.join(names)}")
-    return profile
-
-
-def load_params(path: Path | None = None) -> dict[str, Any]:
-    """``params.yaml`` at the project top (or ``path``; outside a checkout the packaged
-    defaults), type-checked before any work (:mod:`nfbench.pipeline.params_validation`)."""
-    from nfbench.pipeline.params_validation import read_yaml, validate_params
-
-    path = Path(path) if path is not None else config_root() / "params.yaml"
-    if not path.is_file():
-        raise UserError(f"no parameters file {path}")
-    return validate_params(read_yaml(path, "parameters file"), path)
-
-
-def project_params() -> dict[str, Any]:
-    """``params.yaml`` at the project top, parsed once per version of the file: read it, do not
-    change it (:func:`load_params` gives a fresh copy)."""
-    path = config_root() / "params.yaml"
-    if not path.is_file():
-        raise UserError(f"no parameters file {path}")
-    return _cached_params(path, path.stat().st_mtime_ns)
-
-
-@functools.lru_cache(maxsize=4)
-def _cached_params(path: Path, mtime_ns: int) -> dict[str, Any]:
-    return load_params(path)
-
-
-def profile_params(params: dict[str, Any], paper: str, profile: str) -> dict[str, Any]:
-    """The block ``params[paper][profile]``, with a clear error when it is missing."""
-    try:
-        return params[paper][profile]
-    except (KeyError, TypeError):
-        raise UserError(f"params.yaml has no '{paper}: {profile}:' block") from None
 
 
 @dataclass(frozen=True)
@@ -99,34 +57,13 @@ class Run:
         return f"{self.paper}/{self.variant}/{self.category}/seed{self.seed}"
 
 
-def role_categories(role: dict[str, Any]) -> list[str]:
-    """The categories a dataset role names (``all`` = every category of the dataset)."""
-    from nfbench.datasets import categories_of
-
-    categories = role.get("categories", "all")
-    if categories == "all":
-        return list(categories_of(role["dataset"], role.get("root")))
-    return [str(c) for c in categories]
-
-
-def variant_settings(spec: PaperSpec, block: dict[str, Any], variant: str) -> dict[str, Any]:
-    """The method settings of ``variant`` under a profile ``block``: the profile's settings,
-    then its dataset role's, then the variant's own (later ones win)."""
-    declared = spec.variant(variant)
-    role = block["datasets"].get(declared.dataset, {})
-    inherited = {**block.get("settings", {}), **role.get("settings", {})}
-    if declared.profile_settings is not None:  # a reference method (e.g. the Gaussian
-        # baseline) takes only the named profile settings (backbone, input size), not the
-        # paper method's budget
-        inherited = {k: v for k, v in inherited.items() if k in declared.profile_settings}
-    return {**inherited, **declared.settings}
-
-
 def expand_runs(paper: str, profile: str, params: dict[str, Any] | None = None,
                 variants: list[str] | None = None) -> list[Run]:
     """Every run of ``paper`` under ``profile`` (optionally only some ``variants``)."""
     spec = load_spec(paper)
-    block = profile_params(params if params is not None else load_params(), paper, profile)
+    params = params if params is not None else load_params()
+    view = typed(params)
+    block = view.block(paper, profile)
     chosen = variants or list(spec.variants)
     unknown = [v for v in chosen if v not in spec.variants]
     if unknown:
@@ -134,18 +71,16 @@ def expand_runs(paper: str, profile: str, params: dict[str, Any] | None = None,
     runs = []
     for name in chosen:
         variant = spec.variants[name]
-        role = block["datasets"].get(variant.dataset)
-        if role is None:
-            raise UserError(f"params.yaml {paper}.{profile}.datasets has no role {variant.dataset!r}")
-        settings = variant_settings(spec, block, name)
-        role_cats = role_categories(role)
+        role = block.role(variant.dataset)
+        settings = variant_settings(view, paper, profile, name)
+        role_cats = role.categories
         categories = ["all"] if variant.joint else role_cats
         for category in categories:
-            for seed in block.get("seeds", [0]):
+            for seed in block.seeds:
                 runs.append(Run(paper=paper, method=variant.method, variant=name,
-                                dataset=role["dataset"], category=category, seed=int(seed),
+                                dataset=role.dataset, category=category, seed=int(seed),
                                 profile=profile, settings=settings, shots=variant.shots,
-                                joint=variant.joint, root=role.get("root"),
+                                joint=variant.joint, root=role.root,
                                 joint_categories=tuple(role_cats) if variant.joint else ()))
     return runs
 
@@ -216,29 +151,11 @@ def select_runs(runs: list[Run], categories: list[str] | None = None,
 
 def run_settings(method: str, dataset: str, profile: str, variant: str | None = None,
                  params: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The settings ``bench`` would give ``method`` on ``dataset`` under ``profile``, for
-    ``nfbench run``: the paper whose spec runs ``method`` (``variant`` if it declares it, else
-    its main variant, else the first variant of the method on a role mapped to ``dataset``),
-    with that variant's profile, role and own settings. Returns ``{"settings", "paper",
-    "variant", "role", "shots", "joint"}``; ``paper`` None (no settings) when no paper runs
-    ``method`` on ``dataset``."""
+    """The settings ``bench`` would give ``method`` on ``dataset`` under ``profile``
+    (:func:`nfbench.pipeline.settings.for_method`, without borrowing) as a plain dict
+    ``{"settings", "paper", "variant", "role", "shots", "joint"}``."""
     params = params if params is not None else load_params()
-    for paper in papers():
-        if paper not in params or profile not in (params.get(paper) or {}):
-            continue
-        spec = load_spec(paper)
-        block = params[paper][profile]
-        candidates = [name for name, v in spec.variants.items() if v.method == method
-                      and block["datasets"].get(v.dataset, {}).get("dataset") == dataset]
-        if not candidates:
-            continue
-        main = spec.main_variant
-        name = variant if variant in candidates else main if main in candidates else candidates[0]
-        declared = spec.variants[name]
-        return {"settings": variant_settings(spec, block, name), "paper": paper, "variant": name,
-                "role": declared.dataset, "shots": declared.shots, "joint": declared.joint}
-    return {"settings": {}, "paper": None, "variant": None, "role": None, "shots": None,
-            "joint": False}
+    return for_method(params, method, dataset, profile, variant, borrow=False).as_dict()
 
 
 def describe_plan(papers: list[str], profile: str, params: dict[str, Any],
@@ -280,20 +197,16 @@ def profile_datasets(profile: str, params: dict[str, Any]) -> list[str]:
     """The datasets the runs of ``profile`` read (``nfbench data prepare``): every dataset a
     paper's role maps to, and DTD where a run pastes DTD textures (CLS-CNFs' synthetic
     defects, ``foreign_source: dtd``)."""
-    from nfbench.pipeline.experiment import resolve_config
-
     names: list[str] = []
+    view = typed(params)
     for paper in pipeline_papers(params):
         spec = load_spec(paper)
-        block = profile_params(params, paper, profile)
+        block = view.block(paper, profile)
         for name, variant in spec.variants.items():
-            role = block["datasets"].get(variant.dataset)
-            if role is None:
-                continue
-            names.append(role["dataset"])
+            names.append(block.role(variant.dataset).dataset)
             # the run's resolved config (defaults, profile, role, variant), as the run sees it
-            config = resolve_config(variant.method, profile, variant_settings(spec, block, name),
-                                    params).config
+            config = resolve_config(variant.method, profile,
+                                    variant_settings(view, paper, profile, name), params)
             if getattr(config, "foreign_source", None) == "dtd":
                 names.append("dtd")
     return list(dict.fromkeys(names))

@@ -41,18 +41,19 @@ from nfbench.progress import QUIET_VARIABLE
 CONNECT_TIMEOUT = 30.0
 
 
-def _task(run, env: dict[str, str], threads: int):
-    """Runs on a Ray worker: fit and score ``run``; returns (record, examples). The caches
-    the run filled and the GPU memory it held are released when it ends."""
+def _task(run, env: dict[str, str], threads: int, identity: dict | None = None):
+    """Runs on a Ray worker: fit and score ``run`` (its record stamped with the driver's
+    ``identity``); returns (record, examples). The caches the run filled and the GPU memory
+    it held are released when it ends."""
     os.environ.update(env)  # before torch touches CUDA (CUBLAS_WORKSPACE_CONFIG)
     import torch
 
     from nfbench.pipeline.devices import release_memory
-    from nfbench.pipeline.runner import compute
+    from nfbench.pipeline.execution import compute
 
     torch.set_num_threads(threads)
     try:
-        return compute(run)
+        return compute(run, identity=identity)
     finally:
         release_memory()
 
@@ -113,7 +114,7 @@ def execute_ray(todo, results_dir: Path, status, address: str | None = None,
     ``threads``: CPUs (and torch threads) per run; ``connect_timeout``: seconds to wait for
     ``address``."""
     from nfbench.paths import cache_root, datasets_root
-    from nfbench.pipeline.runner import _summary, run_device, store, with_device
+    from nfbench.pipeline.execution import run_device, store, summary, with_device
 
     if threads is not None and threads < 1:
         raise UserError(f"--cpus-per-run must be >= 1, got {threads}")
@@ -139,7 +140,7 @@ def execute_ray(todo, results_dir: Path, status, address: str | None = None,
         # a GPU task sees only its GPU (Ray sets CUDA_VISIBLE_DEVICES): "cuda" is that one
         if wants_gpu and run_device(run).startswith("cuda:"):
             run = with_device(run, "cuda")
-        refs[remote.remote(run, env, threads)] = run
+        refs[remote.remote(run, env, threads, identities[run.run_id])] = run
     left = list(refs)
     errors = {}
     while left:
@@ -153,9 +154,8 @@ def execute_ray(todo, results_dir: Path, status, address: str | None = None,
             errors[run.run_id] = f"{type(cause).__name__}: {text[-1] if text else ''}"
             status.update(run.run_id, ok=False, message=errors[run.run_id])
             continue
-        record["identity"] = identities[run.run_id]
         path = store(record, examples, results_dir, run)
-        status.update(run.run_id, message=_summary(path))
+        status.update(run.run_id, message=summary(path))
     if errors:
         raise UserError(f"{len(errors)} run(s) failed on Ray: "
                         + "; ".join(f"{k} ({v})" for k, v in errors.items()))

@@ -1,6 +1,8 @@
 """Every run record as one tidy pandas DataFrame, for notebooks and ad-hoc analysis.
 
-One row per run record under ``<results>/<paper>/runs/<variant>/<category>/seed<k>.json``:
+One row per run record under ``<results>/<paper>/runs/<variant>/<category>/seed<k>.json``
+(records of a variant the paper no longer declares are stale and left out, as in the tables
+and ``nfbench check``: :mod:`nfbench.pipeline.record`):
 what identifies the run (paper, method, variant, dataset, category, seed, profile), the
 settings that differ from the method's paper defaults, every metric, the timing and the
 environment that made it. The reports are built from the same records, so any report table
@@ -26,11 +28,12 @@ ID_COLUMNS = ("paper", "method", "variant", "dataset", "category", "seed", "prof
 
 
 def record_paths(results_dir: Path | str, papers: Iterable[str] | None = None) -> list[Path]:
-    """The run-record files under ``results_dir`` (optionally of some ``papers`` only)."""
-    root = Path(results_dir)
-    wanted = set(papers) if papers else None
-    return [path for path in sorted(root.glob("*/runs/*/*/seed*.json"))
-            if wanted is None or path.relative_to(root).parts[0] in wanted]
+    """The run-record files under ``results_dir`` (optionally of some ``papers`` only), as
+    every consumer finds them (:func:`nfbench.pipeline.record.record_paths`: records of a
+    variant no longer declared are stale and left out)."""
+    from nfbench.pipeline.record import record_paths as found
+
+    return found(results_dir, papers)
 
 
 def changed_settings(method: str, config: dict[str, Any]) -> dict[str, Any]:

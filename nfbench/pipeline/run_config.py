@@ -2,7 +2,7 @@
 
 Order (later wins): the method's paper defaults, the profile's shared settings
 (params.yaml ``profiles.<profile>.settings``), the profile's block in ``params.yaml`` for the paper and dataset
-role that run this method on this dataset (:func:`nfbench.pipeline.plan.run_settings`), then
+role that run this method on this dataset (:func:`nfbench.pipeline.settings.for_method`), then
 ``--config FILE.yaml`` (a file from ``--print-config``: every setting explicit), then
 ``--set`` pairs, then ``--device``.
 """
@@ -35,30 +35,18 @@ def parse_sets(pairs: Sequence) -> dict[str, str]:
 
 def profile_source(method: str, dataset: str, profile: str, variant: str | None,
                    params: dict[str, Any]) -> dict[str, Any]:
-    """:func:`~nfbench.pipeline.plan.run_settings` of ``method`` on ``dataset``; for a
-    dataset no paper's block maps under ``profile`` (``folder``, or ``mvtec_ad`` in the demo
-    profile), the settings the profile gives ``method`` on the first dataset it does map
-    (``borrowed_from`` names it; its shots and joint training are not carried over): the
-    profile's budget, input size and backbone, not the paper's, unless the profile is
-    ``paper``."""
-    from nfbench.pipeline.plan import pipeline_papers, run_settings
+    """Where ``method``'s settings on ``dataset`` come from, as a plain dict:
+    :func:`nfbench.pipeline.settings.for_method` (with borrowing)."""
+    from nfbench.pipeline.settings import for_method
 
-    source = run_settings(method, dataset, profile, variant, params)
-    if source["paper"] is not None:
-        return source
-    for paper in pipeline_papers(params):
-        for role in ((params.get(paper) or {}).get(profile) or {}).get("datasets", {}).values():
-            other = run_settings(method, role["dataset"], profile, variant, params)
-            if other["paper"] is not None:
-                return {**other, "shots": None, "joint": False, "borrowed_from": role["dataset"]}
-    return source
+    return for_method(params, method, dataset, profile, variant).as_dict()
 
 
 def resolve_run_args(args: argparse.Namespace) -> dict[str, Any]:
     """Fill ``args`` from ``--config``/defaults; return the settings overrides of the run."""
     from nfbench.pipeline.devices import validate_device
     from nfbench.methods import method_class
-    from nfbench.pipeline.plan import active_profile, load_params
+    from nfbench.pipeline.params import active_profile, load_params
 
     loaded: dict[str, Any] = {}
     if args.config is not None:
@@ -102,10 +90,10 @@ def resolve_run_args(args: argparse.Namespace) -> dict[str, Any]:
 
 def print_config(args: argparse.Namespace, overrides: dict[str, Any]) -> None:
     """The fully resolved run as YAML (``--config`` reads it back)."""
-    from nfbench.pipeline.experiment import resolve_config
     from nfbench.methods.base import config_to_dict
+    from nfbench.pipeline.settings import resolve_config
 
-    config = config_to_dict(resolve_config(args.method, args.profile, overrides).config)
+    config = config_to_dict(resolve_config(args.method, args.profile, overrides))
     source = getattr(args, "settings_source", {}) or {}
     document = {"method": args.method, "dataset": args.dataset, "category": args.category,
                 "root": str(Path(args.root).resolve()) if args.root else None,

@@ -18,13 +18,14 @@ Executors:
 * ``ray``: every run a Ray task (:mod:`nfbench.pipeline.ray_executor`); records are written here, on
   the driver.
 
+Both run each run through :mod:`nfbench.pipeline.execution` (fit, score, stamp, store).
+
 Progress (runs done / total, skipped, elapsed, estimated remaining) goes to stderr after every
 run even when ``progress`` is off (``--quiet`` silences bars, not the run counter).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
 import time
@@ -36,7 +37,8 @@ from tqdm.auto import tqdm
 
 from nfbench.datasets.staging import cleanup_on_terminate  # SIGTERM raises KeyboardInterrupt
 from nfbench.errors import UserError
-from nfbench.pipeline.experiment import run_experiment, write_examples, write_record
+# the one execution path (shared with the Ray executor); re-exported names
+from nfbench.pipeline.execution import compute, run_device, store, summary, with_device  # noqa: F401
 from nfbench.pipeline.plan import Run
 
 #: The device a worker process was pinned to (local multi-GPU executor), else None.
@@ -48,67 +50,12 @@ def default_jobs() -> int:
     return max(1, min(4, os.cpu_count() or 1))
 
 
-def with_device(run: Run, device: str | None) -> Run:
-    """``run`` with its ``device`` setting replaced (None: unchanged)."""
-    if device is None:
-        return run
-    return dataclasses.replace(run, settings={**run.settings, "device": device})
-
-
-def run_device(run: Run) -> str:
-    return str(run.settings.get("device", "auto"))
-
-
-def compute(run: Run, models_dir: Path | None = None) -> tuple[dict, dict]:
-    """Fit and score one run; returns its record (with identity) and figure material. With
-    ``models_dir``, the fitted detector is saved to ``models_dir/<run_id>``
-    (:mod:`nfbench.artifacts`)."""
-
-    from nfbench.pipeline.devices import validate_device
-    from nfbench.pipeline.identity import run_identity
-
+def run_one(run: Run, results_dir: Path, models_dir: Path | None = None) -> Path:
+    """Fit and score one run (:mod:`nfbench.pipeline.execution`, on this worker's GPU slot
+    where the run's device is ``auto``/``cuda``); write its record and figure material (and,
+    with ``models_dir``, its fitted detector); returns the record path."""
     if _WORKER_DEVICE is not None and run_device(run) in ("auto", "cuda"):
         run = with_device(run, _WORKER_DEVICE)
-    validate_device(run_device(run))
-    identity = run_identity(run)
-    start = time.perf_counter()
-    examples: dict = {}
-    kept: list = []
-    record = run_experiment(run.method, run.dataset, run.category,
-                            root=Path(run.root) if run.root else None, profile=run.profile,
-                            seed=run.seed, overrides=run.settings, shots=run.shots,
-                            variant=run.variant, joint=run.joint,
-                            joint_categories=list(run.joint_categories) or None,
-                            examples=examples, fitted=kept if models_dir is not None else None)
-    record["paper"] = run.paper
-    record["run_id"] = run.run_id
-    record["identity"] = identity
-    record["timing"]["wall_seconds"] = time.perf_counter() - start
-    if models_dir is not None:  # imported only then: a plain bench does not depend on it
-        from nfbench.artifacts import save_detector
-
-        save_detector(kept[0], Path(models_dir) / run.run_id, record=record)
-    return record, examples
-
-
-def store(record: dict, examples: dict, results_dir: Path, run: Run) -> Path:
-    """Write a run's figure material, then its record (the record last: it marks the run done)."""
-    path = Path(results_dir) / run.record_path
-    try:
-        write_examples(examples, path.with_suffix(".npz"))
-    except OSError as exc:  # full disk: the record (the numbers) is rescued, not lost
-        from nfbench.pipeline.experiment import record_json
-        from nfbench.pipeline.rescue import unwritable
-
-        raise unwritable("the figure material", path.with_suffix(".npz"), exc,
-                         record_json(record), rescue_as=path) from None
-    write_record(record, path)
-    return path
-
-
-def run_one(run: Run, results_dir: Path, models_dir: Path | None = None) -> Path:
-    """Fit and score one run; write its record and figure material (and, with
-    ``models_dir``, its fitted detector); returns the record path."""
     record, examples = compute(run, models_dir)
     return store(record, examples, results_dir, run)
 
@@ -125,16 +72,6 @@ def pending(runs: list[Run], results_dir: Path, force: bool = False) -> list[Run
     return [run for run in runs
             if stored_identity(Path(results_dir) / run.record_path) != run_identity(run)["digest"]
             or not examples_whole((Path(results_dir) / run.record_path).with_suffix(".npz"))]
-
-
-def _summary(path: Path) -> str:
-    import json
-
-    record = json.loads(Path(path).read_text())
-    auroc = record["metrics"]["image_auroc"]  # None when undefined (see the record's reason)
-    auroc = "undefined" if auroc is None else f"{auroc:.4f}"
-    return (f"{record['run_id']}: image AUROC {auroc} "
-            f"({record['timing']['wall_seconds']:.1f} s, {record['timing']['device']})")
 
 
 def _clock(seconds: float) -> str:
@@ -244,19 +181,24 @@ def _init_worker(threads: int, slots, parent: int | None = None) -> None:
             torch.cuda.set_device(torch.device(_WORKER_DEVICE))
 
 
-def _worker_run(run: Run, results_dir: Path, models_dir: Path | None = None) -> Path:
-    """:func:`run_one` in a worker: SIGTERM unwinds the run (temporary files removed), then
-    the worker exits; the device's cached memory is released after every run, so that the
+def in_worker(fn, *args):
+    """``fn(*args)`` in a local worker: SIGTERM unwinds it (temporary files removed), then
+    the worker exits; the device's cached memory is released after every call, so that the
     next run of this worker starts from an empty allocator."""
     global _IN_RUN
     _IN_RUN = True
     try:
-        return run_one(run, results_dir, models_dir)
+        return fn(*args)
     except _Terminated as stop:
         os._exit(128 + int(stop.args[0]))
     finally:
         _IN_RUN = False
         _release_device_memory()
+
+
+def _worker_run(run: Run, results_dir: Path, models_dir: Path | None = None) -> Path:
+    """:func:`run_one` in a worker (:func:`in_worker`)."""
+    return in_worker(run_one, run, results_dir, models_dir)
 
 
 def _release_device_memory() -> None:
@@ -394,27 +336,25 @@ def worker_device() -> str | None:
     return _WORKER_DEVICE
 
 
-def _execute_local(todo: list[Run], results_dir: Path, status: Progress, jobs: int | None,
-                   runs_per_gpu: float, models_dir: Path | None = None) -> None:
-    slots = _gpu_slots(todo, runs_per_gpu)
-    if slots is not None:
-        jobs = len(slots)
-    else:
-        jobs = max(1, min(jobs or default_jobs(), len(todo)))
-    if jobs == 1 and slots is None:
-        with cleanup_on_terminate():
-            for run in todo:
-                status.update(run.run_id, message=_summary(run_one(run, results_dir, models_dir)))
-        return
-    threads = max(1, (os.cpu_count() or 1) // jobs)
+def map_in_workers(tasks: list[tuple], jobs: int, local, worker, on_done,
+                   slots: list[str] | None = None) -> None:
+    """``local(*task)`` for every task in this process when ``jobs`` is 1 and no GPU slot is
+    given, else ``worker(*task)`` (a picklable function that wraps its call in
+    :func:`in_worker`) in a pool of ``jobs`` workers (:func:`_make_pool`: one per GPU slot,
+    each with ``cpu_count // jobs`` torch threads); ``on_done(task, result)`` as each ends.
+    The bench's and the peers stage's one pool. Ctrl-C or SIGTERM: nothing queued starts and
+    the workers end now; a failure: nothing queued starts, the calls under way finish (their
+    records are kept), then it raises."""
     with cleanup_on_terminate():
-        pool = _make_pool(jobs, slots, threads)
+        if jobs == 1 and slots is None:
+            for task in tasks:
+                on_done(task, local(*task))
+            return
+        pool = _make_pool(jobs, slots, max(1, (os.cpu_count() or 1) // jobs))
         try:
-            futures = {pool.submit(_worker_run, run, results_dir, models_dir): run
-                       for run in _longest_first(todo, results_dir)}
+            futures = {pool.submit(worker, *task): task for task in tasks}
             for future in as_completed(futures):
-                path = future.result()  # a failure stops the batch (below)
-                status.update(futures[future].run_id, message=_summary(path))
+                on_done(futures[future], future.result())  # a failure stops the batch (below)
         except KeyboardInterrupt:  # Ctrl-C, SIGTERM: nothing queued starts, workers end now
             _stop_pool(pool)
             raise
@@ -426,3 +366,17 @@ def _execute_local(todo: list[Run], results_dir: Path, status: Progress, jobs: i
                 raise
             raise
         pool.shutdown()
+
+
+def _execute_local(todo: list[Run], results_dir: Path, status: Progress, jobs: int | None,
+                   runs_per_gpu: float, models_dir: Path | None = None) -> None:
+    slots = _gpu_slots(todo, runs_per_gpu)
+    if slots is not None:
+        jobs = len(slots)
+    else:
+        jobs = max(1, min(jobs or default_jobs(), len(todo)))
+    ordered = todo if jobs == 1 and slots is None else _longest_first(todo, results_dir)
+    map_in_workers([(run, results_dir, models_dir) for run in ordered], jobs, run_one,
+                   _worker_run, lambda task, path: status.update(task[0].run_id,
+                                                                 message=summary(path)),
+                   slots)

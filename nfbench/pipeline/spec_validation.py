@@ -17,10 +17,10 @@ from types import MappingProxyType
 from typing import Any
 
 from nfbench.errors import UserError
-from nfbench.pipeline.spec import (COMPLEXITY_BATCH_SIZE, DEFAULT_ROLE, GROUPS, LAYOUTS,
-                                   TABLE_BATCH_SIZE, ComplexityConfig, ComplexitySpec,
-                                   DeviationSpec, FigureSpec, PaperSpec, QuestionSpec, TableSpec,
-                                   VariantSpec, display_path)
+from nfbench.pipeline.spec_types import (COMPLEXITY_BATCH_SIZE, DEFAULT_ROLE, GROUPS, LAYOUTS,
+                                         TABLE_BATCH_SIZE, ComplexityConfig, ComplexitySpec,
+                                         DeviationSpec, FigureSpec, PaperSpec, QuestionSpec,
+                                         TableSpec, VariantSpec, display_path)
 
 #: the keys a spec file, a variant and a table may have (anything else is a typo)
 PAPER_KEYS = ("paper", "title", "method", "source", "order", "variants", "tables", "questions",

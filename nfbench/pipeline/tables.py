@@ -31,7 +31,9 @@ import pandas as pd
 
 from nfbench.atomic import atomic_path, write_text_atomic
 from nfbench.errors import UserError
-from nfbench.pipeline.plan import Run, expand_runs, profile_params, role_categories
+from nfbench.pipeline.params import typed
+from nfbench.pipeline.plan import Run, expand_runs
+from nfbench.pipeline.record import metric_value, read_record
 from nfbench.pipeline.spec import category_groups, load_spec
 
 COLUMNS = ["table", "variant", "row", "label", "metric", "n", "mean", "std", "published", "delta",
@@ -66,7 +68,7 @@ def load_records(runs: list[Run], results_dir: Path) -> dict[tuple[str, str, int
         if not path.is_file():
             raise UserError(f"missing result record {path} (run {run.run_id}); run "
                             f"'nfbench bench --paper {run.paper} --variant {run.variant}' first")
-        records[(run.variant, run.category, run.seed)] = json.loads(path.read_text())
+        records[(run.variant, run.category, run.seed)] = read_record(path)
     return records
 
 
@@ -78,14 +80,6 @@ def _cell(values_by_seed: dict[int, list[float]]) -> tuple[int, float, float]:
         return 0, float("nan"), float("nan")
     std = float(np.std(per_seed, ddof=1)) if len(per_seed) > 1 else 0.0
     return len(per_seed), float(np.mean(per_seed)), std
-
-
-def _metric(record: dict, metric: str, category: str | None) -> float:
-    if record["category"] == "all" and category is not None:
-        value = record["per_category"][category].get(metric)
-    else:
-        value = record["metrics"].get(metric)
-    return float("nan") if value is None else float(value)
 
 
 def _original_protocol(record: dict, metric: str, category: str | None,
@@ -139,7 +133,7 @@ def defect_fraction(results_dir: Path, runs: list[Run], category: str) -> float:
             continue
         path = Path(results_dir) / run.record_path
         if path.is_file():
-            fraction = json.loads(path.read_text()).get("data", {}).get("defect_pixel_fraction", {})
+            fraction = read_record(path).get("data", {}).get("defect_pixel_fraction", {})
             if category in fraction:
                 return float(fraction[category])
         path = path.with_suffix(".npz")
@@ -176,7 +170,7 @@ def _identical_variants(records: dict, variants: list[str], metrics: list[str],
                 record = joint or records.get((variant, category, seed))
                 if record is None:
                     return None
-                out += [_metric(record, m, category) for m in metrics]
+                out += [metric_value(record, m, category) for m in metrics]
         return out
 
     found: dict[str, tuple[str, str]] = {}
@@ -216,7 +210,7 @@ def build_tables(paper: str, profile: str, params: dict, results_dir: Path,
     spec = load_spec(paper)
     runs = expand_runs(paper, profile, params)
     records = load_records(runs, results_dir)
-    block = profile_params(params, paper, profile)
+    block = typed(params).block(paper, profile)
     tolerance = spec.tolerance
     seeds = sorted({run.seed for run in runs})
     tables = {}
@@ -225,9 +219,9 @@ def build_tables(paper: str, profile: str, params: dict, results_dir: Path,
             continue  # not reproducible, or built from the profiling stage (pipeline/complexity.py)
         metrics = list(table.metrics)
         variants = dict(table.labels)
-        role = block["datasets"][table.dataset]
-        categories = role_categories(role)
-        comparable = comparable_dataset(role["dataset"])
+        role = block.role(table.dataset)
+        categories = role.categories
+        comparable = comparable_dataset(role.dataset)
         rows: list[dict[str, Any]] = []
         kind_of = {v: "method" for v in variants}
         for ref, label in table.references.items() if references else ():
@@ -260,7 +254,7 @@ def build_tables(paper: str, profile: str, params: dict, results_dir: Path,
                 for category in members:
                     record = joint or records.get((variant, category, seed))
                     if record is not None:
-                        by_seed[seed].append(_metric(record, metric, category) if value is None
+                        by_seed[seed].append(metric_value(record, metric, category) if value is None
                                              else value(record, metric, category, variant))
             return _cell(by_seed)
 
@@ -311,7 +305,7 @@ def build_tables(paper: str, profile: str, params: dict, results_dir: Path,
                     for category in categories:
                         add(category, f"{label}, {category}", metric, variant, [category],
                             pub.get(category) if isinstance(pub, Mapping) else None)
-                    for group, members in category_groups(table, role["dataset"], categories).items():
+                    for group, members in category_groups(table, role.dataset, categories).items():
                         add(group, f"{label}, {group}", metric, variant, members,
                             pub.get(group) if isinstance(pub, Mapping) else None)
                     add("average", f"{label}, average", metric, variant, categories,

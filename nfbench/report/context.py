@@ -9,8 +9,9 @@ from typing import Any
 
 from nfbench.backbones import BACKBONES
 from nfbench.datasets import DATASETS
-from nfbench.pipeline.plan import load_spec, profile_params, role_categories
-from nfbench.pipeline.spec import reference_profile
+from nfbench.pipeline.params import typed
+from nfbench.pipeline.settings import resolve_config, variant_settings
+from nfbench.pipeline.spec import load_spec
 from nfbench.pipeline.spec import TableSpec
 from nfbench.pipeline.tables import backbone_label, comparable_dataset
 
@@ -63,35 +64,28 @@ def dataset_label(name: str) -> str:
     spec = DATASETS.get(name)
     return spec.description.split(",")[0] if spec and spec.description else name
 
-def _paper_defaults(method: str) -> dict[str, Any]:
-    """The method's paper-default config (backbone, input size), for "X stands in for Y"."""
-    import dataclasses
-
-    from nfbench.methods import method_class
-
-    return {f.name: f.default for f in dataclasses.fields(method_class(method).Config)
-            if f.default is not dataclasses.MISSING}
-
 def setting_of(paper: str, profile: str, params: dict, variant: str, records: list[dict],
                role_name: str | None = None) -> dict[str, Any]:
     """What ``variant`` of ``paper`` ran on under ``profile``: dataset, categories, backbone and
-    input size (from its records' config), and what the paper used instead (the paper
-    profile's dataset for that role, the method's paper defaults). ``role_name``: the dataset
+    input size (from its records' config), and what the paper used instead (the reference
+    profile's dataset for that role, and the variant's config resolved under the reference
+    profile: :func:`nfbench.pipeline.settings.resolve_config`). ``role_name``: the dataset
     role whose categories a table averages (a table's ``dataset``), if not the variant's."""
-    spec = load_spec(paper)
-    declared = spec.variants[variant]
+    declared = load_spec(paper).variants[variant]
     role_name = role_name or declared.dataset
-    role = profile_params(params, paper, profile)["datasets"][role_name]
+    view = typed(params)
+    role = view.block(paper, profile).role(role_name)
     mine = [r for r in records if r["variant"] == variant] or records
     config = mine[0].get("config", {}) if mine else {}
-    paper_role = profile_params(params, paper, reference_profile(params))["datasets"].get(role_name, {})
-    defaults = _paper_defaults(declared.method)
-    paper_settings = {**defaults, **(paper_role.get("settings") or {})}
-    return {"dataset": role["dataset"], "categories": role_categories(role),
+    reference = view.reference
+    paper_config = resolve_config(declared.method, reference,
+                                  variant_settings(params, paper, reference, variant), params)
+    return {"dataset": role.dataset, "categories": role.categories,
             "backbone": config.get("backbone"), "input_size": config.get("input_size"),
-            "paper_dataset": paper_role.get("dataset"), "paper_backbone": paper_settings.get("backbone"),
-            "paper_input_size": paper_settings.get("input_size"),
-            "stand_in": not comparable_dataset(role["dataset"])}
+            "paper_dataset": view.block(paper, reference).role(role_name).dataset,
+            "paper_backbone": getattr(paper_config, "backbone", None),
+            "paper_input_size": getattr(paper_config, "input_size", None),
+            "stand_in": not comparable_dataset(role.dataset)}
 
 def setting_text(s: dict[str, Any]) -> str:
     """"demo set (brick, coin), EfficientNet-Lite0, 256 px"."""

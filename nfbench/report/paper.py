@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import matplotlib
@@ -13,6 +12,7 @@ import pandas as pd  # noqa: E402
 from nfbench.atomic import write_text_atomic  # noqa: E402
 from nfbench.errors import UserError  # noqa: E402
 from nfbench.pipeline.plan import expand_runs, load_spec  # noqa: E402
+from nfbench.pipeline.record import read_record  # noqa: E402
 from nfbench.report import figures  # noqa: E402
 from nfbench.report.context import (DEMO_WARNING, REFERENCE_NOTE, dataset_label,  # noqa: E402
                                     profile_banner, provenance, setting_of, setting_text,
@@ -74,7 +74,7 @@ def _difference(paper: str, profile: str, params: dict, results_dir: Path):
     """``difference(question, metric)``: the interval of better − than on the question's row
     (its categories, every seed), paired over the same test images."""
     from nfbench.pipeline.intervals import cell_difference
-    from nfbench.pipeline.plan import profile_params, role_categories
+    from nfbench.pipeline.params import typed
     from nfbench.pipeline.spec import category_groups
     from nfbench.pipeline.tables import load_records
 
@@ -84,14 +84,14 @@ def _difference(paper: str, profile: str, params: dict, results_dir: Path):
     paths = {(r.variant, r.category, r.seed): Path(results_dir) / r.record_path.with_suffix(".npz")
              for r in runs}
     seeds = sorted({r.seed for r in runs})
-    block = profile_params(params, paper, profile)
+    block = typed(params).block(paper, profile)
 
     def difference(q, metric: str):
         table = spec.tables[q.table]
-        role = block["datasets"][table.dataset]
-        members = role_categories(role)
+        role = block.role(table.dataset)
+        members = role.categories
         if q.row is not None and q.row != "average":
-            members = category_groups(table, role["dataset"], members).get(q.row, [q.row])
+            members = category_groups(table, role.dataset, members).get(q.row, [q.row])
         return cell_difference(records, paths, q.better, q.than, members, metric, seeds)
 
     return difference
@@ -115,7 +115,7 @@ def write_report(paper: str, profile: str, params: dict, results_dir: Path,
     runs = expand_runs(paper, profile, params)
     _require_inputs(paper, spec, runs, results_dir)  # before anything is written
     figures_dir.mkdir(parents=True, exist_ok=True)
-    records = [json.loads((results_dir / r.record_path).read_text()) for r in runs]
+    records = [read_record(results_dir / r.record_path) for r in runs]
     main = spec.main_variant
     main_setting = setting_of(paper, profile, params, main, records)
     tables_dir = results_dir / paper / "tables"
