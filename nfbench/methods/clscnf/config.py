@@ -12,7 +12,7 @@ from nfbench.methods.synthetic.foreground import OBJECT_MASK_MODES
 from nfbench.methods.cnf.config import CNFMethodConfig
 
 #: w per category in the original run scripts (AD-CLSCNFs run_scripts/<ds>/<cls>/
-#: train_eval_total.sh, ``--w_fe``; original-code.md §1b). The paper (§IV-B) chose w "for each
+#: train_eval_total.sh, ``--w_fe``; docs/original-code.md §1b). The paper (§IV-B) chose w "for each
 #: category in a way such that the AUPR score was maximized", and the code's ``--get_best_w_fe``
 #: searches {0.05, ..., 1.0} by pixel AUPR against the TEST ground truth: these are test-tuned.
 ORIGINAL_W: dict[str, float] = {

@@ -1,5 +1,5 @@
 """Object (foreground) masks of CLS-CNFs' synthetic defects, ``M_o`` (§III-A; AD-CLSCNFs
-``custom_datasets/synthetic_data_loader.py``, ``../shared/reference/original-code.md`` §1b
+``custom_datasets/synthetic_data_loader.py``, ``docs/original-code.md`` §1b
 "Object mask"): where on a normal image a defect may be drawn, with the original's
 per-category rules.
 
