@@ -29,7 +29,7 @@ def cmd_data_list(args: argparse.Namespace) -> None:
     for name, spec in DATASETS.items():
         root = default_dataset_root(name)
         state = "present" if root.is_dir() and any(root.iterdir()) else "absent"
-        where = "(--root required)" if name == "folder" else f"{root} [{state}]"
+        where = "(--root required)" if spec.needs_root else f"{root} [{state}]"
         print(f"{name:10s} {spec.description}  {where}")
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from nfbench.datasets.archives import CorruptArchiveError, safe_extract
 from nfbench.datasets.download import Archive, download_and_hash, effective_url
-from nfbench.datasets.staging import (check_target, cleanup_on_terminate, new_staging_dir,
+from nfbench.datasets.staging import (cleanup_on_terminate, move_into_place, new_staging_dir,
                                       remove_stale_staging)
 from nfbench.errors import DownloadError, UserError
 
@@ -59,20 +59,6 @@ def _move_aside(path: Path) -> Path:
     aside = path.with_name(path.name + ".corrupt")
     os.replace(path, aside)
     return aside
-
-
-def _install(tree: Path, root: Path) -> None:
-    """Move the finished ``tree`` to ``root`` (one rename), or, when ``root`` is an existing
-    empty folder (e.g. ``--root .``, which must not be removed), move its entries in with the
-    completion marker last."""
-    check_target(root)
-    if not root.is_dir():
-        os.replace(tree, root)
-        return
-    for entry in tree.iterdir():
-        if entry.name != MARKER_NAME:
-            os.replace(entry, root / entry.name)
-    os.replace(tree / MARKER_NAME, root / MARKER_NAME)
 
 
 def fetch(archives: list[Archive], root: Path, *, notice: str | None = None,
@@ -154,7 +140,7 @@ def fetch(archives: list[Archive], root: Path, *, notice: str | None = None,
                 "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             }
             (tree / MARKER_NAME).write_text(json.dumps(record, indent=2) + "\n")
-            _install(tree, root)
+            move_into_place(tree, root, last=MARKER_NAME)  # the marker last
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     # said even with --quiet: the archives take as much space as the dataset

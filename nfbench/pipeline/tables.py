@@ -30,6 +30,8 @@ import numpy as np
 import pandas as pd
 
 from nfbench.atomic import atomic_path, write_text_atomic
+from nfbench.backbones import backbone_label
+from nfbench.datasets import DATASETS
 from nfbench.errors import UserError
 from nfbench.pipeline.plan import Run, expand_runs, profile_params, role_categories
 from nfbench.pipeline.spec import category_groups, load_spec
@@ -45,15 +47,15 @@ KINDS = ("method", "reference", "chance")
 #: a random map's PRO equals its FPR, so the area up to FPR 0.3 over 0.3 is 0.15); pixel AUPR's
 #: chance is the defect-pixel fraction, read from the records' pixel histograms
 CHANCE = {"image_auroc": 50.0, "pixel_auroc": 50.0, "aupro": 15.0}
-#: datasets whose numbers are not comparable with the papers' (the offline stand-ins)
-STAND_IN_DATASETS = ("demo",)
 
 
 def comparable_dataset(dataset: str) -> bool:
     """The one rule for comparing with a paper: numbers measured on ``dataset`` can stand
-    beside the published ones (Δ, tolerance) unless it is an offline stand-in. Tables store
-    the answer in their ``comparable`` column; reports and figures read that column."""
-    return dataset not in STAND_IN_DATASETS
+    beside the published ones (Δ, tolerance) unless it is an offline stand-in (its registry
+    entry's ``stand_in``). Tables store the answer in their ``comparable`` column; reports and
+    figures read that column."""
+    spec = DATASETS.get(dataset)
+    return not (spec is not None and spec.stand_in)
 PROTOCOL_COLUMNS = ["table", "variant", "row", "label", "metric", "n", "honest", "original",
                     "difference", "reported_as", "profile"]
 
@@ -121,13 +123,6 @@ def render_label(label: str, config: dict) -> str:
     if "{backbone}" in label:
         label = label.replace("{backbone}", backbone_label(config.get("backbone")))
     return label
-
-
-def backbone_label(name: str | None) -> str:
-    """A backbone's name as papers write it."""
-    names = {"efficientnet_lite0": "EfficientNet-Lite0", "efficientnet_b5": "EfficientNet-B5",
-             "wide_resnet50_2": "WideResNet-50-2", "resnet18": "ResNet-18"}
-    return names.get(name or "", name or "?")
 
 
 def defect_fraction(results_dir: Path, runs: list[Run], category: str) -> float:

@@ -7,12 +7,12 @@ from __future__ import annotations
 import datetime as _dt
 from typing import Any
 
-from nfbench.backbones import BACKBONES
+from nfbench.backbones import BACKBONES, backbone_label
 from nfbench.datasets import DATASETS
 from nfbench.pipeline.plan import load_spec, profile_params, role_categories
 from nfbench.pipeline.spec import reference_profile
 from nfbench.pipeline.spec import TableSpec
-from nfbench.pipeline.tables import backbone_label, comparable_dataset
+from nfbench.pipeline.tables import comparable_dataset
 
 
 DEMO_WARNING = ("> **Demo profile.** Stand-in data, backbone and CPU budgets (the line above and "
@@ -57,11 +57,10 @@ def provenance(records: list[dict]) -> list[str]:
     return lines
 
 def dataset_label(name: str) -> str:
-    """A dataset's name as a reader knows it (``demo`` → "demo set")."""
-    if name == "demo":
-        return "demo set"
+    """A dataset's name as a reader knows it (its registered ``label``: ``demo`` → "demo
+    set")."""
     spec = DATASETS.get(name)
-    return spec.description.split(",")[0] if spec and spec.description else name
+    return spec.label if spec and spec.label else name
 
 def _paper_defaults(method: str) -> dict[str, Any]:
     """The method's paper-default config (backbone, input size), for "X stands in for Y"."""

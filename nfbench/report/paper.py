@@ -155,7 +155,7 @@ def write_report(paper: str, profile: str, params: dict, results_dir: Path,
             out += ["Published numbers of the methods the paper compares with (transcribed, "
                     "not re-run):", "", comparison_markdown(table.comparison), ""]
         png = figures_dir / f"{paper}_{table_id}.png"
-        stand_in = dataset_label(setting["dataset"]) if setting else "demo"
+        stand_in = dataset_label((setting or main_setting)["dataset"])
         comparable = is_comparable(frame)
         if table.figure is not None and table.figure.kind == "ablation":
             drawn = figures.ablation(frame, fig_title, table.figure.x_label, png,
