@@ -61,6 +61,53 @@ def _move_aside(path: Path) -> Path:
     return aside
 
 
+def _unpack(archive: Archive, url: str, download, into: Path, tree: Path,
+            progress: bool) -> tuple[Path, str]:
+    """Download (or reuse the cached) ``archive``, unpack it into ``into`` and merge that into
+    ``tree``; a cached archive that cannot be opened is moved aside and fetched again, once.
+    Returns the archive's path and sha256."""
+    path, digest = download(archive, url)
+    try:
+        unpacked = safe_extract(path, into, archive.inner_root, progress=progress)
+    except CorruptArchiveError as exc:
+        shutil.rmtree(into, ignore_errors=True)
+        aside = _move_aside(path)
+        print(f"cached archive {path.name} is damaged ({exc}); moved aside to "
+              f"{aside.name}, downloading it again", file=sys.stderr)
+        path, digest = download(archive, url)
+        unpacked = safe_extract(path, into, archive.inner_root, progress=progress)
+    _merge_tree(unpacked, tree)
+    shutil.rmtree(unpacked)
+    return path, digest
+
+
+def _validate(validate, tree: Path, root: Path, archives: list[Archive],
+              paths: list[Path]) -> None:
+    """``validate(tree)`` (the dataset's loader); on failure nothing is installed and the
+    unpinned archives (no sha256 to have caught a bad file) are moved aside."""
+    try:
+        validate(tree)
+    except UserError as exc:
+        unpinned = [p for p, a in zip(paths, archives) if a.sha256 is None]
+        for path in unpinned:
+            _move_aside(path)
+        again = (" the unpinned archive(s) were moved aside (.corrupt); run again to "
+                 "download them afresh") if unpinned else ""
+        raise DownloadError(f"the downloaded {root.name} fails its checks, nothing "
+                            f"was installed: {exc};{again}") from None
+
+
+def _marker(archives: list[Archive], digests: list[str], paths: list[Path]) -> dict:
+    """The completion marker's content: each archive's identity, file, actual sha256 and size."""
+    return {
+        "archives": [{**ident, "filename": a.filename, "actual_sha256": digest,
+                      "actual_size": path.stat().st_size}
+                     for ident, a, digest, path in
+                     zip(_archive_ids(archives), archives, digests, paths)],
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
 def fetch(archives: list[Archive], root: Path, *, notice: str | None = None,
           progress: bool = True, validate=None) -> bool:
     """Download, verify and unpack ``archives`` into ``root``; ``False`` if it was already done.
@@ -105,41 +152,14 @@ def fetch(archives: list[Archive], root: Path, *, notice: str | None = None,
             tree.mkdir()
             paths, digests = [], []
             for i, (archive, url) in enumerate(zip(archives, urls)):
-                path, digest = download(archive, url)
-                try:
-                    unpacked = safe_extract(path, staging / f"archive-{i}", archive.inner_root,
-                                            progress=progress)
-                except CorruptArchiveError as exc:
-                    shutil.rmtree(staging / f"archive-{i}", ignore_errors=True)
-                    aside = _move_aside(path)
-                    print(f"cached archive {path.name} is damaged ({exc}); moved aside to "
-                          f"{aside.name}, downloading it again", file=sys.stderr)
-                    path, digest = download(archive, url)
-                    unpacked = safe_extract(path, staging / f"archive-{i}", archive.inner_root,
-                                            progress=progress)
-                _merge_tree(unpacked, tree)
-                shutil.rmtree(unpacked)
+                path, digest = _unpack(archive, url, download, staging / f"archive-{i}", tree,
+                                       progress)
                 paths.append(path)
                 digests.append(digest)
             if validate is not None:
-                try:
-                    validate(tree)
-                except UserError as exc:
-                    unpinned = [p for p, a in zip(paths, archives) if a.sha256 is None]
-                    for path in unpinned:
-                        _move_aside(path)
-                    again = (" the unpinned archive(s) were moved aside (.corrupt); run again to "
-                             "download them afresh") if unpinned else ""
-                    raise DownloadError(f"the downloaded {root.name} fails its checks, nothing "
-                                        f"was installed: {exc};{again}") from None
-            record = {
-                "archives": [{**ident, "filename": a.filename, "actual_sha256": digest,
-                              "actual_size": path.stat().st_size}
-                             for ident, a, digest, path in
-                             zip(_archive_ids(archives), archives, digests, paths)],
-                "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            }
-            (tree / MARKER_NAME).write_text(json.dumps(record, indent=2) + "\n")
+                _validate(validate, tree, root, archives, paths)
+            (tree / MARKER_NAME).write_text(json.dumps(_marker(archives, digests, paths),
+                                                       indent=2) + "\n")
             move_into_place(tree, root, last=MARKER_NAME)  # the marker last
         finally:
             shutil.rmtree(staging, ignore_errors=True)
