@@ -15,6 +15,10 @@ any change of what runs changes it. Imports by name in a string (``importlib.imp
 the method registry's built-in list) are not followed: the registry loads every method, but
 a run executes only its own.
 
+Per-category data shipped beside a module (``*.yaml``, :mod:`nfbench.package_data`, e.g.
+CLS-CNFs' original ``w`` per category) is part of the code: the parsed content of every such
+file in the folder of a module in the closure is hashed too (comments do not count).
+
 Modules whose effect on a result is already part of the identity, or that do not compute
 results, are not followed (:data:`NOT_FOLLOWED`): the spec and plan code (a run's identity
 holds the resolved config they produce), the runner and identity code itself, the CLI and
@@ -26,7 +30,10 @@ from __future__ import annotations
 import ast
 import functools
 import hashlib
+import json
 from pathlib import Path
+
+import yaml
 
 import nfbench
 
@@ -148,7 +155,23 @@ def code_digest(*starts: str) -> str:
     (``starts``): docstrings, comments and layout do not count, code does. Cached per
     process (the code does not change under a running process)."""
     digest = hashlib.sha1()
-    for name in module_closure(*starts):
+    closure = module_closure(*starts)
+    for name in closure:
         digest.update(name.encode() + b"\0")
         digest.update(_module(name)[1].encode() + b"\0")
+    for path in _data_files(closure):
+        digest.update(path.relative_to(PACKAGE).as_posix().encode() + b"\0")
+        digest.update(_data_summary(path, _read_source(path)).encode() + b"\0")
     return digest.hexdigest()[:16]
+
+
+def _data_files(closure: tuple[str, ...]) -> list[Path]:
+    """The package data files (``*.yaml``) in the folders of the closure's modules."""
+    folders = {module_path(name).parent for name in closure}
+    return sorted(p for folder in folders for p in folder.glob("*.yaml") if p.is_file())
+
+
+@functools.lru_cache(maxsize=None)
+def _data_summary(path: Path, text: str) -> str:
+    """A data file's parsed content (comments and layout do not count)."""
+    return json.dumps(yaml.safe_load(text), sort_keys=True)

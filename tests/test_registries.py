@@ -67,3 +67,44 @@ def test_backbone_labels_are_the_registry_entries():
         "wide_resnet50_2": "WideResNet-50-2"}
     assert backbone_label("resnet18") == "resnet18"  # not registered: its name as it is
     assert backbone_label(None) == "?"
+
+
+def test_per_category_facts_are_package_data_in_the_code_version(monkeypatch):
+    from nfbench import code_digest as cd
+    from nfbench.methods.clscnf.config import ORIGINAL_W
+    from nfbench.methods.synthetic.foreground import OBJECT_MASK_RULES
+
+    assert ORIGINAL_W["bottle"] == 0.3 and ORIGINAL_W["02"] == 0.05 and len(ORIGINAL_W) == 18
+    assert OBJECT_MASK_RULES["metal_nut"] == ("bright", False)  # bright, no hole filling
+    assert OBJECT_MASK_RULES["grid"] == ("dark", False) and OBJECT_MASK_RULES["02"] == ("none", True)
+    assert OBJECT_MASK_RULES["coin"] == ("bright", True)
+    starts = ("nfbench.methods.clscnf", "nfbench.pipeline.experiment")
+    before = cd.code_digest(*starts)
+    read = cd._read_source
+
+    def edited(path):
+        text = read(path)
+        return text.replace("bottle: 0.3", "bottle: 0.35") if path.name == "original_w.yaml" \
+            else text
+
+    monkeypatch.setattr(cd, "_read_source", edited)
+    cd.code_digest.cache_clear()
+    try:
+        assert cd.code_digest(*starts) != before  # a changed w is a new code version
+        monkeypatch.setattr(cd, "_read_source", lambda p: read(p) + "\n# a comment\n"
+                            if p.suffix == ".yaml" else read(p))
+        cd.code_digest.cache_clear()
+        assert cd.code_digest(*starts) == before  # a comment is not
+    finally:
+        cd.code_digest.cache_clear()
+
+
+def test_bad_package_data_is_one_line(tmp_path):
+    from nfbench import package_data
+
+    (tmp_path / "m.py").write_text("")
+    (tmp_path / "d.yaml").write_text("[1, 2]\n")
+    with pytest.raises(UserError, match=r"d.yaml: expected a mapping at the top"):
+        package_data.load(str(tmp_path / "m.py"), "d.yaml")
+    with pytest.raises(UserError, match=r"d.yaml: mvtec_ad.bottle: expected"):
+        package_data.fail(str(tmp_path / "m.py"), "d.yaml", "mvtec_ad.bottle", "expected w")
