@@ -15,7 +15,7 @@ any change of what runs changes it. Imports by name in a string (``importlib.imp
 the method registry's built-in list) are not followed: the registry loads every method, but
 a run executes only its own.
 
-Per-category data shipped beside a module (``*.yaml``, :mod:`nfbench.package_data`, e.g.
+Per-category data shipped beside a module (``*.yaml``, :mod:`nfbench.methods.package_data`, e.g.
 CLS-CNFs' original ``w`` per category) is part of the code: the parsed content of every such
 file in the folder of a module in the closure is hashed too (comments do not count).
 

@@ -100,7 +100,7 @@ def test_per_category_facts_are_package_data_in_the_code_version(monkeypatch):
 
 
 def test_bad_package_data_is_one_line(tmp_path):
-    from nfbench import package_data
+    from nfbench.methods import package_data
 
     (tmp_path / "m.py").write_text("")
     (tmp_path / "d.yaml").write_text("[1, 2]\n")

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from nfbench import package_data
+from nfbench.methods import package_data
 from nfbench.errors import UserError, check_choice
 from nfbench.methods.synthetic.foreground import OBJECT_MASK_MODES
 from nfbench.methods.cnf.config import CNFMethodConfig

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
-from nfbench import package_data
+from nfbench.methods import package_data
 from nfbench.errors import check_choice
 
 # ------------------------------------------------------------------------------------------
