@@ -108,3 +108,21 @@ def test_bad_package_data_is_one_line(tmp_path):
         package_data.load(str(tmp_path / "m.py"), "d.yaml")
     with pytest.raises(UserError, match=r"d.yaml: mvtec_ad.bottle: expected"):
         package_data.fail(str(tmp_path / "m.py"), "d.yaml", "mvtec_ad.bottle", "expected w")
+
+
+def test_the_demo_generator_stages_as_the_downloads_do(tmp_path):
+    """One staging implementation: the demo build removes a killed build's staging folder
+    (as a download does) and leaves none of its own."""
+    from nfbench.datasets.demo.generator import generate_demo
+
+    stale = tmp_path / ".demo.partial-999999999-abcd"  # no such process
+    stale.mkdir()
+    root = generate_demo(tmp_path / "demo", image_size=32, n_train=1, n_test_good=1,
+                         n_test_defect_per_type=1, categories=("brick",), progress=False)
+    assert (root / "demo.json").is_file() and not stale.exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["demo"]
+    # an outdated set is swapped out through a staging folder, none left behind
+    generate_demo(root, image_size=32, n_train=2, n_test_good=1, n_test_defect_per_type=1,
+                  categories=("brick",), progress=False)
+    assert [p.name for p in tmp_path.iterdir()] == ["demo"]
+    assert len(list((root / "brick" / "train" / "good").iterdir())) == 2
