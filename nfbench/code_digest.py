@@ -15,6 +15,10 @@ any change of what runs changes it. Imports by name in a string (``importlib.imp
 the method registry's built-in list) are not followed: the registry loads every method, but
 a run executes only its own.
 
+Per-category data shipped beside a module (``*.yaml``, :mod:`nfbench.methods.package_data`, e.g.
+CLS-CNFs' original ``w`` per category) is part of the code: the parsed content of every such
+file in the folder of a module in the closure is hashed too (comments do not count).
+
 Modules whose effect on a result is already part of the identity, or that do not compute
 results, are not followed (:data:`NOT_FOLLOWED`): the spec, params, settings and plan code
 (a run's identity holds the resolved config they produce), the record's writer, the
@@ -26,7 +30,10 @@ from __future__ import annotations
 import ast
 import functools
 import hashlib
+import json
 from pathlib import Path
+
+import yaml
 
 import nfbench
 
@@ -151,18 +158,32 @@ def code_digest(*starts: str) -> str:
     (``starts``): docstrings, comments and layout do not count, code does. Cached per
     process (the code does not change under a running process)."""
     digest = hashlib.sha1()
-    for name in module_closure(*starts):
+    closure = module_closure(*starts)
+    for name in closure:
         digest.update(name.encode() + b"\0")
         digest.update(_module(name)[1].encode() + b"\0")
+    for path in _data_files(closure):
+        digest.update(path.relative_to(PACKAGE).as_posix().encode() + b"\0")
+        digest.update(_data_summary(path, _read_source(path)).encode() + b"\0")
     return digest.hexdigest()[:16]
 
 
+def _data_files(closure: tuple[str, ...]) -> list[Path]:
+    """The package data files (``*.yaml``) in the folders of the closure's modules."""
+    folders = {module_path(name).parent for name in closure}
+    return sorted(p for folder in folders for p in folder.glob("*.yaml") if p.is_file())
+
+
+@functools.lru_cache(maxsize=None)
+def _data_summary(path: Path, text: str) -> str:
+    """A data file's parsed content (comments and layout do not count)."""
+    return json.dumps(yaml.safe_load(text), sort_keys=True)
+
+
 def package_digests() -> dict[str, str]:
-    """A digest per file of the nfbench package: a module's normalised syntax tree (as
-    :func:`code_digest`: docstrings, comments and layout do not count), any other file's bytes
-    (YAML data, ...). The pipeline's stages depend on these digests (dvc.yaml's ``code``
-    stage writes them) instead of on the source folders, so that an edit that changes no code
-    reruns nothing after that one stage, while any code edit reruns what it did before."""
+    """A digest per file of the nfbench package, as :func:`code_digest` hashes it (a module's
+    syntax tree without docstrings, YAML data by its parsed content), other files by their
+    bytes: what the pipeline's stages depend on (:mod:`nfbench.pipeline.stage_code`)."""
     digests = {}
     for path in sorted(PACKAGE.rglob("*")):
         # defaults/ links the repository's params.yaml and specs (stage params and deps)
@@ -172,28 +193,10 @@ def package_digests() -> dict[str, str]:
         if path.suffix == ".py":
             tree = _strip_docstrings(ast.parse(_read_source(path), filename=str(path)))
             content = ast.dump(tree, annotate_fields=False, include_attributes=False).encode()
+        elif path.suffix == ".yaml":
+            content = _data_summary(path, path.read_text(encoding="utf-8")).encode()
         else:
             content = path.read_bytes()
         digests[path.relative_to(PACKAGE).as_posix()] = hashlib.sha1(content).hexdigest()[:16]
     return digests
 
-
-def main(argv: list[str] | None = None) -> None:
-    """``python -m nfbench.code_digest --out FILE``: write :func:`package_digests` as JSON
-    (the pipeline's ``code`` stage; rewritten only when a digest changed)."""
-    import argparse
-    import json
-
-    from nfbench.atomic import write_text_atomic
-
-    parser = argparse.ArgumentParser(prog="python -m nfbench.code_digest",
-                                     description=main.__doc__)
-    parser.add_argument("--out", type=Path, required=True, help="JSON file to write")
-    args = parser.parse_args(argv)
-    text = json.dumps(package_digests(), indent=1, sort_keys=True) + "\n"
-    if not args.out.is_file() or args.out.read_text() != text:
-        write_text_atomic(args.out, text)
-
-
-if __name__ == "__main__":
-    main()

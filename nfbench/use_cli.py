@@ -178,6 +178,7 @@ EXAMPLES = {
     "report": "nfbench report",
     "check": "nfbench check --baseline benchmarks/baselines/demo.json --paper csflow",
     "results": "nfbench results --csv runs.csv\nnfbench results --paper csflow",
+    "dvc-yaml": "nfbench dvc-yaml\nnfbench dvc-yaml --check",
     "run": "nfbench run --method gaussian --dataset demo --category brick\n"
            "nfbench run --method csflow --dataset demo --category brick --print-config > r.yaml\n"
            "nfbench run --config r.yaml --set epochs=2 --save-model models/csflow-brick",

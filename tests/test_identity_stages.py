@@ -102,24 +102,27 @@ def test_edit_in_a_module_not_imported_keeps_the_digest(edited_source):
 
 def test_the_pipelines_code_digests_ignore_docstrings_and_see_code_and_data(edited_source,
                                                                            tmp_path):
-    """dvc.yaml's stages depend on ``package_digests`` (the ``code`` stage's file), not on the
-    source folders: a docstring edit must leave the file byte-identical (nothing reruns), a
-    code edit in any module, reports included, must change it."""
-    import nfbench.code_digest as cd
+    """dvc.yaml's stages depend on the ``code`` stage's digest files, not on the source
+    folders: a docstring edit must leave them byte-identical (nothing else reruns), a code
+    edit must change exactly the files of the stage kinds that run it."""
+    from nfbench.pipeline import stage_code
 
-    out = tmp_path / "code.json"
-    cd.main(["--out", str(out)])
-    before = out.read_text()
+    def digests() -> dict[str, str]:
+        stage_code.main([str(tmp_path)])
+        return {p.stem: p.read_text() for p in sorted(tmp_path.glob("*.json"))}
+
+    before = digests()
+    assert set(before) == set(stage_code.CODE_SETS)
     edited_source("report/figures.py", lambda s: s.replace('"""', '"""Edited. ', 1) + "# c\n")
-    cd.main(["--out", str(out)])
-    assert out.read_text() == before
+    assert digests() == before
     edited_source("report/figures.py", lambda s: s + "\nEDITED = 1\n")
-    cd.main(["--out", str(out)])
-    changed = {k for k, v in json.loads(out.read_text()).items()
-               if json.loads(before)[k] != v}
-    assert changed == {"report/figures.py"}
-    assert "peers/deviations.yaml" in json.loads(before)  # data files count by their bytes
-    assert not any(k.startswith("defaults/") for k in json.loads(before))  # params: not code
+    after = digests()
+    assert {k for k in before if after[k] != before[k]} == {"reports"}
+    edited_source("metrics/official.py", lambda s: s + "\nEDITED = 1\n")
+    assert all(digests()[k] != after[k] for k in stage_code.CODE_SETS)  # every stage runs it
+    runs = json.loads(before["runs"])
+    assert "nfbench/peers/deviations.yaml" in json.loads(before["peers"])  # data files count
+    assert not any(k.startswith("nfbench/defaults/") for k in runs)  # params.yaml: not code
 
 
 def test_stage_key_follows_an_edit_of_what_the_stage_imports(tiny_demo, edited_source):

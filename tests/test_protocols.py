@@ -56,7 +56,7 @@ def test_protocol_leaves_honest_numbers_unchanged_and_ends_at_them(method, tiny_
     # only the epoch its validation selects; here also the last, the honest model)
     tested = [p for p in op["points"] if p["metrics"] is not None]
     assert op["selected"]["metrics"]["image_auroc"] == max(p["metrics"]["image_auroc"] for p in tested)
-    assert op["reported"]["image_auroc"] >= -1 and op["seconds"] > 0
+    assert 0.0 <= op["reported"]["image_auroc"] <= 1.0 and op["seconds"] > 0
     assert with_protocol["timing"]["protocol_seconds"] == op["seconds"]
     if method == "cflow":  # both normalisations at every point; the reported max is over them
         for p in op["points"]:
@@ -133,7 +133,7 @@ def test_protocol_tables_and_report_section(tmp_path):
     assert pixel_aupr.loc["full", "compared_mean"] == pytest.approx(32.0)
     assert pixel_aupr.loc["full", "mean"] == pytest.approx(30.0)  # the official value beside
     assert pixel_aupr.loc["full", "delta"] == pytest.approx(32.0 - 72.09)
-    assert row is not None
+    assert set(row["metric"]) == {"image_auroc", "pixel_auroc", "pixel_aupr", "aupro"}
     companions = build_protocol_tables("clscnf", "smoke", params, tmp_path)
     frame = companions["table2"].set_index(["variant", "metric"])
     assert frame.loc[("full", "image_auroc"), "difference"] == pytest.approx(5.0)

@@ -146,15 +146,7 @@ def _transfer_once(url: str, part: Path, *, expected_size: int | None, progress:
     if offset and validators is None:
         _restart(part)
         offset = 0
-    headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
-    if offset:
-        headers["Range"] = f"bytes={offset}-"
-        etag, modified = validators.get("etag"), validators.get("last_modified")
-        if etag and not etag.startswith("W/"):  # If-Range needs a strong validator
-            headers["If-Range"] = etag
-        elif modified:
-            headers["If-Range"] = modified
-    request = urllib.request.Request(url, headers=headers)
+    request = urllib.request.Request(url, headers=_request_headers(offset, validators))
     try:
         response = urllib.request.urlopen(request, timeout=timeout)
     except urllib.error.HTTPError as exc:
@@ -203,30 +195,52 @@ def _transfer_once(url: str, part: Path, *, expected_size: int | None, progress:
         if total_size is not None:
             _check_free_space(part.parent, total_size - kept)
 
-        received = 0
-        try:
-            with open(part, "ab" if offset else "wb") as out, \
-                    _bar(total_size, offset, part.name.removesuffix(".part"), progress) as bar:
-                while True:
-                    try:
-                        chunk = response.read(CHUNK_SIZE)
-                    except TimeoutError:
-                        raise _Interrupted(received, f"timed out after {timeout:g} s") from None
-                    except (http.client.HTTPException, OSError) as exc:
-                        raise _Interrupted(received, f"connection lost ({exc!r})") from None
-                    if not chunk:
-                        break
-                    out.write(chunk)
-                    received += len(chunk)
-                    bar.update(len(chunk))
-        except OSError as exc:
-            if exc.errno == errno.ENOSPC:
-                raise DownloadError(f"no space left on device while writing {part}; free some "
-                                    "space and run again: the download resumes from there") from exc
-            raise DownloadError(f"cannot write {part}: {exc}") from exc
+        received = _copy_body(response, part, offset, total_size, progress, timeout)
         if end is not None and offset + received < end:
             raise _Interrupted(received, f"connection closed after {offset + received} of "
                                          f"{end} bytes")
+
+
+def _request_headers(offset: int, validators: dict | None) -> dict[str, str]:
+    """The request's headers; a resumed one asks for the rest (``Range``) only if the file is
+    unchanged (``If-Range`` with the strong ETag, else Last-Modified, recorded at its start)."""
+    headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
+    if offset:
+        headers["Range"] = f"bytes={offset}-"
+        etag, modified = validators.get("etag"), validators.get("last_modified")
+        if etag and not etag.startswith("W/"):  # If-Range needs a strong validator
+            headers["If-Range"] = etag
+        elif modified:
+            headers["If-Range"] = modified
+    return headers
+
+
+def _copy_body(response, part: Path, offset: int, total_size: int | None, progress: bool,
+               timeout: float) -> int:
+    """Append (from ``offset``; 0: overwrite) the response body to ``part``; the bytes received.
+    A broken connection is :class:`_Interrupted` (resumable), a full disk a clear error."""
+    received = 0
+    try:
+        with open(part, "ab" if offset else "wb") as out, \
+                _bar(total_size, offset, part.name.removesuffix(".part"), progress) as bar:
+            while True:
+                try:
+                    chunk = response.read(CHUNK_SIZE)
+                except TimeoutError:
+                    raise _Interrupted(received, f"timed out after {timeout:g} s") from None
+                except (http.client.HTTPException, OSError) as exc:
+                    raise _Interrupted(received, f"connection lost ({exc!r})") from None
+                if not chunk:
+                    break
+                out.write(chunk)
+                received += len(chunk)
+                bar.update(len(chunk))
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise DownloadError(f"no space left on device while writing {part}; free some "
+                                "space and run again: the download resumes from there") from exc
+        raise DownloadError(f"cannot write {part}: {exc}") from exc
+    return received
 
 
 def download_and_hash(url: str, dest: Path, sha256: str | None, *, expected_size: int | None,

@@ -25,7 +25,7 @@ CATEGORIES = (
     "studded", "swirly", "veined", "waffled", "woven", "wrinkled", "zigzagged")
 IMAGES_PER_CLASS = 120
 
-# The official archive (original-code.md §1b); no checksum is published, so the download is
+# The official archive (docs/original-code.md §1b); no checksum is published, so the download is
 # checked by its file list: every class folder with its 120 images.
 ARCHIVES = (
     Archive(url="https://www.robots.ox.ac.uk/~vgg/data/dtd/download/dtd-r1.0.1.tar.gz",

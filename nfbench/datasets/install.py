@@ -21,7 +21,7 @@ from pathlib import Path
 
 from nfbench.datasets.archives import CorruptArchiveError, safe_extract
 from nfbench.datasets.download import Archive, download_and_hash, effective_url
-from nfbench.datasets.staging import (check_target, cleanup_on_terminate, new_staging_dir,
+from nfbench.datasets.staging import (cleanup_on_terminate, move_into_place, new_staging_dir,
                                       remove_stale_staging)
 from nfbench.errors import DownloadError, UserError
 
@@ -61,18 +61,51 @@ def _move_aside(path: Path) -> Path:
     return aside
 
 
-def _install(tree: Path, root: Path) -> None:
-    """Move the finished ``tree`` to ``root`` (one rename), or, when ``root`` is an existing
-    empty folder (e.g. ``--root .``, which must not be removed), move its entries in with the
-    completion marker last."""
-    check_target(root)
-    if not root.is_dir():
-        os.replace(tree, root)
-        return
-    for entry in tree.iterdir():
-        if entry.name != MARKER_NAME:
-            os.replace(entry, root / entry.name)
-    os.replace(tree / MARKER_NAME, root / MARKER_NAME)
+def _unpack(archive: Archive, url: str, download, into: Path, tree: Path,
+            progress: bool) -> tuple[Path, str]:
+    """Download (or reuse the cached) ``archive``, unpack it into ``into`` and merge that into
+    ``tree``; a cached archive that cannot be opened is moved aside and fetched again, once.
+    Returns the archive's path and sha256."""
+    path, digest = download(archive, url)
+    try:
+        unpacked = safe_extract(path, into, archive.inner_root, progress=progress)
+    except CorruptArchiveError as exc:
+        shutil.rmtree(into, ignore_errors=True)
+        aside = _move_aside(path)
+        print(f"cached archive {path.name} is damaged ({exc}); moved aside to "
+              f"{aside.name}, downloading it again", file=sys.stderr)
+        path, digest = download(archive, url)
+        unpacked = safe_extract(path, into, archive.inner_root, progress=progress)
+    _merge_tree(unpacked, tree)
+    shutil.rmtree(unpacked)
+    return path, digest
+
+
+def _validate(validate, tree: Path, root: Path, archives: list[Archive],
+              paths: list[Path]) -> None:
+    """``validate(tree)`` (the dataset's loader); on failure nothing is installed and the
+    unpinned archives (no sha256 to have caught a bad file) are moved aside."""
+    try:
+        validate(tree)
+    except UserError as exc:
+        unpinned = [p for p, a in zip(paths, archives) if a.sha256 is None]
+        for path in unpinned:
+            _move_aside(path)
+        again = (" the unpinned archive(s) were moved aside (.corrupt); run again to "
+                 "download them afresh") if unpinned else ""
+        raise DownloadError(f"the downloaded {root.name} fails its checks, nothing "
+                            f"was installed: {exc};{again}") from None
+
+
+def _marker(archives: list[Archive], digests: list[str], paths: list[Path]) -> dict:
+    """The completion marker's content: each archive's identity, file, actual sha256 and size."""
+    return {
+        "archives": [{**ident, "filename": a.filename, "actual_sha256": digest,
+                      "actual_size": path.stat().st_size}
+                     for ident, a, digest, path in
+                     zip(_archive_ids(archives), archives, digests, paths)],
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
 
 
 def fetch(archives: list[Archive], root: Path, *, notice: str | None = None,
@@ -119,42 +152,15 @@ def fetch(archives: list[Archive], root: Path, *, notice: str | None = None,
             tree.mkdir()
             paths, digests = [], []
             for i, (archive, url) in enumerate(zip(archives, urls)):
-                path, digest = download(archive, url)
-                try:
-                    unpacked = safe_extract(path, staging / f"archive-{i}", archive.inner_root,
-                                            progress=progress)
-                except CorruptArchiveError as exc:
-                    shutil.rmtree(staging / f"archive-{i}", ignore_errors=True)
-                    aside = _move_aside(path)
-                    print(f"cached archive {path.name} is damaged ({exc}); moved aside to "
-                          f"{aside.name}, downloading it again", file=sys.stderr)
-                    path, digest = download(archive, url)
-                    unpacked = safe_extract(path, staging / f"archive-{i}", archive.inner_root,
-                                            progress=progress)
-                _merge_tree(unpacked, tree)
-                shutil.rmtree(unpacked)
+                path, digest = _unpack(archive, url, download, staging / f"archive-{i}", tree,
+                                       progress)
                 paths.append(path)
                 digests.append(digest)
             if validate is not None:
-                try:
-                    validate(tree)
-                except UserError as exc:
-                    unpinned = [p for p, a in zip(paths, archives) if a.sha256 is None]
-                    for path in unpinned:
-                        _move_aside(path)
-                    again = (" the unpinned archive(s) were moved aside (.corrupt); run again to "
-                             "download them afresh") if unpinned else ""
-                    raise DownloadError(f"the downloaded {root.name} fails its checks, nothing "
-                                        f"was installed: {exc};{again}") from None
-            record = {
-                "archives": [{**ident, "filename": a.filename, "actual_sha256": digest,
-                              "actual_size": path.stat().st_size}
-                             for ident, a, digest, path in
-                             zip(_archive_ids(archives), archives, digests, paths)],
-                "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            }
-            (tree / MARKER_NAME).write_text(json.dumps(record, indent=2) + "\n")
-            _install(tree, root)
+                _validate(validate, tree, root, archives, paths)
+            (tree / MARKER_NAME).write_text(json.dumps(_marker(archives, digests, paths),
+                                                       indent=2) + "\n")
+            move_into_place(tree, root, last=MARKER_NAME)  # the marker last
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     # said even with --quiet: the archives take as much space as the dataset

@@ -26,7 +26,7 @@ TRAIN_SPLIT_SHA256 = "ddf6ddb1b4a123d9506a4d25e870ad32e2b845386c55201fca8307fdc7
 COMMIT = "cc4eb530b57b9cb7225bf76023873043ffd50655"
 
 ARCHIVES = (
-    # The repository has no release or checksum: pin a commit archive (original-code.md §3).
+    # The repository has no release or checksum: pin a commit archive (docs/original-code.md §3).
     # GitHub does not guarantee byte-stable tarballs (they are regenerated on demand), so
     # neither its sha256 nor its size is pinned, and nobody has measured them here (no network):
     # the unpacked tree is verified in the staging folder instead, before it is installed and

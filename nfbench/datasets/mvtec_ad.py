@@ -21,7 +21,7 @@ OBJECTS = ("bottle", "cable", "capsule", "hazelnut", "metal_nut", "pill", "screw
            "toothbrush", "transistor", "zipper")
 CATEGORIES = tuple(sorted(TEXTURES + OBJECTS))
 
-#: (train good, test good, test defective) per category; original-code.md §2 (totals 3629 /
+#: (train good, test good, test defective) per category; docs/original-code.md §2 (totals 3629 /
 #: 467 / 1258 as published by MVTec).
 OFFICIAL_COUNTS = {
     "bottle": (209, 20, 63), "cable": (224, 58, 92), "capsule": (219, 23, 109),

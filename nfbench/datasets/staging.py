@@ -1,4 +1,6 @@
-"""Staging folders: a dataset folder appears only once it is complete.
+"""Staging folders: a dataset folder appears only once it is complete. The one implementation
+used by every writer of a dataset tree: archive extraction (:mod:`.archives`), downloads
+(:mod:`.install`) and the demo generator (:mod:`.demo.generator`).
 
 Work (extraction, merging archives, validation) happens in a hidden sibling of the target,
 ``.<name>.partial-<pid>-<random>``, on the same file system, renamed to the target at the end.
@@ -82,13 +84,31 @@ def new_staging_dir(target: Path) -> Path:
             continue
 
 
-def move_into_place(source: Path, target: Path) -> None:
-    """Rename the finished ``source`` to ``target``, which must not exist or be empty."""
+def move_into_place(source: Path, target: Path, last: str | None = None) -> None:
+    """Rename the finished ``source`` to ``target``, which must not exist or be empty. An
+    existing empty ``target`` (e.g. ``--root .``, which must not be removed) gets ``source``'s
+    entries moved in, the entry named ``last`` (a completion marker) last."""
     check_target(target)
-    if target.is_dir():
-        target.rmdir()  # empty: replace it
+    if not target.is_dir():
+        os.replace(source, target)
+        return
+    entries = sorted(source.iterdir(), key=lambda entry: entry.name == last)
+    for entry in entries:
+        os.replace(entry, target / entry.name)
+    source.rmdir()
+
+
+def replace_tree(source: Path, target: Path) -> None:
+    """Put the finished ``source`` in place of ``target``, an outdated tree of ours (or an
+    empty folder): ``target`` is renamed aside first and removed after the swap."""
+    if not target.exists():
+        os.replace(source, target)
+        return
+    trash = new_staging_dir(target)
+    os.replace(target, trash / "old")
     os.replace(source, target)
+    shutil.rmtree(trash, ignore_errors=True)
 
 
 __all__ = ["check_target", "remove_stale_staging", "cleanup_on_terminate", "new_staging_dir",
-           "move_into_place"]
+           "move_into_place", "replace_tree"]

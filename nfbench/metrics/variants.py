@@ -14,7 +14,7 @@ from nfbench.metrics.curves import (_EIGHT_CONNECTED, _auroc, _binary, _check_li
 #: Named metric variants: a paper's own metric code where it differs from the official
 #: definitions (:mod:`nfbench.metrics.official`; ``<official>@<paper>``). compute_all reports them beside the official
 #: metrics; tables compare a paper's published numbers with the variant that made them
-#: (``published_metric`` in benchmarks/<paper>.yaml). Facts: original-code.md §1b, §1d, §6.
+#: (``published_metric`` in benchmarks/<paper>.yaml). Facts: docs/original-code.md §1b, §1d, §6.
 METRIC_VARIANTS = {
     # AD-CLSCNFs evaluate.py: sklearn precision_recall_curve + auc(recall, precision)
     "pixel_aupr@clscnf": "trapezoid area under the PR curve (sklearn auc(recall, precision)), "

@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from nfbench.datasets import images_per_category
 from nfbench.errors import UserError
 from nfbench.paths import config_root
 
@@ -47,8 +48,7 @@ def run_seconds(model: dict[str, Any], method: str, config: dict[str, Any],
     entry = model["methods"].get(method)
     if entry is None:
         raise UserError(f"benchmarks/cost.yaml has no cost model for method {method!r}")
-    counts = model["datasets"].get(dataset, model["datasets"]["mvtec_ad"])
-    n_train, n_test = counts["n_train"], counts["n_test"]
+    n_train, n_test = images_per_category(dataset)  # the dataset registry's counts
     if joint_categories:  # one model on every category's images, each test set scored
         n_train, n_test = n_train * joint_categories, n_test * joint_categories
     ref = entry["ref"]

@@ -18,6 +18,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from nfbench.datasets import images_per_category
 from nfbench.errors import UserError
 from nfbench.pipeline.cost import load_cost_model, wall_seconds
 from nfbench.pipeline.flops import _category_config, run_items
@@ -30,8 +31,7 @@ def device_kinds(model: dict[str, Any] | None = None) -> list[str]:
 
 
 def _counts(model: dict, dataset: str, run) -> tuple[int, int]:
-    counts = model["datasets"].get(dataset, model["datasets"]["mvtec_ad"])
-    n_train, n_test = counts["n_train"], counts["n_test"]
+    n_train, n_test = images_per_category(dataset)  # the dataset registry's counts
     if run is not None and getattr(run, "joint", False):
         n_train, n_test = n_train * len(run.joint_categories), n_test * len(run.joint_categories)
     if run is not None and run.shots:
@@ -94,7 +94,7 @@ def _peer_items(profile: str, params: dict, model: dict):
     for peer in stage_runs(profile, params):
         config, _ = ours(peer["method"], profile, peer["category"], params)
         config = config_to_dict(config)
-        n_train, n_test = model["datasets"].get(peer["dataset"], model["datasets"]["mvtec_ad"]).values()
+        n_train, n_test = images_per_category(peer["dataset"])
         data = (peer["dataset"], peer["root"] or "", peer["category"], (), 0)
         items = [(kind, key if kind == "features" else f"peer {peer['config']} {key}", f)
                  for kind, key, f in run_items(peer["method"], config, data, n_train, n_test,

@@ -26,7 +26,7 @@ from nfbench.pipeline.settings import build_detector
 from nfbench.pipeline.record import (RECORD_VERSION, record_json,  # noqa: F401
                                      run_record, write_record)
 from nfbench.atomic import atomic_path
-from nfbench.datasets import ImageSet, image_sets, load_table
+from nfbench.datasets import ImageSet, get_dataset, image_sets, load_table
 from nfbench.errors import UserError
 from nfbench.methods.base import config_to_dict, resolve_device, seed_everything
 from nfbench.precision import apply_run_settings
@@ -95,9 +95,10 @@ def resolve_config(method: str, profile: str, overrides: dict[str, Any],
 
 
 def category_table(dataset: str, root: Path | None, category: str):
-    """The sample table holding ``category``: loaded alone from the registered datasets,
-    whole for ``demo``/``folder`` (their categories are the folders found at ``root``)."""
-    return load_table(dataset, root, None if dataset in ("demo", "folder") else [category])
+    """The sample table holding ``category``: loaded alone, or whole where the dataset's
+    categories are the folders found at ``root`` (``demo``, ``folder``)."""
+    whole = get_dataset(dataset).categories_at_root
+    return load_table(dataset, root, None if whole else [category])
 
 
 def _select_train(train, shots: int | None, seed: int):

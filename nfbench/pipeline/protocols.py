@@ -1,7 +1,7 @@
 """The originals' evaluation protocols, measured beside the suite's honest numbers.
 
 The suite reports the last epoch, scored without test labels. The original codes chose what
-they printed on the test set (original-code.md §1a-§1d, §4 "Test-set model selection"):
+they printed on the test set (docs/original-code.md §1a-§1d, §4 "Test-set model selection"):
 
 * CS-Flow (train.py, ``Score_Observer``): a test evaluation every ``sub_epochs`` (4 over the
   run, meta_epochs 4 x sub_epochs 60) and the maximum image AUROC printed.

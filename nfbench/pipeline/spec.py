@@ -17,9 +17,8 @@ Consumers read the attributes only; every default lives here, once:
 
 :func:`papers` lists the paper specs in ``benchmarks/`` (the YAML files with a ``paper:`` key),
 ordered by their ``order:`` key. Category groups (textures / objects) are a property of the
-dataset, defined once in its module (:data:`nfbench.datasets.mvtec_ad.TEXTURES` /
-``OBJECTS``, :data:`nfbench.datasets.demo.categories.CATEGORY_KIND`); a table only names the
-group rows it shows (``groups: [textures, objects]``), :func:`category_groups` fills them.
+dataset, declared once in its registry entry (``category_kinds`` of
+:data:`nfbench.datasets.DATASETS`); a table only names the group rows it shows (``groups: [textures, objects]``), :func:`category_groups` fills them.
 
 Profiles are parameters (``params.yaml``), read by :mod:`nfbench.pipeline.params`.
 """
@@ -32,6 +31,7 @@ from pathlib import Path
 
 import yaml
 
+from nfbench.datasets import DATASETS
 from nfbench.errors import UserError
 from nfbench.paths import config_root
 # the spec's types, re-exported (spec_validation builds them without importing this module)
@@ -103,16 +103,10 @@ def _papers(files: tuple[tuple[Path, int], ...]) -> tuple[str, ...]:
 
 
 def category_kinds(dataset: str) -> Mapping[str, str]:
-    """``{category: "texture" | "object"}`` of a dataset that has the split (else empty)."""
-    if dataset == "mvtec_ad":
-        from nfbench.datasets.mvtec_ad import OBJECTS, TEXTURES
-
-        return {**{c: "texture" for c in TEXTURES}, **{c: "object" for c in OBJECTS}}
-    if dataset == "demo":
-        from nfbench.datasets.demo.categories import CATEGORY_KIND
-
-        return CATEGORY_KIND
-    return {}
+    """``{category: "texture" | "object"}`` of a dataset that has the split (else empty): its
+    registry entry's ``category_kinds``."""
+    spec = DATASETS.get(dataset)
+    return spec.category_kinds if spec is not None else {}
 
 
 def category_groups(table: TableSpec, dataset: str, categories: list[str]
@@ -120,7 +114,8 @@ def category_groups(table: TableSpec, dataset: str, categories: list[str]
     """Group rows of ``table`` for the ``categories`` run on ``dataset``: the table's groups
     (on the demo set, a stand-in, every group), each with its categories in run order;
     empty groups left out."""
-    names = tuple(GROUPS) if dataset == "demo" else table.groups
+    stand_in = dataset in DATASETS and DATASETS[dataset].stand_in
+    names = tuple(GROUPS) if stand_in else table.groups
     kinds = category_kinds(dataset)
     groups = {name: [c for c in categories if kinds.get(c) == GROUPS[name]] for name in names}
     return {name: members for name, members in groups.items() if members}

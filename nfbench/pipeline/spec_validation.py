@@ -111,6 +111,7 @@ def _variant(c: _Checker, name: str, data: Any, method: str) -> VariantSpec:
 
 
 def _table(c: _Checker, table_id: str, data: Any, variants: Mapping[str, VariantSpec]) -> TableSpec:
+    """One entry of ``tables:``: the keys every table has, then those of its layout."""
     where = f"tables.{table_id}"
     data = c.mapping(data, where)
     c.keys(data, TABLE_KEYS, where)
@@ -137,23 +138,65 @@ def _table(c: _Checker, table_id: str, data: Any, variants: Mapping[str, Variant
     for name, label in labels.items():
         c.text(label, f"{where}.{key}.{name}", required=True)
     if layout == "complexity":
-        variant = c.text(data.get("variant"), f"{where}.variant", required=True)
-        if variant not in variants:
-            c.fail(f"{where}.variant", f"undeclared variant {variant!r}")
-        reference = data.get("reference")
-        if reference is not None and reference not in labels:
-            c.fail(f"{where}.reference", f"{reference!r} is not one of the table's rows")
-        return TableSpec(**common, layout=layout, labels=MappingProxyType(dict(labels)),
-                         variant=variant, reference=reference, dataset=variants[variant].dataset,
-                         batch_size=c.integer(data.get("batch_size", TABLE_BATCH_SIZE),
-                                              f"{where}.batch_size", minimum=1),
-                         variants=(variant,))
+        return _complexity_table(c, where, data, common, labels, variants)
+    return _result_table(c, where, data, common, layout, key, labels, variants)
+
+
+def _complexity_table(c: _Checker, where: str, data: Mapping, common: dict, labels: Mapping,
+                      variants: Mapping[str, VariantSpec]) -> TableSpec:
+    """A ``layout: complexity`` table: one variant's FLOPs, parameters and speed per row."""
+    variant = c.text(data.get("variant"), f"{where}.variant", required=True)
+    if variant not in variants:
+        c.fail(f"{where}.variant", f"undeclared variant {variant!r}")
+    reference = data.get("reference")
+    if reference is not None and reference not in labels:
+        c.fail(f"{where}.reference", f"{reference!r} is not one of the table's rows")
+    return TableSpec(**common, layout="complexity", labels=MappingProxyType(dict(labels)),
+                     variant=variant, reference=reference, dataset=variants[variant].dataset,
+                     batch_size=c.integer(data.get("batch_size", TABLE_BATCH_SIZE),
+                                          f"{where}.batch_size", minimum=1),
+                     variants=(variant,))
+
+
+def _result_table(c: _Checker, where: str, data: Mapping, common: dict, layout: str, key: str,
+                  labels: Mapping, variants: Mapping[str, VariantSpec]) -> TableSpec:
+    """A table of run results: its rows or columns are variants, with metrics, published
+    numbers, references, group rows, a dataset role and an optional figure."""
     for name in ("variant", "reference", "batch_size"):
         if name in data:
             c.fail(f"{where}.{name}", "only a table with layout complexity has it")
     for name in labels:
         if name not in variants:
             c.fail(f"{where}.{key}.{name}", f"undeclared variant {name!r}")
+    metrics, published_metric = _table_metrics(c, where, data)
+    references = c.mapping(data.get("references"), f"{where}.references")
+    for name in references:
+        if name != "chance" and name not in variants:
+            c.fail(f"{where}.references.{name}", f"undeclared variant {name!r} (or chance)")
+    for name in common["published"]:
+        if name not in labels:
+            c.fail(f"{where}.published.{name}", "not a row/column of the table")
+    groups = data.get("groups", [])
+    if not isinstance(groups, list) or any(g not in GROUPS for g in groups):
+        c.fail(f"{where}.groups", f"expected a list of {', '.join(GROUPS)}, got {groups!r}")
+    if groups and layout != "per_category":
+        c.fail(f"{where}.groups", "only a per_category table has group rows")
+    dataset = data.get("dataset", variants[next(iter(labels))].dataset)
+    roles = {v.dataset for v in variants.values()}
+    if dataset not in roles:
+        c.fail(f"{where}.dataset", f"{dataset!r} is no variant's dataset role; roles: "
+               f"{', '.join(sorted(roles))}")
+    return TableSpec(**common, layout=layout, metrics=metrics,
+                     labels=MappingProxyType(dict(labels)),
+                     references=MappingProxyType(dict(references)),
+                     published_metric=MappingProxyType(published_metric), dataset=dataset,
+                     groups=tuple(groups), figure=_figure(c, where, data.get("figure")),
+                     variants=tuple(labels))
+
+
+def _table_metrics(c: _Checker, where: str, data: Mapping) -> tuple[tuple[str, ...], dict]:
+    """A table's ``metric`` names and ``published_metric`` (the paper's metric code per
+    official metric; one name stands for the only metric's)."""
     official, codes = _known_metrics()
     metrics = c.names(data.get("metric"), f"{where}.metric")
     for metric in metrics:
@@ -172,34 +215,16 @@ def _table(c: _Checker, table_id: str, data: Any, variants: Mapping[str, Variant
         if code not in official + codes:
             c.fail(f"{where}.published_metric.{metric}", f"unknown metric {code!r}; known: "
                    f"{', '.join(official + codes)}")
-    references = c.mapping(data.get("references"), f"{where}.references")
-    for name in references:
-        if name != "chance" and name not in variants:
-            c.fail(f"{where}.references.{name}", f"undeclared variant {name!r} (or chance)")
-    for name in common["published"]:
-        if name not in labels:
-            c.fail(f"{where}.published.{name}", "not a row/column of the table")
-    groups = data.get("groups", [])
-    if not isinstance(groups, list) or any(g not in GROUPS for g in groups):
-        c.fail(f"{where}.groups", f"expected a list of {', '.join(GROUPS)}, got {groups!r}")
-    if groups and layout != "per_category":
-        c.fail(f"{where}.groups", "only a per_category table has group rows")
-    dataset = data.get("dataset", variants[next(iter(labels))].dataset)
-    roles = {v.dataset for v in variants.values()}
-    if dataset not in roles:
-        c.fail(f"{where}.dataset", f"{dataset!r} is no variant's dataset role; roles: "
-               f"{', '.join(sorted(roles))}")
-    figure = data.get("figure")
-    if figure is not None:
-        figure = c.mapping(figure, f"{where}.figure")
-        c.keys(figure, ("kind", "x_label"), f"{where}.figure")
-        figure = FigureSpec(kind=c.text(figure.get("kind"), f"{where}.figure.kind", required=True),
-                            x_label=c.text(figure.get("x_label"), f"{where}.figure.x_label"))
-    return TableSpec(**common, layout=layout, metrics=metrics,
-                     labels=MappingProxyType(dict(labels)),
-                     references=MappingProxyType(dict(references)),
-                     published_metric=MappingProxyType(published_metric), dataset=dataset,
-                     groups=tuple(groups), figure=figure, variants=tuple(labels))
+    return metrics, published_metric
+
+
+def _figure(c: _Checker, where: str, figure: Any) -> FigureSpec | None:
+    if figure is None:
+        return None
+    figure = c.mapping(figure, f"{where}.figure")
+    c.keys(figure, ("kind", "x_label"), f"{where}.figure")
+    return FigureSpec(kind=c.text(figure.get("kind"), f"{where}.figure.kind", required=True),
+                      x_label=c.text(figure.get("x_label"), f"{where}.figure.x_label"))
 
 
 def _complexity(c: _Checker, data: Any) -> ComplexitySpec:

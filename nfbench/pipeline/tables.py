@@ -30,6 +30,8 @@ import numpy as np
 import pandas as pd
 
 from nfbench.atomic import atomic_path, write_text_atomic
+from nfbench.backbones import backbone_label
+from nfbench.datasets import DATASETS
 from nfbench.errors import UserError
 from nfbench.pipeline.params import typed
 from nfbench.pipeline.plan import Run, expand_runs
@@ -47,15 +49,15 @@ KINDS = ("method", "reference", "chance")
 #: a random map's PRO equals its FPR, so the area up to FPR 0.3 over 0.3 is 0.15); pixel AUPR's
 #: chance is the defect-pixel fraction, read from the records' pixel histograms
 CHANCE = {"image_auroc": 50.0, "pixel_auroc": 50.0, "aupro": 15.0}
-#: datasets whose numbers are not comparable with the papers' (the offline stand-ins)
-STAND_IN_DATASETS = ("demo",)
 
 
 def comparable_dataset(dataset: str) -> bool:
     """The one rule for comparing with a paper: numbers measured on ``dataset`` can stand
-    beside the published ones (Δ, tolerance) unless it is an offline stand-in. Tables store
-    the answer in their ``comparable`` column; reports and figures read that column."""
-    return dataset not in STAND_IN_DATASETS
+    beside the published ones (Δ, tolerance) unless it is an offline stand-in (its registry
+    entry's ``stand_in``). Tables store the answer in their ``comparable`` column; reports and
+    figures read that column."""
+    spec = DATASETS.get(dataset)
+    return not (spec is not None and spec.stand_in)
 PROTOCOL_COLUMNS = ["table", "variant", "row", "label", "metric", "n", "honest", "original",
                     "difference", "reported_as", "profile"]
 
@@ -115,13 +117,6 @@ def render_label(label: str, config: dict) -> str:
     if "{backbone}" in label:
         label = label.replace("{backbone}", backbone_label(config.get("backbone")))
     return label
-
-
-def backbone_label(name: str | None) -> str:
-    """A backbone's name as papers write it."""
-    names = {"efficientnet_lite0": "EfficientNet-Lite0", "efficientnet_b5": "EfficientNet-B5",
-             "wide_resnet50_2": "WideResNet-50-2", "resnet18": "ResNet-18"}
-    return names.get(name or "", name or "?")
 
 
 def defect_fraction(results_dir: Path, runs: list[Run], category: str) -> float:
@@ -217,104 +212,127 @@ def build_tables(paper: str, profile: str, params: dict, results_dir: Path,
     for table_id, table in spec.tables.items():
         if not table.built:
             continue  # not reproducible, or built from the profiling stage (pipeline/complexity.py)
-        metrics = list(table.metrics)
-        variants = dict(table.labels)
         role = block.role(table.dataset)
         categories = role.categories
         comparable = comparable_dataset(role.dataset)
-        rows: list[dict[str, Any]] = []
-        kind_of = {v: "method" for v in variants}
-        for ref, label in table.references.items() if references else ():
-            variants[ref] = label  # validated: chance or a declared variant
-            kind_of[ref] = "chance" if ref == "chance" else "reference"
-        configs = {}
-        for (variant, _, _), record in records.items():
-            configs.setdefault(variant, record.get("config", {}))
-        run_settings = {run.variant: run.settings for run in runs}
-        paths = {(r.variant, r.category, r.seed): Path(results_dir) / r.record_path.with_suffix(".npz")
-                 for r in runs}
-        identical = _identical_variants(records, [v for v in variants if kind_of[v] != "chance"],
-                                        metrics, categories, seeds) if value is None else {}
-        fractions = {c: defect_fraction(results_dir, runs, c) for c in categories} \
-            if "chance" in variants and "pixel_aupr" in metrics else {}
-
-        def chance(metric: str, members: list[str]) -> tuple[int, float, float]:
-            if metric == "pixel_aupr":
-                level = 100.0 * float(np.mean([fractions.get(c, np.nan) for c in members]))
-            else:
-                level = CHANCE.get(metric, float("nan"))
-            return (0, level, 0.0) if np.isnan(level) else (1, level, 0.0)
-
-        def cell(metric: str, variant: str, members: list[str]) -> tuple[int, float, float]:
-            if variant == "chance":
-                return chance(metric, members)
-            by_seed = {seed: [] for seed in seeds}
-            for seed in seeds:
-                joint = records.get((variant, "all", seed))
-                for category in members:
-                    record = joint or records.get((variant, category, seed))
-                    if record is not None:
-                        by_seed[seed].append(metric_value(record, metric, category) if value is None
-                                             else value(record, metric, category, variant))
-            return _cell(by_seed)
-
-        def interval(metric: str, variant: str, members: list[str]):
-            from nfbench.pipeline.intervals import cell_interval
-
-            return cell_interval(records, paths, variant, members, metric, seeds, value)
-
-        def add(row: str, label: str, metric: str, variant: str, members: list[str],
-                published: float | None) -> None:
-            n, mean, std = cell(metric, variant, members)
-            kind = kind_of[variant]
-            if kind == "chance" and n == 0:
-                return  # no chance level known for this metric
-            compared = metric if kind == "chance" else table.compared_metric(metric)
-            c_mean, c_std = (mean, std) if compared == metric else cell(compared, variant, members)[1:]
-            delta = c_mean - published if published is not None else float("nan")
-            within = (abs(delta) <= tolerance[metric]) if (
-                published is not None and metric in tolerance and comparable) else None
-            same, why = identical.get(variant, (None, None))
-            nan = float("nan")
-            iv = interval(metric, variant, members) if kind != "chance" else None
-            c_iv = iv if compared == metric else interval(compared, variant, members)
-            verdict = None
-            if published is not None and comparable and kind == "method" and np.isfinite(c_mean) \
-                    and (c_iv.known or metric in tolerance):  # no interval, no tolerance: no verdict
-                from nfbench.metrics.uncertainty import verdict as judge
-
-                verdict = judge(published, c_iv, tolerance.get(metric))
-            rows.append(dict(table=table_id, variant=variant, row=row, label=label, metric=metric,
-                             n=n, mean=mean, std=std, published=published, delta=delta,
-                             within_tolerance=within, profile=profile, compared_metric=compared,
-                             compared_mean=c_mean, compared_std=c_std, kind=kind,
-                             comparable=comparable,
-                             same_as=render_label(variants[same], configs.get(same, {}))
-                             if same else None, same_reason=why,
-                             ci_lo=iv.lo if iv else nan, ci_hi=iv.hi if iv else nan,
-                             compared_ci_lo=c_iv.lo if c_iv else nan,
-                             compared_ci_hi=c_iv.hi if c_iv else nan, verdict=verdict))
-
-        published = table.published
-        for metric in metrics:
-            for variant, label in variants.items():
-                label = render_label(label, {**run_settings.get(variant, {}),
-                                             **configs.get(variant, {})})
-                pub = _published(published.get(variant, {}), metric)
-                if table.layout == "per_category":
-                    for category in categories:
-                        add(category, f"{label}, {category}", metric, variant, [category],
-                            pub.get(category) if isinstance(pub, Mapping) else None)
-                    for group, members in category_groups(table, role.dataset, categories).items():
-                        add(group, f"{label}, {group}", metric, variant, members,
-                            pub.get(group) if isinstance(pub, Mapping) else None)
-                    add("average", f"{label}, average", metric, variant, categories,
-                        pub.get("average") if isinstance(pub, Mapping) else None)
-                else:
-                    add(variant, label, metric, variant, categories,
-                        pub if not isinstance(pub, Mapping) else pub.get("average"))
+        groups = category_groups(table, role.dataset, categories)
+        rows = _table_rows(table_id, table, runs, records, seeds, categories, groups, comparable,
+                           tolerance, profile, results_dir, value, references)
         tables[table_id] = pd.DataFrame(rows, columns=COLUMNS)
     return tables
+
+
+def _chance(metric: str, members: list[str], fractions: dict[str, float]
+            ) -> tuple[int, float, float]:
+    """(n, level, 0) of a chance row: :data:`CHANCE`, pixel AUPR the categories' mean
+    defect-pixel fraction; n = 0 where no level is known."""
+    if metric == "pixel_aupr":
+        level = 100.0 * float(np.mean([fractions.get(c, np.nan) for c in members]))
+    else:
+        level = CHANCE.get(metric, float("nan"))
+    return (0, level, 0.0) if np.isnan(level) else (1, level, 0.0)
+
+
+def _variant_cell(records: dict, seeds: list[int], value, metric: str, variant: str,
+                  members: list[str]) -> tuple[int, float, float]:
+    """(n, mean, std) over seeds of ``variant``'s ``metric`` averaged over ``members`` (a joint
+    run's record holds every category); ``value`` replaces the record's honest metric."""
+    by_seed = {seed: [] for seed in seeds}
+    for seed in seeds:
+        joint = records.get((variant, "all", seed))
+        for category in members:
+            record = joint or records.get((variant, category, seed))
+            if record is not None:
+                by_seed[seed].append(metric_value(record, metric, category) if value is None
+                                     else value(record, metric, category, variant))
+    return _cell(by_seed)
+
+
+def _table_rows(table_id: str, table, runs: list[Run], records: dict, seeds: list[int],
+                categories: list[str], groups: dict[str, list[str]], comparable: bool,
+                tolerance: dict, profile: str, results_dir: Path, value,
+                references: bool) -> list[dict[str, Any]]:
+    """The tidy rows of one table (see :func:`build_tables`): per metric, variant (and
+    reference) and row (category, group, average; or one averaged row)."""
+    metrics = list(table.metrics)
+    variants = dict(table.labels)
+    rows: list[dict[str, Any]] = []
+    kind_of = {v: "method" for v in variants}
+    for ref, label in table.references.items() if references else ():
+        variants[ref] = label  # validated: chance or a declared variant
+        kind_of[ref] = "chance" if ref == "chance" else "reference"
+    configs = {}
+    for (variant, _, _), record in records.items():
+        configs.setdefault(variant, record.get("config", {}))
+    run_settings = {run.variant: run.settings for run in runs}
+    paths = {(r.variant, r.category, r.seed): Path(results_dir) / r.record_path.with_suffix(".npz")
+             for r in runs}
+    identical = _identical_variants(records, [v for v in variants if kind_of[v] != "chance"],
+                                    metrics, categories, seeds) if value is None else {}
+    fractions = {c: defect_fraction(results_dir, runs, c) for c in categories} \
+        if "chance" in variants and "pixel_aupr" in metrics else {}
+
+    def cell(metric: str, variant: str, members: list[str]) -> tuple[int, float, float]:
+        if variant == "chance":
+            return _chance(metric, members, fractions)
+        return _variant_cell(records, seeds, value, metric, variant, members)
+
+    def interval(metric: str, variant: str, members: list[str]):
+        from nfbench.pipeline.intervals import cell_interval
+
+        return cell_interval(records, paths, variant, members, metric, seeds, value)
+
+    def add(row: str, label: str, metric: str, variant: str, members: list[str],
+            published: float | None) -> None:
+        n, mean, std = cell(metric, variant, members)
+        kind = kind_of[variant]
+        if kind == "chance" and n == 0:
+            return  # no chance level known for this metric
+        compared = metric if kind == "chance" else table.compared_metric(metric)
+        c_mean, c_std = (mean, std) if compared == metric else cell(compared, variant, members)[1:]
+        delta = c_mean - published if published is not None else float("nan")
+        within = (abs(delta) <= tolerance[metric]) if (
+            published is not None and metric in tolerance and comparable) else None
+        same, why = identical.get(variant, (None, None))
+        nan = float("nan")
+        iv = interval(metric, variant, members) if kind != "chance" else None
+        c_iv = iv if compared == metric else interval(compared, variant, members)
+        verdict = None
+        if published is not None and comparable and kind == "method" and np.isfinite(c_mean) \
+                and (c_iv.known or metric in tolerance):  # no interval, no tolerance: no verdict
+            from nfbench.metrics.uncertainty import verdict as judge
+
+            verdict = judge(published, c_iv, tolerance.get(metric))
+        rows.append(dict(table=table_id, variant=variant, row=row, label=label, metric=metric,
+                         n=n, mean=mean, std=std, published=published, delta=delta,
+                         within_tolerance=within, profile=profile, compared_metric=compared,
+                         compared_mean=c_mean, compared_std=c_std, kind=kind,
+                         comparable=comparable,
+                         same_as=render_label(variants[same], configs.get(same, {}))
+                         if same else None, same_reason=why,
+                         ci_lo=iv.lo if iv else nan, ci_hi=iv.hi if iv else nan,
+                         compared_ci_lo=c_iv.lo if c_iv else nan,
+                         compared_ci_hi=c_iv.hi if c_iv else nan, verdict=verdict))
+
+    published = table.published
+    for metric in metrics:
+        for variant, label in variants.items():
+            label = render_label(label, {**run_settings.get(variant, {}),
+                                         **configs.get(variant, {})})
+            pub = _published(published.get(variant, {}), metric)
+            if table.layout == "per_category":
+                for category in categories:
+                    add(category, f"{label}, {category}", metric, variant, [category],
+                        pub.get(category) if isinstance(pub, Mapping) else None)
+                for group, members in groups.items():
+                    add(group, f"{label}, {group}", metric, variant, members,
+                        pub.get(group) if isinstance(pub, Mapping) else None)
+                add("average", f"{label}, average", metric, variant, categories,
+                    pub.get("average") if isinstance(pub, Mapping) else None)
+            else:
+                add(variant, label, metric, variant, categories,
+                    pub if not isinstance(pub, Mapping) else pub.get("average"))
+    return rows
 
 
 def build_protocol_tables(paper: str, profile: str, params: dict, results_dir: Path

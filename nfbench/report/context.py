@@ -7,13 +7,13 @@ from __future__ import annotations
 import datetime as _dt
 from typing import Any
 
-from nfbench.backbones import BACKBONES
+from nfbench.backbones import BACKBONES, backbone_label
 from nfbench.datasets import DATASETS
 from nfbench.pipeline.params import typed
 from nfbench.pipeline.settings import resolve_config, variant_settings
 from nfbench.pipeline.spec import load_spec
 from nfbench.pipeline.spec import TableSpec
-from nfbench.pipeline.tables import backbone_label, comparable_dataset
+from nfbench.pipeline.tables import comparable_dataset
 
 
 DEMO_WARNING = ("> **Demo profile.** Stand-in data, backbone and CPU budgets (the line above and "
@@ -58,11 +58,10 @@ def provenance(records: list[dict]) -> list[str]:
     return lines
 
 def dataset_label(name: str) -> str:
-    """A dataset's name as a reader knows it (``demo`` → "demo set")."""
-    if name == "demo":
-        return "demo set"
+    """A dataset's name as a reader knows it (its registered ``label``: ``demo`` → "demo
+    set")."""
     spec = DATASETS.get(name)
-    return spec.description.split(",")[0] if spec and spec.description else name
+    return spec.label if spec and spec.label else name
 
 def setting_of(paper: str, profile: str, params: dict, variant: str, records: list[dict],
                role_name: str | None = None) -> dict[str, Any]:

@@ -110,7 +110,7 @@ def _points(frame: pd.DataFrame) -> pd.DataFrame:
 
 def published_vs_reproduced(frame: pd.DataFrame, title: str, path: Path,
                             tolerance: dict[str, float] | None = None,
-                            stand_in: str = "demo") -> bool:
+                            stand_in: str = "") -> bool:
     """Write the table's published-vs-reproduced figure; False if there is nothing to draw."""
     frame = frame[frame["n"] > 0].copy()
     if "kind" not in frame:
@@ -247,7 +247,7 @@ def _dots(points: pd.DataFrame, metrics: list[str], title: str, path: Path,
 
 
 def ablation(frame: pd.DataFrame, title: str, x_label: str, path: Path,
-             comparable: bool, stand_in: str = "demo") -> bool:
+             comparable: bool, stand_in: str = "") -> bool:
     """An ablation table as lines with markers, published and reproduced on the same axes
     (x: the table's rows in the spec's order)."""
     frame = frame[(frame["kind"] == "method") if "kind" in frame else frame.index == frame.index]

@@ -127,50 +127,76 @@ def write_report(paper: str, profile: str, params: dict, results_dir: Path,
         out += [DEMO_WARNING, ""]
     out += summary_section(spec, tables_dir)
     out += ["## Provenance", ""] + provenance(records) + [""]
-
     for table_id, table in spec.tables.items():
-        if not table.reproducible:
-            out += [f"## {table.title}", "", f"**Not reproducible here**: {table.reason}", ""]
-            continue
-        if table.layout == "complexity":
-            out += [f"## {table.title}", ""]
-            out += complexity_table_markdown(table, table_id, results_dir / paper / "profile.json")
-            continue
-        frame = pd.read_csv(tables_dir / f"{table_id}.csv")
-        first = frame["variant"].iloc[0] if len(frame) else main
-        # the categories the table averages: its own dataset role, not its first variant's
-        setting = setting_of(paper, profile, params, first, records, role_name=table.dataset) \
-            if first in spec.variants else None
-        heading = table_heading(table_id, table, setting)
-        out += heading
-        fig_title = heading[0][3:] + ("" if table.title in heading[0] else f" (paper: {table.title})")
-        out += [f"**Status**: {status_text(table_counts(frame))}.", ""]
-        out += summary_and_details(frame)
-        if table.references:
-            refs = [v for v in table.references if v != "chance"]
-            out += [REFERENCE_NOTE.format(variant="`, `".join(refs) or "—"), ""]
-        if table.note:
-            out += [table.note, ""]
-        if table.comparison:
-            out += ["Published numbers of the methods the paper compares with (transcribed, "
-                    "not re-run):", "", comparison_markdown(table.comparison), ""]
-        png = figures_dir / f"{paper}_{table_id}.png"
-        stand_in = dataset_label(setting["dataset"]) if setting else "demo"
-        comparable = is_comparable(frame)
-        if table.figure is not None and table.figure.kind == "ablation":
-            drawn = figures.ablation(frame, fig_title, table.figure.x_label, png,
-                                     comparable, stand_in)
-        else:
-            drawn = figures.published_vs_reproduced(frame, fig_title, png,
-                                                    spec.tolerance, stand_in)
-        if drawn:
-            caption = ("published vs reproduced" if comparable and frame["published"].notna().any()
-                       else "reproduced per category or row; published for reference, not comparable"
-                       if frame["published"].notna().any() else "reproduced")
-            out += [f"![{table.title}: {caption}](figures/{png.name})", ""]
+        out += _table_section(paper, profile, params, spec, table_id, table, records,
+                              main_setting, results_dir, figures_dir)
+    out += _examples_section(paper, runs, main, main_setting, results_dir, figures_dir)
 
+    from nfbench.peers.report import peers_section  # "Ours vs anomalib 2.7, same features"
+    out += peers_section(paper, results_dir)
+    out += questions_section(spec, tables_dir, _difference(paper, profile, params, results_dir))
+    out += protocol_section(spec, tables_dir)
+    out += complexity_section(spec, results_dir / paper / "profile.json",
+                               [r for r in records if r["variant"] == main], records)
+    out += _deviations_and_runs(spec, records)
+    path = reports_dir / f"{paper}.md"
+    write_text_atomic(path, "\n".join(out) + "\n")
+    return path
+
+
+def _table_section(paper: str, profile: str, params: dict, spec, table_id: str, table,
+                   records: list[dict], main_setting: dict, results_dir: Path,
+                   figures_dir: Path) -> list[str]:
+    """One table's section: heading (what was run, on stand-in data), status, the table,
+    notes, published comparisons and its figure; a line for a table not reproducible here."""
+    main = spec.main_variant
+    tables_dir = results_dir / paper / "tables"
+    if not table.reproducible:
+        return [f"## {table.title}", "", f"**Not reproducible here**: {table.reason}", ""]
+    if table.layout == "complexity":
+        return [f"## {table.title}", ""] + complexity_table_markdown(
+            table, table_id, results_dir / paper / "profile.json")
+    frame = pd.read_csv(tables_dir / f"{table_id}.csv")
+    first = frame["variant"].iloc[0] if len(frame) else main
+    # the categories the table averages: its own dataset role, not its first variant's
+    setting = setting_of(paper, profile, params, first, records, role_name=table.dataset) \
+        if first in spec.variants else None
+    heading = table_heading(table_id, table, setting)
+    out = list(heading)
+    fig_title = heading[0][3:] + ("" if table.title in heading[0] else f" (paper: {table.title})")
+    out += [f"**Status**: {status_text(table_counts(frame))}.", ""]
+    out += summary_and_details(frame)
+    if table.references:
+        refs = [v for v in table.references if v != "chance"]
+        out += [REFERENCE_NOTE.format(variant="`, `".join(refs) or "—"), ""]
+    if table.note:
+        out += [table.note, ""]
+    if table.comparison:
+        out += ["Published numbers of the methods the paper compares with (transcribed, "
+                "not re-run):", "", comparison_markdown(table.comparison), ""]
+    png = figures_dir / f"{paper}_{table_id}.png"
+    stand_in = dataset_label((setting or main_setting)["dataset"])
+    comparable = is_comparable(frame)
+    if table.figure is not None and table.figure.kind == "ablation":
+        drawn = figures.ablation(frame, fig_title, table.figure.x_label, png,
+                                 comparable, stand_in)
+    else:
+        drawn = figures.published_vs_reproduced(frame, fig_title, png,
+                                                spec.tolerance, stand_in)
+    if drawn:
+        caption = ("published vs reproduced" if comparable and frame["published"].notna().any()
+                   else "reproduced per category or row; published for reference, not comparable"
+                   if frame["published"].notna().any() else "reproduced")
+        out += [f"![{table.title}: {caption}](figures/{png.name})", ""]
+    return out
+
+
+def _examples_section(paper: str, runs, main: str, main_setting: dict, results_dir: Path,
+                      figures_dir: Path) -> list[str]:
+    """Anomaly maps, ROC curves and pixel-score histograms of the main variant's first seed."""
     from nfbench.pipeline.experiment import read_examples
 
+    out: list[str] = []
     examples = {r.category: read_examples(results_dir / r.record_path.with_suffix(".npz"))
                 for r in runs if r.variant == main and r.seed == runs[0].seed}
     if examples:
@@ -192,14 +218,12 @@ def write_report(paper: str, profile: str, params: dict, results_dir: Path,
             out += ["Scores of normal and defective pixels over every test image, each "
                     "histogram normalised to sum 1:", "",
                     f"![pixel-score histograms](figures/{hist_png.name})", ""]
+    return out
 
-    from nfbench.peers.report import peers_section  # "Ours vs anomalib 2.7, same features"
-    out += peers_section(paper, results_dir)
-    out += questions_section(spec, tables_dir, _difference(paper, profile, params, results_dir))
-    out += protocol_section(spec, tables_dir)
-    out += complexity_section(spec, results_dir / paper / "profile.json",
-                               [r for r in records if r["variant"] == main], records)
-    out += ["## Deviations from the paper", ""]
+
+def _deviations_and_runs(spec, records: list[dict]) -> list[str]:
+    """The spec's deviations (diagnostics apart) and one line per run."""
+    out = ["## Deviations from the paper", ""]
     out += [f"- **{d.what}**: {d.why}" for d in spec.deviations if not d.diagnostic] + [""]
     diagnostics = [d for d in spec.deviations if d.diagnostic]
     if diagnostics:  # explanations of what the runs show, not differences from the paper
@@ -209,6 +233,4 @@ def write_report(paper: str, profile: str, params: dict, results_dir: Path,
             "|---|---|---|---|---|"]
     out += [f"| {r['run_id']} | {_auroc_with_interval(r)} | {r['timing']['fit_seconds']:.1f} | "
             f"{r['created']} | {str(r['environment'].get('git_commit'))[:12]} |" for r in records]
-    path = reports_dir / f"{paper}.md"
-    write_text_atomic(path, "\n".join(out) + "\n")
-    return path
+    return out

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import uuid
 from pathlib import Path
 from typing import Sequence
 
@@ -15,6 +13,8 @@ from nfbench.datasets.demo.categories import (AREA_RANGE, CATEGORY_DEFECTS, CATE
                                               DEMO_CATEGORIES)
 from nfbench.datasets.demo.defects import make_defect_example
 from nfbench.datasets.demo.images import make_normal
+from nfbench.datasets.staging import (cleanup_on_terminate, new_staging_dir,
+                                      remove_stale_staging, replace_tree)
 from nfbench.errors import UserError
 
 #: Bump whenever the images produced for a given seed change.
@@ -109,9 +109,19 @@ def generate_demo(root: Path, *, seed: int = 0, image_size: int = 256, n_train: 
 
     total = sum(n_train + n_test_good + n_test_defect_per_type * len(CATEGORY_DEFECTS[c])
                 for c in categories)
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = root.parent / f".{root.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
+    remove_stale_staging(root)
+    with cleanup_on_terminate():
+        _build(root, tmp=new_staging_dir(root), categories=categories, seed=int(seed),
+               image_size=int(image_size), n_train=int(n_train), n_test_good=int(n_test_good),
+               n_defect=int(n_test_defect_per_type), manifest=manifest, total=total,
+               progress=progress)
+    return root
+
+
+def _build(root: Path, tmp: Path, categories: tuple[str, ...], seed: int, image_size: int,
+           n_train: int, n_test_good: int, n_defect: int, manifest: dict, total: int,
+           progress: bool) -> None:
+    """Write the demo set into the staging folder ``tmp`` and put it in place of ``root``."""
     bar = None
     try:
         if progress:
@@ -120,29 +130,18 @@ def generate_demo(root: Path, *, seed: int = 0, image_size: int = 256, n_train: 
             bar = tqdm(total=total, desc="demo dataset", unit="img")
         tick = bar.update if bar is not None else (lambda: None)
         for category in categories:
-            _write_category(tmp, category, DEMO_CATEGORIES.index(category), int(seed),
-                            int(image_size), int(n_train), int(n_test_good),
-                            int(n_test_defect_per_type), tick)
+            _write_category(tmp, category, DEMO_CATEGORIES.index(category), seed, image_size,
+                            n_train, n_test_good, n_defect, tick)
         (tmp / "demo.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-        if root.exists():  # an outdated demo set (or an empty folder): swap it out
-            trash = root.parent / f".{root.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-            os.rename(root, trash)
-            os.rename(tmp, root)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            try:
-                os.rename(tmp, root)
-            except OSError:
-                if _read_manifest(root) != manifest:  # lost a race to a different build
-                    raise
-                shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        try:  # an outdated demo set (or an empty folder) is swapped out
+            replace_tree(tmp, root)
+        except OSError:
+            if _read_manifest(root) != manifest:  # lost a race to a different build
+                raise
     finally:
+        shutil.rmtree(tmp, ignore_errors=True)
         if bar is not None:
             bar.close()
-    return root
 
 
 __all__ = ["GENERATOR_VERSION", "generate_demo"]

@@ -7,20 +7,33 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from nfbench.methods import package_data
 from nfbench.errors import UserError, check_choice
 from nfbench.methods.synthetic.foreground import OBJECT_MASK_MODES
 from nfbench.methods.cnf.config import CNFMethodConfig
 
-#: w per category in the original run scripts (AD-CLSCNFs run_scripts/<ds>/<cls>/
-#: train_eval_total.sh, ``--w_fe``; original-code.md §1b). The paper (§IV-B) chose w "for each
-#: category in a way such that the AUPR score was maximized", and the code's ``--get_best_w_fe``
-#: searches {0.05, ..., 1.0} by pixel AUPR against the TEST ground truth: these are test-tuned.
-ORIGINAL_W: dict[str, float] = {
-    "bottle": 0.3, "cable": 0.05, "capsule": 0.3, "carpet": 1.0, "grid": 1.0, "hazelnut": 1.0,
-    "leather": 1.0, "metal_nut": 0.5, "pill": 1.0, "screw": 1.0, "tile": 1.0, "toothbrush": 1.0,
-    "transistor": 0.6, "wood": 1.0, "zipper": 0.15,  # MVTec AD
-    "01": 0.1, "02": 0.05, "03": 0.3,  # BTAD
-}
+
+
+def _original_w() -> dict[str, float]:
+    """w per category in the original run scripts (AD-CLSCNFs run_scripts/<ds>/<cls>/
+    train_eval_total.sh, ``--w_fe``; docs/original-code.md §1b): test-tuned, see
+    ``original_w.yaml`` beside this module (data, one block per dataset), checked here."""
+    name = "original_w.yaml"
+    out: dict[str, float] = {}
+    for dataset, block in package_data.load(__file__, name).items():
+        if not isinstance(block, dict):
+            package_data.fail(__file__, name, dataset, "expected {category: w}")
+        for category, w in block.items():
+            if not isinstance(category, str) or isinstance(w, bool) or \
+                    not isinstance(w, (int, float)) or not 0.0 <= w <= 1.0 or category in out:
+                package_data.fail(__file__, name, f"{dataset}.{category}",
+                                  f"expected a new category name and a w in [0, 1], got {w!r}")
+            out[category] = float(w)
+    return out
+
+
+#: w per category in the original run scripts (test-tuned; ``original_w.yaml``)
+ORIGINAL_W: dict[str, float] = _original_w()
 #: The original's search grid for w (evaluate.py ``--get_best_w_fe``).
 W_GRID = tuple(round(0.05 * k, 2) for k in range(1, 21))
 

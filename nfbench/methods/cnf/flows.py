@@ -12,7 +12,7 @@ block also sees a 2-D sinusoidal positional encoding of the fiber's position::
     log_p = log_likelihood(z, log_jac)                       # Eq. 3 (nats per fiber)
     loss = nf_loss(log_p, C)                                 # -log sigmoid(log p / C), Eq. 2
 
-Facts from the original code (original-code.md §1b, §1c): FrEIA ``AllInOneBlock`` with
+Facts from the original code (docs/original-code.md §1b, §1c): FrEIA ``AllInOneBlock`` with
 ``affine_clamping=1.9``, ``global_affine_type='SOFTPLUS'``, ``permute_soft=True`` (a random
 rotation per block; drawn here by :func:`random_rotation`, same distribution, much faster); internal
 network ``Linear(d, 2d) -> ReLU -> Linear(2d, out)``; condition = 2-D sin/cos encoding of

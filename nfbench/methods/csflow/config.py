@@ -19,7 +19,7 @@ class CSFlowConfig:
     """Defaults are the paper's MVTec AD setting (§4.2) completed by the original code."""
 
     backbone: str = "efficientnet_b5"  # §4.2: EfficientNet-B5, ImageNet weights, frozen
-    layer: str = "stride32"  # §4.2 "layer 36" = _blocks[35], 304 channels (original-code §1a)
+    layer: str = "stride32"  # §4.2 "layer 36" = _blocks[35], 304 channels (docs/original-code.md §1a)
     input_size: int = 768  # §4.2: 768/384/192 for MVTec AD (MTD: 384)
     n_scales: int = 3  # §4.2: s = 3
     scale_mode: str = "cross"  # Table 3 ablation: cross | single | separate | concat

@@ -1,6 +1,6 @@
 """PatchFlow's hyperparameters: a frozen dataclass whose defaults are the paper's MVTec AD
 setting completed by the original code (github.com/BOX-LEO/PatchFlow, see
-reference/original-code.md §1d), each field naming its source; validated on construction.
+docs/original-code.md §1d), each field naming its source; validated on construction.
 Deviations are listed in ``benchmarks/patchflow.yaml``."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Random photometric (and one geometric) augmentations of an anomaly source, the numpy/scipy
 stand-ins for the imgaug augmenters both originals draw 3 of: CLS-CNFs' 9
-(``../shared/reference/original-code.md`` §1b: GammaContrast, MultiplyAndAddToBrightness,
+(``docs/original-code.md`` §1b: GammaContrast, MultiplyAndAddToBrightness,
 EnhanceSharpness, AddToHueAndSaturation, Solarize, Posterize, Invert, Autocontrast, Equalize)
 and PatchFlow's 10 (§1d names gen_validation_set.py's "augmented copy"; benchmarks/
 patchflow.yaml: 3 of 10 photometric/geometric augmentations).

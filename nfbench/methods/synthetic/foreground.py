@@ -1,5 +1,5 @@
 """Object (foreground) masks of CLS-CNFs' synthetic defects, ``M_o`` (§III-A; AD-CLSCNFs
-``custom_datasets/synthetic_data_loader.py``, ``../shared/reference/original-code.md`` §1b
+``custom_datasets/synthetic_data_loader.py``, ``docs/original-code.md`` §1b
 "Object mask"): where on a normal image a defect may be drawn, with the original's
 per-category rules.
 
@@ -12,32 +12,41 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
+from nfbench.methods import package_data
 from nfbench.errors import check_choice
 
 # ------------------------------------------------------------------------------------------
 # object-mask rules of the original code (AD-CLSCNFs custom_datasets/synthetic_data_loader.py)
 # ------------------------------------------------------------------------------------------
 
-#: Objects brighter than their background (the code's ``reverse_mask_cls``).
-_BRIGHT = ("cable", "hazelnut", "metal_nut", "pill", "toothbrush", "01", "03")
-#: No object mask, defects anywhere (the code's ``no_bg_use_cls``).
-_WHOLE_IMAGE = ("transistor", "tile", "wood", "carpet", "leather", "02")
-#: No hole filling (the code's ``no_fill_hole_cls``).
-_NO_FILL = ("grid", "metal_nut", "01")
-#: Every other MVTec AD category: a dark object, holes filled (the code's default).
-_DARK = ("bottle", "capsule", "grid", "screw", "zipper")
-#: The offline demo categories (nfbench.datasets.demo): two textures, a bright coin on a dark
-#: plate and a bright printed disc on a grey plate. Not in the original; chosen the same way
-#: the original's lists were.
-_DEMO = {"brick": "none", "gravel": "none", "coin": "bright", "logo": "bright"}
-
-OBJECT_MASK_RULES: dict[str, tuple[str, bool]] = {
-    **{c: ("bright", c not in _NO_FILL) for c in _BRIGHT},
-    **{c: ("none", True) for c in _WHOLE_IMAGE},
-    **{c: ("dark", c not in _NO_FILL) for c in _DARK},
-    **{c: (mode, True) for c, mode in _DEMO.items()},
-}
 OBJECT_MASK_MODES = ("auto", "dark", "bright", "none")
+
+
+def _object_mask_rules() -> dict[str, tuple[str, bool]]:
+    """``{category: (mode, fill_holes)}`` from ``object_masks.yaml`` beside this module (the
+    original's category lists, and the demo categories' modes), checked here."""
+    name = "object_masks.yaml"
+    data = package_data.load(__file__, name)
+    lists = ("bright", "whole_image", "no_fill", "dark")
+    if set(data) != {*lists, "demo"}:
+        package_data.fail(__file__, name, "top", f"expected the keys {', '.join(lists)}, demo")
+    for key in lists:
+        if not isinstance(data[key], list) or not all(isinstance(c, str) for c in data[key]):
+            package_data.fail(__file__, name, key, "expected a list of category names")
+    demo = data["demo"]
+    if not isinstance(demo, dict) or not set(demo.values()) <= set(OBJECT_MASK_MODES[1:]):
+        package_data.fail(__file__, name, "demo",
+                          f"expected {{category: {' | '.join(OBJECT_MASK_MODES[1:])}}}")
+    no_fill = set(data["no_fill"])
+    return {
+        **{c: ("bright", c not in no_fill) for c in data["bright"]},
+        **{c: ("none", True) for c in data["whole_image"]},
+        **{c: ("dark", c not in no_fill) for c in data["dark"]},
+        **{c: (mode, True) for c, mode in demo.items()},
+    }
+
+
+OBJECT_MASK_RULES: dict[str, tuple[str, bool]] = _object_mask_rules()
 
 
 def object_mask_rule(category: str | None, mode: str = "auto") -> tuple[str, bool]:

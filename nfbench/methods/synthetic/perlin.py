@@ -3,7 +3,7 @@ defects (:mod:`.defects`) and PatchFlow's validation anomalies (:mod:`.validatio
 
 Both originals take DRAEM's recipe (a lattice of random unit gradients, quintic fade, scale
 ``2^U{0..5}`` per axis, rotation ``U(-90, 90)``, threshold), see
-``../shared/reference/original-code.md`` §1b "Synthetic defects" (AD-CLSCNFs
+``docs/original-code.md`` §1b "Synthetic defects" (AD-CLSCNFs
 ``synthetic_data_loader.py``: "perlin.py is DRAEM's", threshold 0.5) and §1d
 (PatchFlow ``gen_validation_set.py``: "Perlin or Gaussian-blob masks"). The two
 reimplementations here differ in float operations only, kept so that each method's numbers

@@ -1,5 +1,5 @@
 """Foreign anomaly sources of CLS-CNFs' "apparent" defects (§III-A, Fig. 1a): the DTD
-textures the paper used (``../shared/reference/original-code.md`` §1b: "a DTD image
+textures the paper used (``docs/original-code.md`` §1b: "a DTD image
 (``dtd/images/*/*.jpg``)") or, offline, procedural textures made from Perlin noise (§7: "the
 Perlin noise itself (or a bundled texture) can be the source"). A source is a
 ``callable(size, rng) -> float32 [size, size, 3]`` in [0, 1].

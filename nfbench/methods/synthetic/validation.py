@@ -1,5 +1,5 @@
 """PatchFlow's synthetic validation anomalies (after the original gen_validation_set.py,
-``../shared/reference/original-code.md`` §1d: "Perlin or Gaussian-blob masks on a foreground
+``docs/original-code.md`` §1d: "Perlin or Gaussian-blob masks on a foreground
 with gray > 50; 25 shuffled 400-px patches of an augmented copy; transparency U(0.15, 1)").
 The Perlin mask is :func:`.perlin.pattern_mask` with PatchFlow's parameters, the augmented copy
 :func:`.augment.patchflow_augment`; see those modules for how they differ from CLS-CNFs'.
