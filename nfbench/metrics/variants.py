@@ -114,15 +114,24 @@ def _count_above_from_curve(c: _Curve, thresholds: np.ndarray) -> np.ndarray:
 
 
 def _cdo_area(truth: np.ndarray, s: np.ndarray, thresholds: np.ndarray, neg_above: np.ndarray,
-              n_neg: int, fpr_limit: float) -> float:
+              n_neg: int, fpr_limit: float, regions: np.ndarray | None = None) -> float:
     """The rest of ``cal_pro_metric`` (see :func:`aupro_clscnf`) given the count of negatives
-    above each threshold: the filled regions' overlaps, the FPR cut and the rescaled area."""
+    above each threshold: the filled regions' overlaps, the FPR cut and the rescaled area.
+    ``regions``: the global region ids of ``truth`` from :func:`_label_regions` when the caller
+    has them (the same 8-connected components in the same order, not labelled again)."""
     ascending = thresholds[::-1]
     pros, n_regions = np.zeros(thresholds.size, dtype=np.float64), 0
     structure = np.ones((3, 3), dtype=bool)
     for i in range(truth.shape[0]):
-        labels, n = ndimage.label(truth[i], structure=_EIGHT_CONNECTED)
-        for k, box in enumerate(ndimage.find_objects(labels), start=1):
+        if regions is None:
+            labels, first = ndimage.label(truth[i], structure=_EIGHT_CONNECTED)[0], 1
+        elif truth[i].any():
+            labels = regions[i]
+            first = int(labels[truth[i]].min())        # ids are consecutive within an image
+        else:
+            continue
+        boxes = ndimage.find_objects(labels)[first - 1:]
+        for k, box in enumerate(boxes, start=first):
             region = labels[box] == k
             filled = ndimage.binary_fill_holes(region, structure=structure)
             pros += _count_above(ascending, s[i][box][filled]) / float(region.sum())
