@@ -91,10 +91,12 @@ def compute_all(labels, image_scores, masks, maps, fpr_limit: float = 0.3) -> di
 
     Pixel metrics are ``nan`` when there are no positive pixels, image_auroc when only one
     class is present. Every pixel metric, the variants included, is read from ONE global
-    sort (one argsort, then gathers and cumulative sums: about 1.3x the argsort's time, see
-    benchmarks/bench_metrics.py), with values bit-identical to the separate functions
-    (tests/test_metrics.py). Peak ~33 bytes per pixel beyond the inputs (~0.3 GB for a 256 px
-    MVTec category, ~3 GB at 768 px).
+    argsort (then one gather of the region ids, a sort of the values, cumulative sums and
+    a few passes over reused buffers; benchmarks/bench_metrics.py times it against one
+    ``numpy.argsort``), with values bit-identical to the separate functions
+    (tests/test_metrics.py). Peak ~66 bytes per pixel beyond the inputs, as before these
+    passes were shared (tracemalloc, float32 maps with mostly distinct scores: ~0.4 GB for
+    83 images at 256 px, ~3.2 GB at 768 px).
     """
     fpr_limit = _check_limit(fpr_limit)
     y_img, s_img = _pair(labels, image_scores, "labels", "image_scores", ndim=1)
