@@ -27,8 +27,10 @@ def copied(monkeypatch):
     return seen
 
 
-def _only_full_maps_copied(shapes, size):
-    return all(s[-2:] == (size, size) for s in shapes if len(s) >= 2)
+def _only_full_maps_copied(shapes, size, images=None):
+    """Every copy is a full-resolution map, or (``images`` given) one score per image."""
+    return all(s[-2:] == (size, size) if len(s) >= 2 else images is None or s[0] <= images
+               for s in shapes)
 
 
 def test_cnf_maps_are_upsampled_before_they_leave_the_device(copied):
@@ -44,7 +46,7 @@ def test_cnf_maps_are_upsampled_before_they_leave_the_device(copied):
     copied["cpu"].clear()
     out = nf(features, 16)
     assert out.shape == (3, 16, 16) and out.dtype == torch.float64 and out.device.type == "cpu"
-    assert copied["cpu"] and _only_full_maps_copied(copied["cpu"], 16), copied["cpu"]
+    assert copied["cpu"] and _only_full_maps_copied(copied["cpu"], 16, 3), copied["cpu"]
 
 
 def test_patchflow_scores_its_latents_on_the_device(tiny_demo, copied):
@@ -62,15 +64,32 @@ def test_patchflow_scores_its_latents_on_the_device(tiny_demo, copied):
     assert _only_full_maps_copied(copied["cpu"], size), copied["cpu"]
 
 
-def test_gaussian_builds_its_maps_on_the_device(tiny_demo, copied):
-    from nfbench.methods.gaussian import GaussianDetector
+class _Stop(Exception):
+    pass
+
+
+def test_gaussian_builds_its_maps_on_the_device(tiny_demo, monkeypatch):
+    """With the run's device faked as ``meta``, the model and the feature maps reach the
+    forward (distances, upsampling, blur) on that device."""
+    import nfbench.methods.gaussian.detector as gd
+    from nfbench.methods.gaussian import GaussianDetector, GaussianModel
 
     seed_everything(0)
     detector = create_method("gaussian", **GaussianDetector.smoke_settings, device="cpu")
     train, test = image_sets(load_table("demo", tiny_demo), "brick", detector.config.input_size)
     detector.fit(train.subset(range(4)))
-    copied["to"].clear()
-    scores = detector.score(test.subset(range(2)))
-    assert scores.pixel.shape[0] == 2
-    # the cached feature maps ([N, C, h, w]) are sent to the run's device before the map is made
-    assert any(len(s) == 4 for s in copied["to"]), copied["to"]
+    test = test.subset(range(2))
+    maps = detector._maps(test)
+    monkeypatch.setattr(detector, "_maps", lambda images: maps)
+    monkeypatch.setattr(gd, "resolve_device", lambda requested="auto": torch.device("meta"))
+    seen = []
+
+    def forward(self, maps):
+        seen.append({self.mean.device.type, self.precision.device.type}
+                    | {m.device.type for m in maps})
+        raise _Stop
+    monkeypatch.setattr(GaussianModel, "forward", forward)
+    with pytest.raises(_Stop):
+        detector.score(test)
+    assert seen == [{"meta"}]
+    assert detector.model_.mean.device.type == "cpu"  # the fitted model itself stays put
