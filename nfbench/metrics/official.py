@@ -118,7 +118,7 @@ def compute_all(labels, image_scores, masks, maps, fpr_limit: float = 0.3) -> di
         auroc_patchflow = _auroc_counts(work, sub_tps, sub_fps, int(sub_tps[-1]),
                                         int(sub_fps[-1]))
     del work
-    thresholds = _cdo_thresholds(s, CDO_STEPS)
+    thresholds = _cdo_thresholds(s, CDO_STEPS, (c.thresholds[0], c.thresholds[-1]))
     return {
         "image_auroc": _auroc(_curve(s_img, truth=y_img)),
         **metrics,

@@ -88,10 +88,11 @@ def aupro_clscnf(masks, maps, fpr_limit: float = 0.3, max_steps: int = CDO_STEPS
     return _cdo_area(truth, s, thresholds, neg_above, n_neg, fpr_limit)
 
 
-def _cdo_thresholds(s: np.ndarray, max_steps: int) -> np.ndarray:
+def _cdo_thresholds(s: np.ndarray, max_steps: int, bounds=None) -> np.ndarray:
     """CDO's ``max_steps`` thresholds ``max - k * (max - min) / max_steps``, descending, in the
-    maps' dtype."""
-    max_th, min_th = s.max(), s.min()
+    maps' dtype. ``bounds``: ``(max, min)`` of ``s`` when the caller has them (a curve's first
+    and last thresholds), saving two passes over the maps."""
+    max_th, min_th = bounds if bounds is not None else (s.max(), s.min())
     delta = (max_th - min_th) / max_steps
     return np.array([max_th - step * delta for step in range(max_steps)], dtype=s.dtype)
 
