@@ -66,7 +66,7 @@ class _Curve(NamedTuple):
     thresholds: np.ndarray   # distinct scores, descending
     tps: np.ndarray          # int32/int64: positives with score >= threshold
     fps: np.ndarray          # int32/int64: negatives with score >= threshold
-    pros: np.ndarray | None  # float64: mean per-region overlap at each threshold
+    pros: np.ndarray | None  # float64: mean per-region overlap at each threshold (or a prefix)
     n_pos: int
     n_neg: int
     #: (tps, fps) of the elements in ``subset`` at the same thresholds (None without subset)
@@ -75,7 +75,7 @@ class _Curve(NamedTuple):
 
 def _curve(scores: np.ndarray, truth: np.ndarray | None = None,
            regions: np.ndarray | None = None, region_weights: np.ndarray | None = None,
-           subset: np.ndarray | None = None) -> _Curve:
+           subset: np.ndarray | None = None, pro_count: int | None = None) -> _Curve:
     """One descending argsort of ``scores`` and cumulative sums; pass ``truth`` (bool) or
     ``regions`` (int32 region id per pixel, 0 = defect-free) with ``region_weights`` (weight of
     one pixel of each region id, 0 for id 0).
@@ -83,7 +83,10 @@ def _curve(scores: np.ndarray, truth: np.ndarray | None = None,
     ``subset`` (bool, one flag per image along the first axis; needs ``regions``) also counts
     the positives and negatives among the flagged images' pixels at the same thresholds
     (``_Curve.sub``), so a second curve over a subset costs cumulative sums, not a second
-    sort. Thresholds where only unflagged pixels change repeat a point of the subset's curve;
+    sort. ``pro_count``: PRO is needed only at the points with at most that many negatives
+    above them and the next one (``_Curve.pros`` stops there: AUPRO up to an FPR limit), so
+    its cumulative sum runs over that prefix of the pixels only. Thresholds where only
+    unflagged pixels change repeat a point of the subset's curve;
     that adds nothing to a trapezoid over integer counts (every partial sum of :func:`_auroc`
     is an exact integer in float64).
 
@@ -119,16 +122,8 @@ def _curve(scores: np.ndarray, truth: np.ndarray | None = None,
     at = np.flatnonzero(keep)                          # index of each curve point
     del keep
     count_dtype = np.int32 if n < 2**30 else np.int64  # tps + fps + n_pos must not overflow
-    pros = marked = None
+    marked = None
     if regions is not None:
-        weights = region_weights
-        if subset is not None:                         # id -r - 1 reads the weight of id r
-            weights = np.concatenate((region_weights, region_weights[::-1]))
-        steps = weights[lab]                           # 8 B/px: PRO gained by each pixel
-        np.cumsum(steps, out=steps)
-        pros = steps[at]
-        del steps
-        np.clip(pros, 0.0, 1.0, out=pros)             # cumsum rounding must not exceed 1
         pos = lab != 0                                 # 1 B/px
         if subset is not None:
             marked = np.not_equal(lab, -1)             # 1 B/px, "not an unflagged id 0" ...
@@ -136,12 +131,26 @@ def _curve(scores: np.ndarray, truth: np.ndarray | None = None,
             np.greater_equal(lab, 0, out=marked)       # ... then "flagged"
     else:
         pos = lab
-    del lab
     counts = np.cumsum(pos, dtype=count_dtype)         # 4-8 B/px
     tps = counts[at]
     fps = at.astype(count_dtype)                       # the rest of the first at + 1 elements
     fps -= tps
     fps += 1
+    pros = None
+    if regions is not None:
+        points = at.size
+        if pro_count is not None:  # AUPRO up to an FPR limit reads no further than this point
+            points = min(int(np.searchsorted(fps, count_dtype(pro_count), side="right")) + 1,
+                         at.size)
+        weights = region_weights
+        if subset is not None:                         # id -r - 1 reads the weight of id r
+            weights = np.concatenate((region_weights, region_weights[::-1]))
+        steps = weights[lab[:at[points - 1] + 1]]      # <= 8 B/px: PRO gained by each pixel
+        np.cumsum(steps, out=steps)                    # sequential: a prefix is the same sums
+        pros = steps[at[:points]]
+        del steps
+        np.clip(pros, 0.0, 1.0, out=pros)             # cumsum rounding must not exceed 1
+    del lab
     sub = None
     if marked is not None:
         np.cumsum(np.logical_and(pos, marked, out=pos), dtype=count_dtype, out=counts)

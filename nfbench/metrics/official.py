@@ -106,7 +106,10 @@ def compute_all(labels, image_scores, masks, maps, fpr_limit: float = 0.3) -> di
     regions, weights = _label_regions(y)
     # PatchFlow's pixel AUROC counts the defective images' pixels only: flagged in the same sort
     some = bool(y_img.any() and not y_img.all())
-    c = _curve(s, regions=regions, region_weights=weights, subset=y_img if some else None)
+    # AUPRO reads PRO up to fps <= floor(fpr_limit * n_neg) + 1 and one point more
+    bound = math.floor(fpr_limit * (y.size - np.count_nonzero(y))) + 1
+    c = _curve(s, regions=regions, region_weights=weights, subset=y_img if some else None,
+               pro_count=bound)
     work = _Work(c.tps.size)
     metrics = _curve_metrics(c, fpr_limit, work)
     if not y_img.any():
@@ -189,7 +192,7 @@ def _curve_metrics(c, fpr_limit: float, w: _Work) -> dict[str, float]:
         # fps / n_neg <= fpr_limit has fps <= floor(fpr_limit * n_neg) + 1 (a division's
         # rounding is far below 1 / n_neg), so those, the origin and one more suffice
         m = min(int(np.searchsorted(c.fps, math.floor(fpr_limit * c.n_neg) + 1, side="right")) + 2,
-                c.fps.size + 1)
+                c.fps.size + 1)                        # c.pros holds m - 1 points (compute_all)
         fpr = np.divide(f[:m], float(c.n_neg), out=a[:m])
         pro = b[:m]
         pro[0] = 0.0
