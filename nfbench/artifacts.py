@@ -22,14 +22,12 @@ The folder is written beside its target and renamed into place: never half-writt
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from nfbench.atomic import atomic_folder
 from nfbench.errors import UserError
 
 FORMAT = "nfbench-model"
@@ -144,9 +142,7 @@ def save_detector(detector: Any, folder: Path | str, *, record: dict | None = No
         raise UserError(f"{folder} exists")
     settings = fitted_settings(detector)
     category = category or getattr(detector, "category_", None) or (record or {}).get("category")
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
-    try:
+    with atomic_folder(folder) as tmp:
         manifest = {
             "format": FORMAT, "format_version": FORMAT_VERSION, "nfbench": __version__,
             "method": detector.name, "category": category, "config": settings,
@@ -165,20 +161,7 @@ def save_detector(detector: Any, folder: Path | str, *, record: dict | None = No
             f"# {detector.name}: the resolved config of this model (nfbench-model.json has it "
             f"too)\n" + yaml.safe_dump(settings, sort_keys=False, default_flow_style=None))
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, allow_nan=True) + "\n")
-        os.chmod(tmp, 0o777 & ~_umask())
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return folder
-
-
-def _umask() -> int:
-    from nfbench.atomic import current_umask
-
-    return current_umask()
 
 
 def read_manifest(folder: Path | str) -> dict[str, Any]:

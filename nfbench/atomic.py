@@ -11,6 +11,7 @@ no temporary file.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import threading
 from contextlib import contextmanager
@@ -48,6 +49,27 @@ def atomic_path(path: Path | str, suffix: str = ".tmp") -> Iterator[Path]:
     finally:
         if os.path.exists(tmp_name):
             os.remove(tmp_name)
+
+
+@contextmanager
+def atomic_folder(path: Path | str) -> Iterator[Path]:
+    """Yield a new temporary folder beside ``path`` to fill; when the block ends without an
+    exception it gets the mode ``mkdir`` would give (0777 minus the umask) and replaces
+    ``path`` (an existing folder there is removed first); otherwise it is removed. A saved
+    model (:mod:`nfbench.artifacts`) and ``nfbench predict``'s output folder are written so:
+    whole or not at all."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    try:
+        yield tmp
+        os.chmod(tmp, 0o777 & ~current_umask())
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
 
 
 def write_text_atomic(path: Path | str, text: str) -> None:

@@ -4,7 +4,8 @@ Run identity (:mod:`nfbench.pipeline.identity`) and the trained-stage cache
 (:class:`nfbench.methods.cnf.stage.StageCache`) both key on :func:`code_digest`: starting from
 some modules (a method's package and the experiment driver; a stage's own module), every
 ``nfbench.*`` import (absolute or relative, at module level or inside a function) is followed
-transitively, parent packages' ``__init__`` included, since importing a module runs them. So
+transitively, parent packages' ``__init__`` included, since importing a module runs them
+(a module-level ``__getattr__``'s lazy imports excepted: they run on attribute access). So
 an edit in any module that code reaches (``methods/base.py``, ``cnf/encoder.py``,
 ``backbones.py``, ...) changes the digest without a hand-written file list to keep up to date,
 and a module nothing imports does not.
@@ -80,7 +81,7 @@ def _imports(name: str, tree: ast.AST) -> set[str]:
     is_package = module_path(name) is not None and module_path(name).name == "__init__.py"
     package = name if is_package else name.rpartition(".")[0]
     found: set[str] = set()
-    for node in ast.walk(tree):
+    for node in _walk_not_lazy(tree):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -100,6 +101,24 @@ def _imports(name: str, tree: ast.AST) -> set[str]:
             if module_path(candidate) is not None:
                 modules.add(candidate)
     return modules
+
+
+#: Module-level functions whose imports are lazy attributes of the module (PEP 562): they run
+#: when someone reads such an attribute (``nfbench.load_detector``), not when the module is
+#: imported, and code that reads one imports the module behind it itself
+#: (``from nfbench.artifacts import ...``), which is followed there.
+LAZY_HOOKS = ("__getattr__", "__dir__")
+
+
+def _walk_not_lazy(tree: ast.AST):
+    """``ast.walk`` of ``tree`` without the bodies of its module-level :data:`LAZY_HOOKS`:
+    a package ``__init__`` that every module of the package runs does not drag the modules
+    of its lazy attributes into every closure."""
+    body = tree.body if isinstance(tree, ast.Module) else [tree]
+    for top in body:
+        if isinstance(top, (ast.FunctionDef, ast.AsyncFunctionDef)) and top.name in LAZY_HOOKS:
+            continue
+        yield from ast.walk(top)
 
 
 def _strip_docstrings(tree: ast.AST) -> ast.AST:

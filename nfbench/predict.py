@@ -23,15 +23,13 @@ whole, as in the papers.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from nfbench.atomic import atomic_folder
 from nfbench.errors import UserError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -105,13 +103,6 @@ def check_out(out: Path) -> None:
                         "new folder")
 
 
-def _prepare_out(out: Path) -> Path:
-    """A temporary folder beside ``out`` (renamed into place when complete)."""
-    check_out(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
-
-
 def resolve_threshold(detector: Any, *, threshold: float | None, normal: Path | None,
                       quantile: float, size: int) -> dict[str, Any] | None:
     """The threshold and how it was set (see the module docstring), or None."""
@@ -171,8 +162,8 @@ def predict(model: Path | str, images: Path | str, out: Path | str, *,
         "timing": {"score_seconds": seconds, "images_per_second": len(files) / max(seconds, 1e-9)},
         "environment": environment(), "predictions": rows,
     }
-    tmp = _prepare_out(out)
-    try:
+    check_out(out)
+    with atomic_folder(out) as tmp:
         import pandas as pd
 
         (tmp / "maps").mkdir()
@@ -188,13 +179,4 @@ def predict(model: Path | str, images: Path | str, out: Path | str, *,
             Image.fromarray(coloured).save(tmp / "maps" / f"{name}.png")
             _overlay(path, coloured).save(tmp / "overlays" / f"{name}.png")
         (tmp / SUMMARY).write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
-        from nfbench.atomic import current_umask
-
-        os.chmod(tmp, 0o777 & ~current_umask())
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return summary

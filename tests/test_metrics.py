@@ -291,6 +291,23 @@ def test_compute_all_is_bit_identical_to_separate_functions(case):
         assert (math.isnan(value) and math.isnan(out[key])) or out[key] == value, key
 
 
+@pytest.mark.parametrize("fpr_limit", [1e-4, 0.05, 0.3, 0.999, 1.0])
+@pytest.mark.parametrize("ties", [False, True])
+def test_compute_all_aupro_is_bit_identical_at_any_fpr_limit(fpr_limit, ties):
+    """compute_all reads AUPRO from the prefix of the curve up to fpr_limit (and one point
+    more): the value must equal aupro's over the whole curve, at tiny and full limits."""
+    rng = np.random.default_rng(11)
+    masks = random_masks(rng, n=6, h=40, w=37, normal=2)
+    maps = (rng.random(masks.shape) + 0.3 * masks).astype(np.float32)
+    if ties:
+        maps = np.round(maps * 16).astype(np.float32) / 16
+    labels = masks.any(axis=(1, 2)).astype(int)
+    out = metrics.compute_all(labels, maps.max(axis=(1, 2)), masks, maps, fpr_limit=fpr_limit)
+    assert out["aupro"] == metrics.aupro(masks, maps, fpr_limit=fpr_limit)
+    cdo = metrics.aupro_clscnf(masks, maps, fpr_limit=fpr_limit)  # nan: one point under 1e-4
+    assert out["aupro@clscnf"] == cdo or (math.isnan(cdo) and math.isnan(out["aupro@clscnf"]))
+
+
 def test_undefined_metrics_are_nan():
     masks = np.zeros((3, 8, 8), dtype=bool)
     maps = np.random.default_rng(0).random(masks.shape)

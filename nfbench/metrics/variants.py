@@ -88,10 +88,11 @@ def aupro_clscnf(masks, maps, fpr_limit: float = 0.3, max_steps: int = CDO_STEPS
     return _cdo_area(truth, s, thresholds, neg_above, n_neg, fpr_limit)
 
 
-def _cdo_thresholds(s: np.ndarray, max_steps: int) -> np.ndarray:
+def _cdo_thresholds(s: np.ndarray, max_steps: int, bounds=None) -> np.ndarray:
     """CDO's ``max_steps`` thresholds ``max - k * (max - min) / max_steps``, descending, in the
-    maps' dtype."""
-    max_th, min_th = s.max(), s.min()
+    maps' dtype. ``bounds``: ``(max, min)`` of ``s`` when the caller has them (a curve's first
+    and last thresholds), saving two passes over the maps."""
+    max_th, min_th = bounds if bounds is not None else (s.max(), s.min())
     delta = (max_th - min_th) / max_steps
     return np.array([max_th - step * delta for step in range(max_steps)], dtype=s.dtype)
 
@@ -114,15 +115,24 @@ def _count_above_from_curve(c: _Curve, thresholds: np.ndarray) -> np.ndarray:
 
 
 def _cdo_area(truth: np.ndarray, s: np.ndarray, thresholds: np.ndarray, neg_above: np.ndarray,
-              n_neg: int, fpr_limit: float) -> float:
+              n_neg: int, fpr_limit: float, regions: np.ndarray | None = None) -> float:
     """The rest of ``cal_pro_metric`` (see :func:`aupro_clscnf`) given the count of negatives
-    above each threshold: the filled regions' overlaps, the FPR cut and the rescaled area."""
+    above each threshold: the filled regions' overlaps, the FPR cut and the rescaled area.
+    ``regions``: the global region ids of ``truth`` from :func:`_label_regions` when the caller
+    has them (the same 8-connected components in the same order, not labelled again)."""
     ascending = thresholds[::-1]
     pros, n_regions = np.zeros(thresholds.size, dtype=np.float64), 0
     structure = np.ones((3, 3), dtype=bool)
     for i in range(truth.shape[0]):
-        labels, n = ndimage.label(truth[i], structure=_EIGHT_CONNECTED)
-        for k, box in enumerate(ndimage.find_objects(labels), start=1):
+        if regions is None:
+            labels, first = ndimage.label(truth[i], structure=_EIGHT_CONNECTED)[0], 1
+        elif truth[i].any():
+            labels = regions[i]
+            first = int(labels[truth[i]].min())        # ids are consecutive within an image
+        else:
+            continue
+        boxes = ndimage.find_objects(labels)[first - 1:]
+        for k, box in enumerate(boxes, start=first):
             region = labels[box] == k
             filled = ndimage.binary_fill_holes(region, structure=structure)
             pros += _count_above(ascending, s[i][box][filled]) / float(region.sum())

@@ -9,8 +9,8 @@ measuring itself is library code (:mod:`nfbench.profiling`).
 Counting a paper configuration's FLOPs takes minutes on a CPU, so every measurement is kept in
 ``<cache>/profiling/<key>.json`` (:func:`nfbench.paths.cache_root`), keyed by what it measures
 (method, settings, batch size, timed or not, device) and the code that computes it (the
-method's code digest, as in run identity, and :mod:`nfbench.profiling`'s source) and the
-counters' versions: a rerun of the stage after an unrelated change reads them back.
+method's code digest, as in run identity, and the import-following digest of
+:mod:`nfbench.profiling` and :mod:`nfbench.pipeline.flops`) and the counters' versions: a rerun of the stage after an unrelated change reads them back.
 """
 
 from __future__ import annotations
@@ -29,17 +29,23 @@ from nfbench.pipeline.spec import PaperSpec, load_spec
 from nfbench.profiling import profile_components, profile_method
 
 
+#: Where the code that counts and times starts (its imports are followed).
+COUNTING_CODE = ("nfbench.profiling", "nfbench.pipeline.flops")
+
+
 @functools.lru_cache(maxsize=None)
 def _measuring_code(method: str) -> str:
     """Digest of the code a measurement of ``method`` runs: the method's code digest (run
-    identity's) and the profiling library's source, with the counters' versions."""
+    identity's: its networks), the import-following digest of the counting code (the
+    profiling library and :mod:`nfbench.pipeline.flops`, whatever they import;
+    :mod:`nfbench.code_digest`), and the counters' versions."""
     import fvcore
     import torch
 
-    from nfbench import profiling
+    from nfbench.code_digest import code_digest
     from nfbench.pipeline.identity import code_version
 
-    digest = hashlib.sha1(Path(profiling.__file__).read_bytes())
+    digest = hashlib.sha1(code_digest(*COUNTING_CODE).encode())
     digest.update(f"{code_version(method)} {torch.__version__} "
                   f"{getattr(fvcore, '__version__', '?')}".encode())
     return digest.hexdigest()[:16]

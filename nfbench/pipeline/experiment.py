@@ -111,14 +111,28 @@ def _select_train(train, shots: int | None, seed: int):
     return train.subset(sorted(chosen.tolist()))
 
 
+def example_order(labels, defect_types, count: int) -> list[int]:
+    """Up to ``count`` defective test images for the report's maps figure: the first image of
+    each defect type (in the test set's sorted order, so deterministic), then, while columns
+    remain, the next defective images in that order. Figure material only: no metric reads it."""
+    defective = [i for i in range(len(labels)) if labels[i]]
+    types = defect_types or ("",) * len(labels)
+    first_of: dict[str, int] = {}
+    for i in defective:
+        first_of.setdefault(str(types[i]), i)
+    chosen = list(first_of.values())[:count]
+    chosen += [i for i in defective if i not in chosen][: count - len(chosen)]
+    return sorted(chosen)
+
+
 def _examples(test, scores, labels: np.ndarray, masks: np.ndarray, count: int = 6,
               side: int = 128, bins: int = 60) -> dict[str, np.ndarray]:
     """What the report draws: every image score with its label, histograms of normal and
-    defective pixel scores (``bins`` bins), and a few anomaly maps (defective images first)
+    defective pixel scores (``bins`` bins), and a few anomaly maps (one defective image per defect type first, :func:`example_order`)
     with their images and masks, downsampled to ``side`` px."""
     import torch.nn.functional as F
 
-    order = [i for i in range(len(labels)) if labels[i]][: count - 2]
+    order = example_order(labels, test.defect_types, count - 2)
     order += [i for i in range(len(labels)) if not labels[i]][: count - len(order)]
     shrink = lambda a, mode: F.interpolate(torch.as_tensor(a, dtype=torch.float32)[:, None],
                                            size=(side, side), mode=mode)[:, 0].numpy()

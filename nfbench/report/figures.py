@@ -1,5 +1,5 @@
-"""Report figures (a 200 dpi PNG with a PDF beside it) from the tidy tables and the records'
-figure material (NPZ).
+"""Report figures (a 200 dpi PNG with a PDF beside it; the maps figure's PNG: 150 dpi, 256
+colours) from the tidy tables and the records' figure material (NPZ).
 
 Statistical plots use seaborn on the tidy tables of :mod:`nfbench.pipeline.tables`:
 
@@ -7,15 +7,15 @@ Statistical plots use seaborn on the tidy tables of :mod:`nfbench.pipeline.table
   paper profile, a user's real data), a scatter per metric with the y = x line and the
   tolerance band, one point per category (per-category tables) or per row; otherwise a dot
   plot of the reproduced values per category or row, the axis zoomed to the data (chance
-  left off where it falls outside), the published value as a hollow marker on every row
+  left off where it falls outside, and then out of the legend too), the published value as a hollow marker on every row
   that has one, labelled "not comparable", reference rows (Gaussian baseline, chance) in
   grey. One metric per panel, a value under the paper's metric code labelled with that
   code; no figure where every panel would hold a single dot (the table says it);
 - :func:`ablation`: an ablation table (``figure: {kind: ablation}`` in the spec) as lines with
   markers, published and reproduced on the same axes.
 
-Image figures: :func:`anomaly_maps` (per category: the image with its ground truth outlined
-and its defect type named, the anomaly map overlaid on the image in a perceptual colormap
+Image figures: :func:`anomaly_maps` (per category, the first test image of each defect type:
+the image with its ground truth outlined and its defect type named, the anomaly map overlaid on the image in a perceptual colormap
 with a readable colour bar, the oracle prediction) and :func:`roc` (each curve's AUROC in its
 legend entry), :func:`pixel_histograms`. Error bars (std over seeds) only where n > 1.
 
@@ -51,13 +51,38 @@ DPI = 200
 MAP_CMAP = "magma"
 
 
-def _save(fig, path: Path, dpi: int = DPI) -> None:
+#: resolution of the PNG of an image figure (:func:`anomaly_maps`): its panels at about the
+#: maps' own 128 px, the text still sharp
+RASTER_DPI = 150
+
+
+def _save(fig, path: Path, dpi: int = DPI, raster: bool = False) -> None:
     """Save ``fig`` as ``path`` (PNG at :data:`DPI`) and as a PDF beside it, each written
-    whole or not at all, and close it. ``dpi`` is kept for callers; every PNG gets DPI."""
+    whole or not at all, and close it. ``dpi`` is kept for callers; every PNG gets DPI.
+    ``raster``: a figure of many image panels, whose lossless PNG at :data:`DPI` is several
+    MB of photo texture: its PNG is drawn at :data:`RASTER_DPI` and stored as a 256-colour
+    palette image (about a sixth of the size; the PDF beside it keeps every colour)."""
     for target in (Path(path), Path(path).with_suffix(".pdf")):
         with atomic_path(target, suffix=target.suffix) as tmp:
-            fig.savefig(tmp, dpi=DPI, bbox_inches="tight")
+            if raster and target.suffix == ".png":
+                _save_palette_png(fig, tmp)
+            else:
+                fig.savefig(tmp, dpi=DPI, bbox_inches="tight")
     plt.close(fig)
+
+
+def _save_palette_png(fig, path: Path) -> None:
+    """``fig`` as a 256-colour (adaptive palette, no dithering) optimised PNG at
+    :data:`RASTER_DPI`."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, dpi=RASTER_DPI, bbox_inches="tight", facecolor="white")
+    image = Image.open(buffer).convert("RGB")
+    image.quantize(256, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE) \
+        .save(path, format="PNG", optimize=True)
 
 
 def _wrap(text: str, width: int = 38) -> str:
@@ -234,7 +259,7 @@ def _dots(points: pd.DataFrame, metrics: list[str], title: str, path: Path,
         ax.set_ylim(len(items) - 0.5, -0.5)
     seen: dict[str, Any] = {}
     for ax in axes[0, :len(metrics)]:
-        for h, lbl in zip(*ax.get_legend_handles_labels()):
+        for h, lbl in _shown_handles(ax):
             if lbl.startswith("published"):
                 h = plt.Line2D([], [], marker="D", linestyle="none", markerfacecolor="none",
                                markeredgecolor="0.2")
@@ -244,6 +269,23 @@ def _dots(points: pd.DataFrame, metrics: list[str], title: str, path: Path,
     _title(fig, title, 60 + 25 * ncols)
     fig.tight_layout()
     _save(fig, path)
+
+
+def _shown_handles(ax) -> list[tuple[Any, str]]:
+    """``ax``'s legend (handle, label) pairs without the scatter series that have no point
+    inside the axis limits (e.g. chance at 50 on an axis zoomed to 85-100): a legend entry for
+    a marker nobody can see would only confuse."""
+    (x0, x1), (y0, y1) = sorted(ax.get_xlim()), sorted(ax.get_ylim())
+    shown = []
+    for handle, label in zip(*ax.get_legend_handles_labels()):
+        if hasattr(handle, "get_offsets"):
+            points = np.asarray(handle.get_offsets(), dtype=float).reshape(-1, 2)
+            inside = ((points[:, 0] >= x0) & (points[:, 0] <= x1)
+                      & (points[:, 1] >= y0) & (points[:, 1] <= y1))
+            if points.size and not inside.any():
+                continue
+        shown.append((handle, label))
+    return shown
 
 
 def ablation(frame: pd.DataFrame, title: str, x_label: str, path: Path,
@@ -345,7 +387,7 @@ def anomaly_maps(examples: dict[str, Any], path: Path, thresholds: dict[str, flo
                        "truth outlined); prediction: pixels at or above the oracle threshold "
                        "(best F1 over the test set), in pink", 80), fontsize=8)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / fig.get_figheight()))
-    _save(fig, path)
+    _save(fig, path, raster=True)
 
 
 def roc(examples: dict[str, Any], path: Path, title: str = "image-level ROC") -> None:

@@ -26,7 +26,8 @@ from nfbench.methods.cnf.flows import fibers, log_likelihood, positional_encodin
 @torch.no_grad()
 def log_likelihood_maps(flows: nn.ModuleList, features: Sequence[Tensor], cond_dim: int,
                         device: torch.device, chunk: int = 16384) -> list[Tensor]:
-    """Per map, ``log p(y) / C_i`` at every position: ``[N, h_i, w_i]`` (CPU, float64)."""
+    """Per map, ``log p(y) / C_i`` at every position: ``[N, h_i, w_i]`` (float64, on
+    ``device``: the maps are upsampled there, :func:`normal_score_map`)."""
     out = []
     for flow, fmap in zip(flows, features):
         n, c, h, w = fmap.shape
@@ -35,7 +36,7 @@ def log_likelihood_maps(flows: nn.ModuleList, features: Sequence[Tensor], cond_d
         for start in range(0, n, max(1, chunk // (h * w))):
             y, cond = fibers(fmap[start:start + max(1, chunk // (h * w))].to(device), encoding)
             z, log_jac = flow(y, c=[cond])
-            values.append((log_likelihood(z, log_jac) / c).double().cpu())
+            values.append((log_likelihood(z, log_jac) / c).double())
         out.append(torch.cat(values).reshape(n, h, w))
     return out
 
@@ -47,13 +48,15 @@ def layer_maxima(log_maps: Sequence[Tensor]) -> list[float]:
 
 def normal_score_map(log_maps: Sequence[Tensor], maxima: Sequence[float], size: int) -> Tensor:
     """``N = sum_i upsample(exp(l_i - u_i))`` at ``size x size`` (Eq. 5-7; bilinear,
-    align_corners=True as in the original code). Returns ``[N, size, size]`` float64."""
+    align_corners=True as in the original code), computed on the log maps' device (the run's:
+    the full-resolution maps are made there, the same float64 operations in the same order as
+    on the CPU). Returns ``[N, size, size]`` float64 on the CPU."""
     total = None
     for log_map, u in zip(log_maps, maxima):
         prob = torch.exp(log_map - u)[:, None]
         up = F.interpolate(prob, size=(size, size), mode="bilinear", align_corners=True)[:, 0]
         total = up if total is None else total + up
-    return total
+    return total.cpu()
 
 
 def anomaly_from_normal(normal: Tensor, n_max: float) -> Tensor:

@@ -65,15 +65,18 @@ class GaussianDetector:
 
     @torch.no_grad()
     def score(self, images: ImageSet) -> Scores:
-        """:class:`GaussianModel`'s forward on the cached features (CPU)."""
+        """:class:`GaussianModel`'s forward on the cached features, on the run's device (the
+        distances, the upsampled and blurred full-resolution maps: the same operations as on
+        the CPU), the scores copied to the CPU."""
         if self.model_ is None:
             raise RuntimeError("GaussianDetector.score called before fit")
-        model = self.model_
-        if images.size != model.image_size:  # the map follows the images given
-            model = GaussianModel(model.mean, model.precision, model.channels, images.size,
-                                  model.blur_sigma)
-        image, pixel = model(self._maps(images))
-        return Scores(image=image.numpy(), pixel=pixel.numpy())
+        model, device = self.model_, resolve_device(self.config.device)
+        if images.size != model.image_size or model.mean.device != device:
+            # the map follows the images given; a copy on the device (model_ stays on the CPU)
+            model = GaussianModel(model.mean.to(device), model.precision.to(device),
+                                  model.channels.to(device), images.size, model.blur_sigma)
+        image, pixel = model([m.to(device) for m in self._maps(images)])
+        return Scores(image=image.cpu().numpy(), pixel=pixel.cpu().numpy())
 
     def state_dict(self) -> dict:
         if self.model_ is None:

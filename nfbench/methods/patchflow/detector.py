@@ -243,24 +243,25 @@ class PatchFlowDetector:
         """Latents ``z`` ``[N, C_g, h, w]`` (CPU), for scoring and figures."""
         return torch.cat(list(self._latent_batches(self._maps(images), batch_size)))
 
-    def _latent_batches(self, maps, batch_size: int = 16):
+    def _latent_batches(self, maps, batch_size: int = 16, cpu: bool = True):
         if self.model_ is None:
             raise RuntimeError("PatchFlowDetector used before fit")
         self.model_.eval()
         n = maps[0][0].shape[0]
         for start in range(0, n, batch_size):
             z, _ = self.model_.latents(self._batch(maps, slice(start, start + batch_size)))
-            yield z.cpu()
+            yield z.cpu() if cpu else z
 
     @torch.no_grad()
     def _pixel_maps(self, maps, batch_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
         """(image scores float64 [N], pixel maps float32 [N, S, S]) from cached maps:
-        :class:`PatchFlowModel`'s forward batch by batch (scores on the CPU)."""
+        :class:`PatchFlowModel`'s forward batch by batch, the full-resolution maps made on the
+        run's device (the same float64 operations as on the CPU), then copied to the CPU."""
         image, pixel = [], []
-        for z in self._latent_batches(maps, batch_size):
+        for z in self._latent_batches(maps, batch_size, cpu=False):
             scores, full = self.model_.score_latents(z)
-            image.append(scores.numpy())
-            pixel.append(full.float().numpy())
+            image.append(scores.cpu().numpy())
+            pixel.append(full.float().cpu().numpy())
         return np.concatenate(image), np.concatenate(pixel)
 
     def score(self, images: ImageSet) -> Scores:
