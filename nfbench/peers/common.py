@@ -48,6 +48,8 @@ def ours(method: str, profile: str, category: str, params: dict | None = None,
     report compares with (``deviations.yaml``: CS-Flow ``full``, PatchFlow ``full``, CLS-CNFs'
     ``cflow_ad``), as ``nfbench bench`` gives them, for the ``peers`` stage. Either way the
     config comes from :func:`nfbench.pipeline.experiment.resolve_config`, the one resolver."""
+    from nfbench.methods import method_class
+    from nfbench.methods.base import category_config
     from nfbench.pipeline.experiment import resolve_config
     from nfbench.pipeline.plan import load_params, load_spec, profile_params, variant_settings
 
@@ -59,10 +61,7 @@ def ours(method: str, profile: str, category: str, params: dict | None = None,
     settings = variant_settings(spec, block, entry["variant"]) if overrides is None \
         else dict(overrides)
     config = resolve_config(method, profile, settings, params).config
-    if hasattr(config, "category_settings"):
-        from nfbench.methods.cnf.config import apply_category_settings
-
-        config = apply_category_settings(config, category)
+    config = category_config(method_class(method), config, category)
     role = block["datasets"][spec.variant(entry["variant"]).dataset]
     return config, role
 

@@ -41,6 +41,7 @@ from torch import nn
 
 from nfbench.datasets.base import ImageSet
 from nfbench.methods import register_method
+from nfbench.methods.cflow.protocol import CFlowProtocol
 from nfbench.methods.base import ProfilingNotSupported, Scores, resolve_device
 from nfbench.methods.cflow.config import CFlowConfig
 from nfbench.methods.cflow.torch_model import CFlowModel
@@ -66,6 +67,15 @@ class CFlowDetector:
                       "n_blocks": 2, "meta_epochs": 2, "sub_epochs": 1, "warm_epochs": 1,
                       "fiber_fraction": 0.25, "reuse_stages": False}
     profiling_components: tuple[str, ...] = ()
+    #: the original's evaluation protocol, measured beside the honest numbers
+    original_protocol = CFlowProtocol
+    #: runs share trained stages (encoders, flows) through :mod:`nfbench.methods.cnf.stage`
+    shares_stages = True
+
+    @staticmethod
+    def category_config(config, category: str | None):
+        """The config a run of ``category`` uses: its params.yaml ``category_settings``."""
+        return apply_category_settings(config, category)
 
     def __init__(self, config: CFlowConfig = CFlowConfig()):
         self.config = config

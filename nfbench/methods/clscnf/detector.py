@@ -48,6 +48,7 @@ from torch import nn
 from nfbench.datasets.base import ImageSet
 from nfbench.errors import check_choice
 from nfbench.methods import register_method
+from nfbench.methods.clscnf.protocol import CLSCNFProtocol
 from nfbench.methods.base import ProfilingNotSupported, Scores, resolve_device
 from nfbench.methods.clscnf import w_selection
 from nfbench.methods.clscnf.config import CLSCNFConfig
@@ -85,6 +86,20 @@ class CLSCNFDetector:
                       "sub_epochs": 1, "warm_epochs": 1, "fiber_fraction": 0.25,
                       "reuse_stages": False}
     profiling_components = COMPONENTS
+    #: the original's evaluation protocol, measured beside the honest numbers
+    original_protocol = CLSCNFProtocol
+    #: runs share trained stages (encoders, flows) through :mod:`nfbench.methods.cnf.stage`
+    shares_stages = True
+
+    @staticmethod
+    def category_config(config, category: str | None):
+        """The config a run of ``category`` uses: its params.yaml ``category_settings``."""
+        return apply_category_settings(config, category)
+
+    @staticmethod
+    def needed_datasets(config) -> tuple[str, ...]:
+        """DTD, where the synthetic defects paste DTD textures (``foreign_source: dtd``)."""
+        return ("dtd",) if config.foreign_source == "dtd" else ()
 
     def __init__(self, config: CLSCNFConfig = CLSCNFConfig()):
         self.config = config

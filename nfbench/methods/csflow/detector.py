@@ -19,6 +19,7 @@ from nfbench.datasets.base import ImageSet
 from nfbench.errors import TrainingDivergedError
 from nfbench.feature_cache import cached_features, get_extractor
 from nfbench.methods import register_method
+from nfbench.methods.csflow.protocol import CSFlowProtocol
 from nfbench.methods.base import (EpochLosses, ProfilingNotSupported, Scores, adam,
                                   resolve_device)
 from nfbench.methods.csflow.config import CSFlowConfig
@@ -41,6 +42,8 @@ class CSFlowDetector:
     smoke_settings = {"backbone": "efficientnet_lite0", "input_size": 128, "hidden_channels": 16,
                       "n_blocks": 2, "epochs": 2, "batch_size": 8}
     profiling_components: tuple[str, ...] = ()
+    #: the original's evaluation protocol, measured beside the honest numbers
+    original_protocol = CSFlowProtocol
 
     def __init__(self, config: CSFlowConfig = CSFlowConfig()):
         self.config = config

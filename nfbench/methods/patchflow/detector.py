@@ -30,6 +30,7 @@ from nfbench.datasets.base import ImageSet
 from nfbench.errors import UserError
 from nfbench.feature_cache import cached_features, get_extractor
 from nfbench.methods import register_method
+from nfbench.methods.patchflow.protocol import PatchFlowProtocol
 from nfbench.methods.base import (EpochLosses, ProfilingNotSupported, Scores, adam,
                                   resolve_device)
 from nfbench.methods.patchflow import flow as pf
@@ -61,6 +62,8 @@ class PatchFlowDetector:
     smoke_settings = {"backbone": "efficientnet_lite0", "input_size": 128, "crop_size": 0,
                       "hidden": 16, "epochs": 2, "batch_size": 8}
     profiling_components: tuple[str, ...] = ()
+    #: the original's evaluation protocol, measured beside the honest numbers
+    original_protocol = PatchFlowProtocol
 
     def __init__(self, config: PatchFlowConfig = PatchFlowConfig()):
         self.config = config
