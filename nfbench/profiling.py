@@ -117,8 +117,10 @@ def profile_components(method: str, settings: dict, rows: list[str], batch_size:
 
     Each row is ``detector.inference_module(row, pretrained=False)``; a row without an
     images -> scores network raises :class:`~nfbench.methods.base.ProfilingNotSupported`, and
-    the module it carries (``sized``, e.g. a bare feature extractor) gets size only.
+    the module it carries (``sized``, e.g. a bare feature extractor) gets size only. A row the
+    method does not declare is one :class:`UserError`.
     """
+    from nfbench.errors import UserError
     from nfbench.methods import create_method
     from nfbench.methods.base import ProfilingNotSupported, resolve_device
 

@@ -1,10 +1,10 @@
 """The original evaluation protocol a method declares: ``Detector.original_protocol``.
 
 The suite reports the last epoch, scored without test labels. Most original codes chose what
-they printed on the test set (docs/original-protocols.md). A method states what its original
-did by a subclass of :class:`OriginalProtocol` set as its detector's ``original_protocol``
-class attribute (``None``: nothing to measure). The pipeline's recorder
-(:mod:`nfbench.pipeline.protocols`) drives it without knowing the method:
+they printed on the test set (docs/original-code.md §1a-§1d, §4 "Test-set model selection").
+A method states what its original did by a subclass of :class:`OriginalProtocol` set as its
+detector's ``original_protocol`` class attribute (``None``: nothing to measure). The
+pipeline's recorder (:mod:`nfbench.pipeline.protocols`) drives it without knowing the method:
 
 1. ``fit(train, evaluate=recorder)`` when :attr:`~OriginalProtocol.evaluates_during_fit`:
    the method calls ``evaluate(label)`` at the original's evaluation points (scaled to the

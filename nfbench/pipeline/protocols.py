@@ -1,9 +1,10 @@
 """The originals' evaluation protocols, measured beside the suite's honest numbers.
 
 The suite reports the last epoch, scored without test labels; most original codes chose what
-they printed on the test set (docs/original-protocols.md). Each method declares its original's
-protocol as its detector's ``original_protocol`` (a :class:`nfbench.methods.protocol.OriginalProtocol`
-subclass in the method's own package); this module is the one generic recorder that drives it:
+they printed on the test set (docs/original-code.md §1a-§1d, §4 "Test-set model selection").
+Each method declares its original's protocol as its detector's ``original_protocol`` (a
+:class:`nfbench.methods.protocol.OriginalProtocol` subclass in the method's own package);
+this module is the one generic recorder that drives it.
 
 One run measures both: a method's ``fit(train, evaluate=recorder)`` calls ``evaluate(label)``
 at the original's evaluation points; :class:`ProtocolRecorder` asks the protocol for the

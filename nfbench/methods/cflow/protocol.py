@@ -1,4 +1,4 @@
-"""CFlow-AD's original evaluation protocol (train.py; docs/original-protocols.md).
+"""CFlow-AD's original evaluation protocol (train.py; docs/original-code.md §1c, §4).
 
 The original tested after every meta-epoch, with scores normalised by test-set maxima (per map
 and final), and reported every metric's maximum over meta-epochs. The CLS-CNFs paper scored

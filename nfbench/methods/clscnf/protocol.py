@@ -1,4 +1,4 @@
-"""CLS-CNFs' original evaluation protocol (evaluate.py; docs/original-protocols.md).
+"""CLS-CNFs' original evaluation protocol (evaluate.py; docs/original-code.md §1b, §4).
 
 AD-CLSCNFs evaluated its last-epoch weights with ``n_max`` over the test set and w chosen per
 category by pixel AUPR (``auc(recall, precision)``) against the test ground truth over

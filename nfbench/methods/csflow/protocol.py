@@ -1,4 +1,5 @@
-"""CS-Flow's original evaluation protocol (train.py, ``Score_Observer``; docs/original-protocols.md).
+"""CS-Flow's original evaluation protocol (train.py, ``Score_Observer``; docs/original-code.md
+§1a, §4).
 
 The original tested every ``sub_epochs`` (meta_epochs 4 x sub_epochs 60: 4 evaluations over
 the run) and printed the maximum image AUROC. Here: image AUROC at epochs round(k·E/4),

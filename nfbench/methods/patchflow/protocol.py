@@ -1,4 +1,4 @@
-"""PatchFlow's original evaluation protocol (train.py; docs/original-protocols.md).
+"""PatchFlow's original evaluation protocol (train.py; docs/original-code.md §1d, §4).
 
 The original kept the epoch with the best pixel AUROC on synthetic anomalies made from 20 % of
 the training images, which it also trains on. Here: that validation after every epoch, and
