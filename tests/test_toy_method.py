@@ -168,8 +168,8 @@ def test_a_field_rule_is_declared_not_guessed_from_the_name():
 
 
 def test_pipeline_names_no_method_and_no_private_member():
-    """The generic recorder and the planner reach methods only through the Detector
-    protocol: no method's name and no ``det._x`` in them."""
+    """The protocol recorder, the planner and the cost model reach methods only through the
+    Detector protocol: no method's name and no ``det._x`` in them."""
     import re
     from pathlib import Path
 
@@ -177,7 +177,7 @@ def test_pipeline_names_no_method_and_no_private_member():
     from nfbench.methods import list_methods
 
     folder = Path(pipeline.__file__).parent
-    for name in ("protocols.py", "experiment.py", "plan.py"):
+    for name in ("protocols.py", "experiment.py", "plan.py", "flops.py"):
         code = "\n".join(line.split("#")[0] for line in
                          (folder / name).read_text().splitlines())
         code = re.sub(r'"""[\s\S]*?"""', "", code)  # docstrings may cite the papers

@@ -3,7 +3,8 @@
 This is the whole contract between a method and the pipeline: the pipeline uses nothing of a
 detector that is not declared here, and reaches the optional members only through the helpers
 below (:func:`effective_config`, :func:`resolved_settings`, :func:`fit_info`,
-:func:`category_config`, :func:`needed_datasets`, :func:`shares_stages`).
+:func:`category_config`, :func:`needed_datasets`, :func:`shares_stages`,
+:func:`work_items`).
 ``tests/test_conformance.py`` checks all of it for every registered method.
 
 Required:
@@ -43,6 +44,9 @@ Optional, with the default the helpers give:
   (e.g. params.yaml's ``category_settings`` applied); default ``config``.
 * ``needed_datasets(config)`` (static): datasets a run reads besides its own (e.g. DTD
   textures for synthetic defects); default ``()``.
+* ``work_items(config, work)`` (static): the run's work for the cost model (``nfbench plan
+  --gpus``): feature extraction and training as FLOPs, keyed so that shared work counts once
+  (:class:`nfbench.pipeline.flops.RunWork`); default: feature extraction only.
 * ``shares_stages``: whether runs of the same training data and seed may share trained
   stages through a stage cache (the planner keeps them in one shard); default ``False``.
 
@@ -145,6 +149,24 @@ def resolved_settings(detector: Any) -> dict[str, Any]:
 def fit_info(detector: Any) -> dict[str, Any] | None:
     """What the record keeps about training (``fit_info_``), or None."""
     return getattr(detector, "fit_info_", None)
+
+
+def work_items(method_cls: type, config: dict[str, Any], work: Any) -> None:
+    """A run's work for the cost model (the class's ``work_items(config, work)``; by default
+    feature extraction only): ``work`` is a :class:`nfbench.pipeline.flops.RunWork`."""
+    hook = getattr(method_cls, "work_items", None)
+    if hook is None:
+        work.add_features()
+    else:
+        hook(config, work)
+
+
+def epoch_work_items(config: dict[str, Any], work: Any) -> None:
+    """``work_items`` of a method that trains on cached image features for ``epochs``:
+    forward + backward (3x the forward) of what trains, per training image and epoch."""
+    work.add_features()
+    work.add("train", work.key("run", work.method, work.data, work.seed, config),
+             3 * work.trained * work.n_train * config.get("epochs", 1))
 
 
 def shares_stages(method_cls: type) -> bool:

@@ -49,7 +49,7 @@ from nfbench.methods.cnf.config import apply_category_settings, category_of
 from nfbench.methods.cnf.encoder import build_encoder, frozen_features
 from nfbench.methods.cnf.flows import build_flows
 from nfbench.methods.cnf.scoring import NFMap, image_scores
-from nfbench.methods.cnf.stage import StageCache, fit_cnf_stage
+from nfbench.methods.cnf.stage import StageCache, cnf_work_items, fit_cnf_stage
 from nfbench.methods.cnf.training import schedule_info
 
 
@@ -71,6 +71,13 @@ class CFlowDetector:
     original_protocol = CFlowProtocol
     #: runs share trained stages (encoders, flows) through :mod:`nfbench.methods.cnf.stage`
     shares_stages = True
+
+    @staticmethod
+    def work_items(config: dict, work) -> None:
+        """The cost model's work of a run: the frozen encoder's features, the CNF stage."""
+        work.feature_source = work.feature_key("cnf")
+        work.add_features()
+        cnf_work_items(config, work)
 
     @staticmethod
     def category_config(config, category: str | None):

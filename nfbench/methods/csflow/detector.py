@@ -21,7 +21,7 @@ from nfbench.feature_cache import cached_features, get_extractor
 from nfbench.methods import register_method
 from nfbench.methods.csflow.protocol import CSFlowProtocol
 from nfbench.methods.base import (EpochLosses, ProfilingNotSupported, Scores, adam,
-                                  resolve_device)
+                                  epoch_work_items, resolve_device)
 from nfbench.methods.csflow.config import CSFlowConfig
 from nfbench.methods.csflow.flow import nll_loss
 from nfbench.methods.csflow.torch_model import (CSFlowImageModel, CSFlowModel, flow_inputs,
@@ -44,6 +44,8 @@ class CSFlowDetector:
     profiling_components: tuple[str, ...] = ()
     #: the original's evaluation protocol, measured beside the honest numbers
     original_protocol = CSFlowProtocol
+    #: the cost model's work of a run: cached features, then ``epochs`` of training
+    work_items = staticmethod(epoch_work_items)
 
     def __init__(self, config: CSFlowConfig = CSFlowConfig()):
         self.config = config

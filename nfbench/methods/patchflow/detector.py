@@ -32,7 +32,7 @@ from nfbench.feature_cache import cached_features, get_extractor
 from nfbench.methods import register_method
 from nfbench.methods.patchflow.protocol import PatchFlowProtocol
 from nfbench.methods.base import (EpochLosses, ProfilingNotSupported, Scores, adam,
-                                  resolve_device)
+                                  epoch_work_items, resolve_device)
 from nfbench.methods.patchflow import flow as pf
 from nfbench.methods.patchflow.config import ADAPTERS, PatchFlowConfig
 from nfbench.methods.patchflow.torch_model import (PatchFlowImageModel, PatchFlowModel,
@@ -64,6 +64,8 @@ class PatchFlowDetector:
     profiling_components: tuple[str, ...] = ()
     #: the original's evaluation protocol, measured beside the honest numbers
     original_protocol = PatchFlowProtocol
+    #: the cost model's work of a run: cached features, then ``epochs`` of training
+    work_items = staticmethod(epoch_work_items)
 
     def __init__(self, config: PatchFlowConfig = PatchFlowConfig()):
         self.config = config
