@@ -99,7 +99,7 @@ class CFlowDetector:
     def fit(self, train: ImageSet, evaluate: Callable[[str], None] | None = None
             ) -> "CFlowDetector":
         """``evaluate(label)``, if given, is called after every meta-epoch (where CFlow-AD
-        tested, nfbench.pipeline.protocols), with the detector scorable; it must not change it."""
+        tested, :mod:`.protocol`), with the detector scorable; it must not change it."""
         self.settings_ = cfg = apply_category_settings(self.config, category_of(train))
         seed = int(torch.initial_seed())
         cache = StageCache(cfg.reuse_stages)

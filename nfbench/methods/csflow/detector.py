@@ -68,7 +68,7 @@ class CSFlowDetector:
     # -- Detector protocol --------------------------------------------------------------
     def fit(self, train: ImageSet, evaluate: Callable[[str], None] | None = None) -> "CSFlowDetector":
         """``evaluate(label)``, if given, is called where the original tested (every E/4
-        epochs, nfbench.pipeline.protocols); it must not change the model."""
+        epochs, :mod:`.protocol`); it must not change the model."""
         from nfbench.methods.base import evaluation_epochs
 
         cfg = self.config

@@ -176,7 +176,7 @@ class PatchFlowDetector:
     def fit(self, train: ImageSet, evaluate: Callable[[str], None] | None = None
             ) -> "PatchFlowDetector":
         """``evaluate(label)``, if given, is called after every epoch (the original's
-        selection points, nfbench.pipeline.protocols); it must not change the model."""
+        selection points, :mod:`.protocol`); it must not change the model."""
         from nfbench.metrics import pixel_auroc
 
         cfg = self.config
