@@ -107,9 +107,9 @@ def fitted_settings(detector: Any) -> dict[str, Any]:
     """The config a fitted detector scores with: ``settings_`` (its category settings applied,
     CFlow-AD and CLS-CNFs) or its ``config``. Rebuilding a detector from it and loading the
     state gives the same detector (no category settings to apply again)."""
-    from nfbench.methods.base import config_to_dict
+    from nfbench.methods.base import config_to_dict, effective_config
 
-    return config_to_dict(getattr(detector, "settings_", detector.config))
+    return config_to_dict(effective_config(detector))
 
 
 def backbone_identity(backbone: str | None) -> dict[str, Any] | None:

@@ -68,7 +68,9 @@ def score_files(detector: Any, files: list[Path], size: int, name: str):
     except UserError:
         raise
     except (RuntimeError, ValueError) as exc:
-        trained = getattr(getattr(detector, "settings_", detector.config), "input_size", "?")
+        from nfbench.methods.base import effective_config
+
+        trained = effective_config(detector).input_size
         raise UserError(f"{detector.name} cannot score {size} px images (trained at "
                         f"{trained} px): {str(exc).splitlines()[0]}") from None
 

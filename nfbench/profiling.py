@@ -129,7 +129,7 @@ def profile_method(method: str, settings: dict, batch_size: int = 1, time_it: bo
 
     detector = create_method(method, **settings)
     apply_run_settings(detector.config)  # timed in the run's precision (TF32 off for fp32)
-    device = resolve_device(getattr(detector.config, "device", "auto"))
+    device = resolve_device(detector.config.device)
     module = detector.inference_module(pretrained=False)
     size = detector.config.input_size
     return {"method": method, "settings": settings, "input_size": size,
@@ -144,15 +144,22 @@ def profile_components(method: str, settings: dict, rows: list[str], batch_size:
 
     Each row is ``detector.inference_module(row, pretrained=False)``; a row without an
     images -> scores network raises :class:`~nfbench.methods.base.ProfilingNotSupported`, and
-    the module it carries (``sized``, e.g. a bare feature extractor) gets size only.
+    the module it carries (``sized``, e.g. a bare feature extractor) gets size only. A row the
+    method does not declare is one :class:`UserError`.
     """
+    from nfbench.errors import UserError
     from nfbench.methods import create_method
     from nfbench.methods.base import ProfilingNotSupported, resolve_device
 
     detector = create_method(method, **settings)
     apply_run_settings(detector.config)  # timed in the run's precision (TF32 off for fp32)
-    device = resolve_device(getattr(detector.config, "device", "auto"))
+    device = resolve_device(detector.config.device)
     size = detector.config.input_size
+    undeclared = [name for name in rows if name not in detector.profiling_components]
+    if undeclared:
+        raise UserError(f"{method} declares no profiling component {', '.join(undeclared)} "
+                        f"(its profiling_components: "
+                        f"{', '.join(detector.profiling_components) or 'none'})")
     entries = []
     for name in rows:
         try:
@@ -160,7 +167,7 @@ def profile_components(method: str, settings: dict, rows: list[str], batch_size:
         except ProfilingNotSupported as exc:
             module, sized = None, exc.sized
         entry: dict[str, Any] = {"component": name, "input_size": size, "batch_size": batch_size,
-                                 "backbone": getattr(detector.config, "backbone", None)}
+                                 "backbone": detector.config.backbone}
         if module is not None or sized is not None:
             entry.update(parameter_stats(module if module is not None else sized))
         if time_it and module is not None:

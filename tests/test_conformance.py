@@ -79,11 +79,41 @@ def test_protocol_declares_what_the_suite_uses(name):
     """Config, smoke_settings, profiling_components and the one profiling hook (base.py)."""
     from nfbench.methods.base import Detector
 
+    import inspect
+
+    from nfbench.methods.protocol import OriginalProtocol
+
     cls = method_class(name)
     assert isinstance(cls.smoke_settings, dict)
     assert isinstance(cls.profiling_components, tuple)
     assert dataclasses.is_dataclass(cls.Config) and cls.Config.__dataclass_params__.frozen
-    assert isinstance(create_method(name, **_smoke(name)), Detector)
+    detector = create_method(name, **_smoke(name))
+    assert isinstance(detector, Detector)
+    # the base config every pipeline stage reads before fit
+    config = detector.config
+    assert isinstance(config.input_size, int) and isinstance(config.device, str)
+    assert isinstance(config.backbone, str)
+    # the original protocol: declared data, and the fit hook where it evaluates during fit
+    protocol = cls.original_protocol
+    if protocol is not None:
+        assert issubclass(protocol, OriginalProtocol)
+        assert protocol.name and protocol.description and protocol.reported_as
+        if protocol.evaluates_during_fit:
+            assert "evaluate" in inspect.signature(cls.fit).parameters
+    # the optional members, where declared, are what base.py says
+    for hook in ("category_config", "needed_datasets"):
+        assert not hasattr(cls, hook) or callable(getattr(cls, hook))
+    assert isinstance(getattr(cls, "shares_stages", False), bool)
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_profiling_rows_must_be_declared_components(name):
+    """A complexity table's rows are the method's declared ``profiling_components``."""
+    from nfbench.errors import UserError
+    from nfbench.profiling import profile_components
+
+    with pytest.raises(UserError, match="declares no profiling component nope"):
+        profile_components(name, _smoke(name), ["nope"], 1, time_it=False)
 
 
 @pytest.mark.parametrize("name", METHODS)

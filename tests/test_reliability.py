@@ -144,7 +144,7 @@ def _one_line_error(capsys, message: str) -> str:
     ("gaussian", "input_size=-5", "input_size must be in [32, 2048]"),
     ("csflow", "lr=.nan", "lr must be a finite number"),
     ("csflow", "lr=-1e-3", "lr must be > 0"),
-    ("patchflow", "validation_fraction=1.5", "validation_fraction must be in (0, 1]"),
+    ("patchflow", "validation_fraction=1.5", "validation_fraction must be in (0, 1)"),
     ("csflow", "kernel_sizes=[3, 0]", "kernel_sizes must be >= 1"),
 ])
 def test_bad_setting_is_one_line_and_writes_nothing(method, setting, message, brick, tmp_path,

@@ -140,7 +140,7 @@ def test_cflow_calibrates_once_per_meta_epoch(tiny_demo, monkeypatch):
 # --------------------------------------------------------------------------- CS-Flow
 
 def test_csflow_protocol_selects_on_image_scores_without_pixel_maps():
-    from nfbench.pipeline.protocols import OriginalProtocol
+    from nfbench.methods.csflow.protocol import CSFlowProtocol
 
     class Test:
         labels = [0, 1, 1]
@@ -152,10 +152,10 @@ def test_csflow_protocol_selects_on_image_scores_without_pixel_maps():
         def score(self, test):
             raise AssertionError("pixel maps built for a selection on image AUROC")
 
-    protocol = OriginalProtocol("csflow", Detector(), None, {"brick": Test()}, 0)
+    protocol = CSFlowProtocol(Detector(), None, {"brick": Test()}, 0)
     protocol._truth["brick"] = (np.array(Test.labels), np.zeros((3, 2, 2), bool))
-    protocol._module = lambda: torch.nn.Linear(1, 1)
-    point = protocol._select_point("epoch 1/4")
+    protocol.module = lambda: torch.nn.Linear(1, 1)
+    point = protocol.point("epoch 1/4")
     assert point["image_auroc"] == 1.0
 
 

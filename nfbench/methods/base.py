@@ -1,22 +1,58 @@
 """The Detector protocol every method follows, in the spirit of scikit-learn estimators.
 
-* The constructor only stores a config: a frozen dataclass whose defaults are the paper's.
+This is the whole contract between a method and the pipeline: the pipeline uses nothing of a
+detector that is not declared here, and reaches the optional members only through the helpers
+below (:func:`effective_config`, :func:`resolved_settings`, :func:`fit_info`,
+:func:`category_config`, :func:`needed_datasets`, :func:`shares_stages`,
+:func:`work_items`).
+``tests/test_conformance.py`` checks all of it for every registered method.
+
+Required:
+
+* ``Config``: a frozen dataclass whose defaults are the paper's; it has at least the fields of
+  :class:`DetectorConfig` (``input_size``, ``device``, ``backbone``) and is checked by
+  :func:`validate_config` (each field's type, its ``range``/``choices`` metadata).
+  The constructor only stores a config (``config``).
 * ``fit(train) -> self`` learns from normal images only (an :class:`~nfbench.datasets.base.ImageSet`).
+  A method whose ``original_protocol`` evaluates during training also takes
+  ``fit(train, evaluate=callback)`` and calls ``evaluate(label)`` at the original's evaluation
+  points (labels ``"... k/n"``); the callback must not change the model.
 * ``score(images) -> Scores``; higher means more anomalous, always.
 * ``state_dict()`` / ``load_state_dict()`` save and restore a fitted detector (tensors only, so
-  it loads with ``torch.load(..., weights_only=True)``).
-* ``fit`` never rewrites ``config``: hyperparameters stay what the user set. What ``fit``
-  resolves for one category (per-category settings, schedules) and what it learns live in
-  attributes ending in ``_`` (scikit-learn's rule), so a second ``fit`` starts from the config.
+  it loads with ``torch.load(..., weights_only=True)``; ``--save-model`` and ``nfbench predict``).
 * ``inference_module(component=None, pretrained=True)`` is the one profiling hook: an
   ``nn.Module`` from images ``[B, 3, S, S]`` in [0, 1] to ``(image scores [B], anomaly map
   [B, h, w])``, the same eval forward ``score()`` runs (untrained before ``fit``; FLOPs and
   speed do not depend on the weights). ``component`` names one of ``profiling_components``
-  (CLS-CNFs' Table 3 rows); a method or component without such a network raises
-  :class:`ProfilingNotSupported` with the reason.
+  (CLS-CNFs' Table 3 rows; a complexity table's rows must be among them); a method or
+  component without such a network raises :class:`ProfilingNotSupported` with the reason.
+* ``smoke_settings``: settings for a seconds-long run (conformance tests, CI smoke);
+  ``profiling_components``: the named sub-networks (``()``: the method as a whole only);
+  ``original_protocol``: the :class:`nfbench.methods.protocol.OriginalProtocol` subclass that
+  measures the original code's evaluation protocol, or ``None``.
 
-Metrics are never computed inside a method: :mod:`nfbench.metrics` measures every method the
-same way.
+Optional, with the default the helpers give:
+
+* ``settings_``: the config ``fit`` used for the category (per-category settings applied);
+  default ``config``. ``fit`` never rewrites ``config``: what it resolves and learns lives in
+  attributes ending in ``_`` (scikit-learn's rule), so a second ``fit`` starts from the config.
+* ``resolved_settings_``: what ``fit`` resolved that the record lists with the config (e.g.
+  CLS-CNFs' ``w_chosen``); default ``{}``.
+* ``fit_info_``: what the record keeps about training (losses, the effective schedule);
+  default ``None``.
+* ``category_config(config, category)`` (static): the config a run of ``category`` uses
+  (e.g. params.yaml's ``category_settings`` applied); default ``config``.
+* ``needed_datasets(config)`` (static): datasets a run reads besides its own (e.g. DTD
+  textures for synthetic defects); default ``()``.
+* ``work_items(config, work)`` (static): the run's work for the cost model (``nfbench plan
+  --gpus``): feature extraction and training as FLOPs, keyed so that shared work counts once
+  (:class:`nfbench.pipeline.flops.RunWork`); default: feature extraction only.
+* ``shares_stages``: whether runs of the same training data and seed may share trained
+  stages through a stage cache (the planner keeps them in one shard); default ``False``.
+
+Metrics are computed by :mod:`nfbench.metrics` for every method the same way; a method calls
+them only where its own training selects on a validation set or where its original protocol
+scored the test set (``original_protocol``), never for the record's honest numbers.
 """
 
 from __future__ import annotations
@@ -30,7 +66,7 @@ from typing import Any, Callable, ClassVar, Iterable, Protocol, runtime_checkabl
 import numpy as np
 import torch
 
-from nfbench.errors import TrainingDivergedError, UserError
+from nfbench.errors import TrainingDivergedError, UserError, check_choice
 
 
 @dataclass
@@ -59,6 +95,17 @@ class ProfilingNotSupported(UserError):
         self.sized = sized
 
 
+class DetectorConfig(Protocol):
+    """The fields every method's ``Config`` has: the pipeline reads them before ``fit``."""
+
+    #: the side of the square images the detector takes, in pixels
+    input_size: int
+    #: ``auto``, ``cpu``, ``cuda``, ``cuda:1``... (:func:`resolve_device`)
+    device: str
+    #: the feature extractor's name (:mod:`nfbench.backbones`; reports and profiling name it)
+    backbone: str
+
+
 @runtime_checkable
 class Detector(Protocol):
     """What the suite needs from a method (see the module docstring)."""
@@ -70,7 +117,9 @@ class Detector(Protocol):
     smoke_settings: ClassVar[dict[str, Any]]
     #: named sub-networks ``inference_module`` can profile besides the whole method
     profiling_components: ClassVar[tuple[str, ...]]
-    config: Any
+    #: the original code's evaluation protocol (``OriginalProtocol`` subclass), or None
+    original_protocol: ClassVar[type | None]
+    config: DetectorConfig
 
     def fit(self, train, **kwargs) -> "Detector": ...
 
@@ -82,6 +131,59 @@ class Detector(Protocol):
 
     def inference_module(self, component: str | None = None,
                          pretrained: bool = True) -> torch.nn.Module: ...
+
+
+# -- the optional members, with their defaults (the only place that reads them) ------------
+
+def effective_config(detector: Any) -> Any:
+    """The config ``fit`` used for its category (``settings_``); before ``fit``, or for a
+    method without per-category settings, ``detector.config``."""
+    return getattr(detector, "settings_", detector.config)
+
+
+def resolved_settings(detector: Any) -> dict[str, Any]:
+    """What ``fit`` resolved that the record lists with the config (``resolved_settings_``)."""
+    return dict(getattr(detector, "resolved_settings_", {}))
+
+
+def fit_info(detector: Any) -> dict[str, Any] | None:
+    """What the record keeps about training (``fit_info_``), or None."""
+    return getattr(detector, "fit_info_", None)
+
+
+def work_items(method_cls: type, config: dict[str, Any], work: Any) -> None:
+    """A run's work for the cost model (the class's ``work_items(config, work)``; by default
+    feature extraction only): ``work`` is a :class:`nfbench.pipeline.flops.RunWork`."""
+    hook = getattr(method_cls, "work_items", None)
+    if hook is None:
+        work.add_features()
+    else:
+        hook(config, work)
+
+
+def epoch_work_items(config: dict[str, Any], work: Any) -> None:
+    """``work_items`` of a method that trains on cached image features for ``epochs``:
+    forward + backward (3x the forward) of what trains, per training image and epoch."""
+    work.add_features()
+    work.add("train", work.key("run", work.method, work.data, work.seed, config),
+             3 * work.trained * work.n_train * config.get("epochs", 1))
+
+
+def shares_stages(method_cls: type) -> bool:
+    """Whether runs of the method may share trained stages (the class's ``shares_stages``)."""
+    return bool(getattr(method_cls, "shares_stages", False))
+
+
+def category_config(method_cls: type, config: Any, category: str | None) -> Any:
+    """The config a run of ``category`` uses (the class's ``category_config``), else ``config``."""
+    hook = getattr(method_cls, "category_config", None)
+    return config if hook is None else hook(config, category)
+
+
+def needed_datasets(method_cls: type, config: Any) -> tuple[str, ...]:
+    """Datasets a run with ``config`` reads besides its own (the class's ``needed_datasets``)."""
+    hook = getattr(method_cls, "needed_datasets", None)
+    return () if hook is None else tuple(hook(config))
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -230,25 +332,28 @@ def compiled_step(function: Callable, enabled: bool) -> Callable:
 # one validator for every config value
 
 _INF = float("inf")
-RANGE_RULES: tuple[tuple[str, tuple[float, float, str]], ...] = (
-    # (regex on the field name, (low, high, bounds)); bounds "()" open, "[]" closed, mixed ok.
-    (r"(^|_)lr$", (0, _INF, "()")),
-    (r"(^|_)weight_decay$", (0, _INF, "[)")),
-    (r"_fraction$", (0, 1, "(]")),
-    (r"_prob$", (0, 1, "[]")),
-    (r"(^|_)eps$", (0, _INF, "()")),
-    (r"(^|_)clamp$", (0, _INF, "()")),
-    (r"(^|_)betas$", (0, 1, "[)")),
-    (r"min_factor$", (0, 1, "[]")),
-    (r"(^|_)sigma$|(^|_)grad_clip$|width_scale$", (0, _INF, "()")),
-    (r"(warm|freeze)_epochs$|_index$|_exponent$", (0, _INF, "[)")),
-    (r"(^|_)crop_size$", (0, _INF, "[)")),  # 0: no crop
-    # a sane image side: refused before a 60000 px input allocates tens of GB
-    (r"(^|_)input_size$", (32, 2048, "[]")),
-)
-"""Ranges by field name, first match wins. Every other integer (counts and sizes: epochs,
-batch_size, hidden, input_size, n_*) must be >= 1, every float finite. A field declares its own
-range with ``field(metadata={"range": (low, high, "[)")})``, which takes precedence."""
+#: A field's range: ``(low, high, bounds)``, bounds "()" open, "[]" closed, mixed ok.
+POSITIVE = (0, _INF, "()")
+NON_NEGATIVE = (0, _INF, "[)")
+FRACTION = (0, 1, "(]")  # a share of something: not none of it
+OPEN_FRACTION = (0, 1, "()")
+PROBABILITY = (0, 1, "[]")
+BELOW_ONE = (0, 1, "[)")  # e.g. Adam's betas
+IMAGE_SIDE = (32, 2048, "[]")  # a sane image side: refused before 60000 px allocate tens of GB
+
+
+def setting(default: Any, *, range: tuple[float, float, str] | None = None,
+            choices: Iterable[Any] | None = None) -> Any:
+    """A config field with its own rule, which :func:`validate_config` checks: ``range`` for a
+    number (or each number of a tuple), ``choices`` for a value from a fixed set. Without
+    one, an integer must be >= 1 (counts and sizes) and a float finite."""
+    metadata: dict[str, Any] = {}
+    if range is not None:
+        metadata["range"] = range
+    if choices is not None:
+        metadata["choices"] = tuple(choices)
+    return dataclasses.field(default=default, metadata=metadata)
+
 
 _INT_DEFAULT_RANGE = (1, _INF, "[)")
 
@@ -266,13 +371,8 @@ def _in_range(value: float, low: float, high: float, bounds: str) -> bool:
 
 
 def _field_range(f: dataclasses.Field, integer: bool) -> tuple[float, float, str] | None:
-    import re
-
     if "range" in f.metadata:
         return f.metadata["range"]
-    for pattern, rule in RANGE_RULES:
-        if re.search(pattern, f.name):
-            return rule
     return _INT_DEFAULT_RANGE if integer else None
 
 
@@ -292,8 +392,8 @@ def _check_number(name: str, value: Any, kind: str, rule, allow_nan: bool) -> No
 
 
 def validate_config(config: Any) -> Any:
-    """Check every value of a config dataclass against its annotated type and range (see
-    :data:`RANGE_RULES`); raises :class:`UserError` naming the first bad field. Returns
+    """Check every value of a config dataclass against its annotated type and its own rule
+    (:func:`setting`: ``range``, ``choices``); raises :class:`UserError` naming the first bad field. Returns
     ``config``. Integers must be true integers (``96.5`` is refused, never truncated); floats
     finite (a field whose default is NaN, an output, may stay NaN). Reads the defaults from
     the fields (never instantiates the class), so a config may call it in ``__post_init__``."""
@@ -315,9 +415,8 @@ def validate_config(config: Any) -> Any:
             raise UserError(f"{f.name} must be a string, got {value!r}")
         elif annotation.startswith("dict") and not isinstance(value, dict):
             raise UserError(f"{f.name} must be a mapping, got {value!r}")
-        elif "choices" in f.metadata and value not in f.metadata["choices"]:
-            raise UserError(f"{f.name} must be one of {', '.join(f.metadata['choices'])}, "
-                            f"got {value!r}")
+        elif "choices" in f.metadata:
+            check_choice(f.name, value, f.metadata["choices"])
         elif annotation.startswith("tuple[") and annotation.rstrip("]").split("[", 1)[1]:
             kinds = annotation[len("tuple["):-1].split(",")
             if not isinstance(value, tuple):

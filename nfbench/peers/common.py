@@ -47,6 +47,8 @@ def ours(method: str, profile: str, category: str, params: dict | None = None,
     report compares with (``deviations.yaml``: CS-Flow ``full``, PatchFlow ``full``, CLS-CNFs'
     ``cflow_ad``), as ``nfbench bench`` gives them, for the ``peers`` stage. Either way the
     config comes from :mod:`nfbench.pipeline.settings`, the one resolver."""
+    from nfbench.methods import method_class
+    from nfbench.methods.base import category_config
     from nfbench.pipeline.params import load_params, typed
     from nfbench.pipeline.settings import for_variant, resolve_config
 
@@ -56,10 +58,7 @@ def ours(method: str, profile: str, category: str, params: dict | None = None,
     source = for_variant(params, entry["paper"], profile, entry["variant"])
     settings = dict(source.settings) if overrides is None else dict(overrides)
     config = resolve_config(method, profile, settings, params)
-    if hasattr(config, "category_settings"):
-        from nfbench.methods.cnf.config import apply_category_settings
-
-        config = apply_category_settings(config, category)
+    config = category_config(method_class(method), config, category)
     return config, typed(params).block(entry["paper"], profile).role(source.role)
 
 

@@ -66,7 +66,7 @@ def decision_table(method: str, dataset: str, category: str, *, root: Path | Non
     training, unless ``decide --save-model`` saved it: the record says which). The result
     holds the fitted ``detector`` under ``"detector"`` (not serialised), the config, timing,
     environment and every test image's score and prediction."""
-    from nfbench.methods.base import config_to_dict
+    from nfbench.methods.base import config_to_dict, effective_config
     from nfbench.pipeline.experiment import category_table, environment
     from nfbench.pipeline.settings import build_detector
 
@@ -77,7 +77,7 @@ def decision_table(method: str, dataset: str, category: str, *, root: Path | Non
     fitted = detector is not None
     if not fitted:
         detector = build_detector(method, profile, dict(overrides or {}))
-    size = getattr(getattr(detector, "settings_", detector.config), "input_size")
+    size = effective_config(detector).input_size
     train, test = image_sets(table, category, size)
     fit_idx, held_idx = holdout_split(len(train), holdout, seed)
     seed_everything(seed)
@@ -103,7 +103,7 @@ def decision_table(method: str, dataset: str, category: str, *, root: Path | Non
     return {"method": method, "dataset": dataset, "category": category, "seed": seed,
             "profile": profile, "threshold": threshold, "threshold_rule": rule,
             "n_test": len(test), "fit_seconds": fit_seconds, **result,
-            "config": config_to_dict(getattr(detector, "settings_", detector.config)),
+            "config": config_to_dict(effective_config(detector)),
             "model": {"reused": fitted, "folder": (model or {}).get("folder")},
             "timing": {"fit_seconds": fit_seconds, "score_seconds": score_seconds},
             "environment": environment(),

@@ -28,7 +28,8 @@ from nfbench.pipeline.record import (RECORD_VERSION, record_json,  # noqa: F401
 from nfbench.atomic import atomic_path
 from nfbench.datasets import ImageSet, get_dataset, image_sets, load_table
 from nfbench.errors import UserError
-from nfbench.methods.base import config_to_dict, resolve_device, seed_everything
+from nfbench.methods.base import (config_to_dict, effective_config, fit_info, resolve_device,
+                                  resolved_settings, seed_everything)
 from nfbench.precision import apply_run_settings
 from nfbench.version import __version__
 
@@ -224,7 +225,7 @@ def run_experiment(method: str, dataset: str, category: str, *, root: Path | Non
         tests = {category: test}
     train = _select_train(train, shots, seed)
 
-    protocol = protocols.for_run(method, detector, train, tests, seed) if original_protocol else None
+    protocol = protocols.for_run(detector, train, tests, seed) if original_protocol else None
     seed_everything(seed)
     start = time.perf_counter()
     detector.fit(train, **(protocol.fit_kwargs() if protocol is not None else {}))
@@ -246,7 +247,7 @@ def run_experiment(method: str, dataset: str, category: str, *, root: Path | Non
         metrics=summary,
         timing={"fit_seconds": fit_seconds, "score_seconds": score_seconds,
                    "images_per_second": n_test / max(score_seconds, 1e-9),
-                   "device": str(resolve_device(getattr(detector.config, "device", "auto")))},
+                   "device": str(resolve_device(detector.config.device))},
         data={"root": str(root) if root is not None else None, "n_train": len(train),
                  "n_test": n_test,
                  "n_test_anomalous": int(sum(sum(t.labels) for t in tests.values())),
@@ -254,14 +255,14 @@ def run_experiment(method: str, dataset: str, category: str, *, root: Path | Non
                  "test_fingerprint": {name: t.fingerprint for name, t in tests.items()},
                  # per category: chance level of pixel AUPR, for tables without the NPZ
                  "defect_pixel_fraction": dict(zip(tests, defect_pixels.values()))},
-        environment=environment(resolve_device(getattr(detector.config, "device", "auto"))),
+        environment=environment(resolve_device(detector.config.device)),
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     )
     if joint:
         record["per_category"] = per_category
     record.update(_bootstrap_fields(boots))
-    if getattr(detector, "fit_info_", None) is not None:  # e.g. the effective schedule
-        record["fit_info"] = detector.fit_info_
+    if fit_info(detector) is not None:  # e.g. the effective schedule
+        record["fit_info"] = fit_info(detector)
     if protocol is not None:
         record["original_protocol"] = protocol.finish(summary)
         record["timing"]["protocol_seconds"] = record["original_protocol"]["seconds"]
@@ -292,8 +293,7 @@ def recorded_config(detector: Any) -> dict[str, Any]:
     a method without it) and what ``fit`` resolved that the record lists with them
     (``resolved_settings_``, e.g. CLS-CNFs' ``w_chosen``). ``fit`` never rewrites
     ``detector.config``."""
-    config = config_to_dict(getattr(detector, "settings_", detector.config))
-    return {**config, **getattr(detector, "resolved_settings_", {})}
+    return {**config_to_dict(effective_config(detector)), **resolved_settings(detector)}
 
 
 UNDEFINED_REASONS = {

@@ -14,15 +14,14 @@ profile counts.
 
 A run's work (:func:`run_items`) is a list of items, each with a key: work with the same key
 is done once however many runs need it (the cached features of one (dataset, category,
-backbone, size), CFlow / CLS-CNFs' shared trained stages, nfbench.methods.cnf.stage):
+backbone, size), trained stages that runs share). Each method lists its own features and
+training through its ``work_items`` hook (:func:`nfbench.methods.base.work_items`, filling a
+:class:`RunWork`); the kinds:
 
 * ``features``: extractor forward over the training and test images (features are cached);
 * ``train``: forward + backward (backward ~ 2x forward, so 3x) of what trains, per training
-  image and pass (CS-Flow / PatchFlow: epochs; CNFs: meta_epochs x sub_epochs, times the
-  share of fibers trained, ``fiber_fraction``); CLS-CNFs' encoder fine-tuning (FE stage)
-  counts the encoder's forward in decoder-only meta-epochs and 3x in the others, times
-  ``fe_sub_epochs`` x ``fe_repeat``;
-* ``score``: forward of what trained over the test images.
+  image and pass (e.g. epochs);
+* ``score``: forward of what trained over the test images (added here for every run).
 """
 
 from __future__ import annotations
@@ -103,43 +102,55 @@ def _category_config(config: dict[str, Any], category: str) -> dict[str, Any]:
     return {**config, **overrides}
 
 
+class RunWork:
+    """The work items of one run, filled by the method's ``work_items(config, work)`` hook
+    (declared by the method; without one, the run extracts features and scores only).
+
+    ``extractor`` and ``trained`` are the forward FLOPs per image of the frozen extractor
+    and of what trains; ``feature_source`` keys the features the run reads (by default the
+    image features of its extractor, :meth:`feature_key`); :meth:`add_features` adds their
+    extraction, :meth:`add` any other item. Work with the same key is done once however many
+    runs need it."""
+
+    def __init__(self, method: str, config: dict[str, Any], data: tuple, n_train: int,
+                 n_test: int, seed: int, forward: dict[str, float]):
+        self.method, self.config, self.data, self.seed = method, config, data, seed
+        self.n_train, self.n_test = n_train, n_test
+        self.extractor, self.trained = forward["extractor"] * 1e9, forward["trained"] * 1e9
+        self.feature_source = self.feature_key("image")
+        self.items: list[tuple[str, str, float]] = []
+
+    @staticmethod
+    def key(*parts: Any) -> str:
+        return _key(*parts)
+
+    def feature_key(self, family: str) -> str:
+        """The key of features of ``family`` from the config's extractor, size and maps."""
+        c = self.config
+        return _key(family, c.get("backbone"), c.get("input_size"), c.get("padding"),
+                    c.get("layer"), c.get("layers"), c.get("n_scales"), c.get("crop_size"))
+
+    def add(self, kind: str, key: str, flops: float) -> None:
+        self.items.append((kind, key, flops))
+
+    def add_features(self) -> None:
+        """Extractor forward over the training and test images (features are cached)."""
+        self.add("features", _key("features", self.feature_source, self.data),
+                 (self.n_train + self.n_test) * self.extractor)
+
+
 def run_items(method: str, config: dict[str, Any], data: tuple, n_train: int, n_test: int,
               seed: int, forward: dict[str, float] | None = None) -> list[tuple[str, str, float]]:
     """The work of one run as ``(kind, key, flops)`` items (see the module docstring);
     ``data`` identifies the training data (dataset, root, category or joint categories,
-    shots), ``forward`` the per-image GFLOPs (:func:`forward_gflops` when None)."""
-    forward = forward or forward_gflops(method, config)
-    fe, tr = forward["extractor"] * 1e9, forward["trained"] * 1e9
-    c = config
-    feature_source = _key(method in ("cflow", "clscnf") and "cnf" or "image",
-                          c.get("backbone"), c.get("input_size"), c.get("padding"),
-                          c.get("layer"), c.get("layers"), c.get("n_scales"), c.get("crop_size"))
-    items = []
-    if method == "clscnf" and c.get("finetune", "none") != "none":
-        fe_fields = {k: v for k, v in c.items()
-                     if k.startswith(("fe_", "decoder_")) or k in (
-                         "backbone", "input_size", "padding", "finetune", "object_mask",
-                         "foreign_source", "regen_every")}
-        fe_key = _key("fe", data, seed, fe_fields)
-        passes = c.get("fe_sub_epochs", 1) * c.get("fe_repeat", 1)
-        items.append(("train", fe_key, n_train * passes * fe
-                      * (c.get("fe_freeze_epochs", 0) + 3 * c.get("fe_meta_epochs", 0))))
-        if c.get("shared_encoder", True):  # the flows read the fine-tuned encoder's features
-            feature_source = fe_key  # (CLS-CNFs-nsFE: the frozen ImageNet encoder's)
-    feature_key = _key("features", feature_source, data)
-    items.append(("features", feature_key, (n_train + n_test) * fe))
-    if method in ("cflow", "clscnf"):
-        from nfbench.methods.cnf.config import CNFSettings
-        import dataclasses
+    shots), ``forward`` the per-image GFLOPs (:func:`forward_gflops` when None). The method's
+    own items (features, training) come from its ``work_items`` hook
+    (:func:`nfbench.methods.base.work_items`); scoring is the forward of what trained."""
+    from nfbench.methods import method_class
+    from nfbench.methods.base import work_items
 
-        cnf = {f.name: c.get(f.name) for f in dataclasses.fields(CNFSettings)}
-        passes = c.get("meta_epochs", 1) * c.get("sub_epochs", 1) * float(
-            c.get("fiber_fraction") or 1.0)
-        items.append(("train", _key("cnf", data, seed, feature_source, cnf),
-                      3 * tr * n_train * passes))
-    elif method in ("csflow", "patchflow"):
-        items.append(("train", _key("run", method, data, seed, c),
-                      3 * tr * n_train * c.get("epochs", 1)))
-    # gaussian: fitting a Gaussian to cached features, negligible beside its extractor
-    items.append(("score", _key("score", method, data, seed, c), tr * n_test))
-    return items
+    forward = forward or forward_gflops(method, config)
+    work = RunWork(method, config, data, n_train, n_test, seed, forward)
+    work_items(method_class(method), config, work)
+    work.add("score", _key("score", method, data, seed, config), work.trained * n_test)
+    return work.items

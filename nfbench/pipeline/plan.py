@@ -97,17 +97,16 @@ def parse_shard(text: str) -> tuple[int, int]:
     return i, n
 
 
-#: Methods whose runs share trained stages through the stage cache (CFlow-AD's flows,
-#: CLS-CNFs' fine-tuned encoders and flows: nfbench.methods.cnf.stage).
-STAGE_SHARING_METHODS = ("cflow", "clscnf")
-
-
 def stage_group(run: Run) -> tuple:
-    """A key that runs which may share a trained stage have in common: for the stage-sharing
-    methods the training data (dataset, root, category or joint categories, shots) and the
-    seed, which every stage's key contains; any other run is a group of its own. Coarser than
-    the stage keys (those need the code and trained features), never finer."""
-    if run.method not in STAGE_SHARING_METHODS:
+    """A key that runs which may share a trained stage have in common: for a method whose
+    runs share trained stages (its ``shares_stages``) the training data (dataset, root,
+    category or joint categories, shots) and the seed, which every stage's key contains; any
+    other run is a group of its own. Coarser than the stage keys (those need the code and
+    trained features), never finer."""
+    from nfbench.methods import method_class
+    from nfbench.methods.base import shares_stages
+
+    if not shares_stages(method_class(run.method)):
         return ("run", run.run_id)
     return ("stage", run.dataset, run.root or "", run.category, run.joint_categories,
             run.shots or 0, run.seed)
@@ -195,8 +194,11 @@ def bench_runs(paper: str, profile: str, params: dict[str, Any], variants: list[
 
 def profile_datasets(profile: str, params: dict[str, Any]) -> list[str]:
     """The datasets the runs of ``profile`` read (``nfbench data prepare``): every dataset a
-    paper's role maps to, and DTD where a run pastes DTD textures (CLS-CNFs' synthetic
-    defects, ``foreign_source: dtd``)."""
+    paper's role maps to, and those a run's method needs besides (its ``needed_datasets``,
+    e.g. the textures its synthetic defects paste)."""
+    from nfbench.methods import method_class
+    from nfbench.methods.base import needed_datasets
+
     names: list[str] = []
     view = typed(params)
     for paper in pipeline_papers(params):
@@ -207,6 +209,5 @@ def profile_datasets(profile: str, params: dict[str, Any]) -> list[str]:
             # the run's resolved config (defaults, profile, role, variant), as the run sees it
             config = resolve_config(variant.method, profile,
                                     variant_settings(view, paper, profile, name), params)
-            if getattr(config, "foreign_source", None) == "dtd":
-                names.append("dtd")
+            names.extend(needed_datasets(method_class(variant.method), config))
     return list(dict.fromkeys(names))

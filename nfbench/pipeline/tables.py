@@ -345,8 +345,9 @@ def build_protocol_tables(paper: str, profile: str, params: dict, results_dir: P
     honest = build_tables(paper, profile, params, results_dir, references=False)
     original = build_tables(paper, profile, params, results_dir, references=False,
                             value=lambda r, m, c, v: _original_protocol(r, m, c, protocol_of.get(v)))
-    from nfbench.pipeline.protocols import REPORTED_AS
+    from nfbench.pipeline.protocols import reported_as as protocol_reports
 
+    reported_by_protocol = protocol_reports()
     runs = expand_runs(paper, profile, params)
     records = load_records(runs, results_dir)
     reported_as = {}
@@ -354,7 +355,7 @@ def build_protocol_tables(paper: str, profile: str, params: dict, results_dir: P
         op = record.get("original_protocol") or {}
         declared = protocol_of.get(variant)
         reported_as.setdefault(variant, f"{declared}'s scoring of this method: last epoch" if declared
-                               else REPORTED_AS.get(op.get("protocol"), "not measured"))
+                               else reported_by_protocol.get(op.get("protocol"), "not measured"))
     out = {}
     for table_id, frame in honest.items():
         other = original[table_id]

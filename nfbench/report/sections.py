@@ -72,8 +72,9 @@ def protocol_section(spec: PaperSpec, tables_dir: Path) -> list[str]:
     test labels) beside what the original code's evaluation protocol would have reported in
     the same run (``<table>.protocol.csv``, :func:`nfbench.pipeline.tables.build_protocol_tables`)."""
     from nfbench.metrics import METRIC_VARIANTS
-    from nfbench.pipeline.protocols import DESCRIPTIONS
+    from nfbench.pipeline.protocols import descriptions
 
+    described = descriptions()
     companions = {t: tables_dir / f"{t}.protocol.csv" for t in spec.tables}
     companions = {t: p for t, p in companions.items() if p.is_file()}
     if not companions:
@@ -84,7 +85,7 @@ def protocol_section(spec: PaperSpec, tables_dir: Path) -> list[str]:
            "Our numbers are honest: the last epoch, scored without test labels. The original "
            "codes chose what they printed on the test set. Each run also measured, on the same "
            "model and test set, what the original's protocol would have reported:", ""]
-    out += [f"- **{name}**: {DESCRIPTIONS[name]}" for name in sorted(protocols) if name in DESCRIPTIONS]
+    out += [f"- **{name}**: {described[name]}" for name in sorted(protocols) if name in described]
     variants = sorted({m for f in companions.values() for m in pd.read_csv(f)["metric"]
                        if m in METRIC_VARIANTS})
     out += [f"- `{m}`: {METRIC_VARIANTS[m]}" for m in variants]
@@ -118,9 +119,9 @@ ORIGINAL_METRICS = {"csflow": ("image_auroc",)}
 
 def _reported_only(frame: pd.DataFrame) -> pd.DataFrame:
     """``frame`` without the rows of metrics the row's original protocol never reported."""
-    from nfbench.pipeline.protocols import REPORTED_AS
+    from nfbench.pipeline.protocols import reported_as
 
-    protocol_of = {text: name for name, text in REPORTED_AS.items()}
+    protocol_of = {text: name for name, text in reported_as().items()}
     keep = [m in ORIGINAL_METRICS.get(protocol_of.get(r, ""), (m,))
             for m, r in zip(frame["metric"], frame["reported_as"])]
     return frame[keep]

@@ -41,6 +41,7 @@ from torch import nn
 
 from nfbench.datasets.base import ImageSet
 from nfbench.methods import register_method
+from nfbench.methods.cflow.protocol import CFlowProtocol
 from nfbench.methods.base import ProfilingNotSupported, Scores, resolve_device
 from nfbench.methods.cflow.config import CFlowConfig
 from nfbench.methods.cflow.torch_model import CFlowModel
@@ -48,7 +49,7 @@ from nfbench.methods.cnf.config import apply_category_settings, category_of
 from nfbench.methods.cnf.encoder import build_encoder, frozen_features
 from nfbench.methods.cnf.flows import build_flows
 from nfbench.methods.cnf.scoring import NFMap, image_scores
-from nfbench.methods.cnf.stage import StageCache, fit_cnf_stage
+from nfbench.methods.cnf.stage import StageCache, cnf_work_items, fit_cnf_stage
 from nfbench.methods.cnf.training import schedule_info
 
 
@@ -66,6 +67,22 @@ class CFlowDetector:
                       "n_blocks": 2, "meta_epochs": 2, "sub_epochs": 1, "warm_epochs": 1,
                       "fiber_fraction": 0.25, "reuse_stages": False}
     profiling_components: tuple[str, ...] = ()
+    #: the original's evaluation protocol, measured beside the honest numbers
+    original_protocol = CFlowProtocol
+    #: runs share trained stages (encoders, flows) through :mod:`nfbench.methods.cnf.stage`
+    shares_stages = True
+
+    @staticmethod
+    def work_items(config: dict, work) -> None:
+        """The cost model's work of a run: the frozen encoder's features, the CNF stage."""
+        work.feature_source = work.feature_key("cnf")
+        work.add_features()
+        cnf_work_items(config, work)
+
+    @staticmethod
+    def category_config(config, category: str | None):
+        """The config a run of ``category`` uses: its params.yaml ``category_settings``."""
+        return apply_category_settings(config, category)
 
     def __init__(self, config: CFlowConfig = CFlowConfig()):
         self.config = config
@@ -82,7 +99,7 @@ class CFlowDetector:
     def fit(self, train: ImageSet, evaluate: Callable[[str], None] | None = None
             ) -> "CFlowDetector":
         """``evaluate(label)``, if given, is called after every meta-epoch (where CFlow-AD
-        tested, nfbench.pipeline.protocols), with the detector scorable; it must not change it."""
+        tested, :mod:`.protocol`), with the detector scorable; it must not change it."""
         self.settings_ = cfg = apply_category_settings(self.config, category_of(train))
         seed = int(torch.initial_seed())
         cache = StageCache(cfg.reuse_stages)

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from nfbench.methods import package_data
-from nfbench.errors import UserError, check_choice
+from nfbench.errors import UserError
+from nfbench.methods.base import NON_NEGATIVE, POSITIVE, PROBABILITY, setting
 from nfbench.methods.synthetic.foreground import OBJECT_MASK_MODES
 from nfbench.methods.cnf.config import CNFMethodConfig
 
@@ -48,48 +49,41 @@ class CLSCNFConfig(CNFMethodConfig):
     The CNF stage's fields (train_CNFs_finetune.py) are cflow's, at its defaults but one."""
 
     n_blocks: int = 6  # §III-B3 / config coupling_blocks (the one CNF default unlike cflow's)
-    finetune: str = "cls"  # cls (FE_CLS) | reg (FE_REG, Table 1) | none (FE_PRE)
+    finetune: str = setting("cls", choices=FINETUNES)  # cls (FE_CLS) | reg (FE_REG, Table 1) | none (FE_PRE)
     # FE_REG loss. l1_sigmoid: the original's (sigmoid output, ImageNet-normalised, L1 summed
     # over RGB) | mse_linear: linear output, squared error summed over RGB (ours before issue 11)
-    fe_reg_loss: str = "l1_sigmoid"
-    score_map: str = "joint"  # joint A (Eq. 9) | nf A_nf | cls A_p (Table 2)
+    fe_reg_loss: str = setting("l1_sigmoid", choices=("l1_sigmoid", "mse_linear"))
+    score_map: str = setting("joint", choices=SCORE_MAPS)  # joint A (Eq. 9) | nf A_nf | cls A_p (Table 2)
     shared_encoder: bool = True  # True: CLS-CNFs-sFE (proposed); False: CLS-CNFs-nsFE
     w: Any = "original"  # float | "original" (test-tuned table) | "synthetic"; fit's value: w_
     w_fallback: float = 1.0  # w for categories outside ORIGINAL_W (its most frequent value)
     w_grid: tuple[float, ...] = W_GRID  # evaluate.py --get_best_w_fe grid
     # synthetic defects (§III-A; synthetic_data_loader.py)
-    object_mask: str = "auto"  # auto: the original's per-category rules | dark | bright | none
-    foreign_source: str = "dtd"  # §III-A: DTD | procedural (offline stand-in)
+    object_mask: str = setting("auto", choices=OBJECT_MASK_MODES)  # auto: the original's per-category rules | dark | bright | none
+    foreign_source: str = setting("dtd", choices=FOREIGN_SOURCES)  # §III-A: DTD | procedural (offline stand-in)
     dtd_root: str = ""  # DTD folder; "" = <datasets>/dtd
-    in_domain_prob: float = 0.5  # config use_in_domain_data: half in-domain sources
+    in_domain_prob: float = setting(0.5, range=PROBABILITY)  # config use_in_domain_data: half in-domain sources
     beta_max: float = 0.8  # beta ~ U(0, 0.8)
-    perlin_max_exponent: int = 6  # Perlin lattice 2^randint(0, 6)
+    perlin_max_exponent: int = setting(6, range=NON_NEGATIVE)  # Perlin lattice 2^randint(0, 6)
     perlin_threshold: float = 0.5
-    soft_label: str = "image"  # image: one value per defect (code) | pixel: per pixel (paper)
+    soft_label: str = setting("image", choices=("image", "pixel"))  # image: one value per defect (code) | pixel: per pixel (paper)
     label_gain: float = 5.0  # sigmoid(5 * colour difference)
     regen_every: int = 1  # N_s in passes; the code redraws every sample on access (= 1)
     # FE stage (finetune_enc.py; run scripts: most MVTec categories)
-    fe_lr: float = 1e-4  # run scripts (config default 2e-4)
-    fe_weight_decay: float = 1e-4  # config w_decay
+    fe_lr: float = setting(1e-4, range=POSITIVE)  # run scripts (config default 2e-4)
+    fe_weight_decay: float = setting(1e-4, range=NON_NEGATIVE)  # config w_decay
     fe_batch_size: int = 32  # run scripts: 32 or 16
-    fe_freeze_epochs: int = 85  # N_pD: decoder-only meta-epochs (run scripts: 85)
+    fe_freeze_epochs: int = setting(85, range=NON_NEGATIVE)  # N_pD: decoder-only meta-epochs (run scripts: 85)
     fe_meta_epochs: int = 15  # encoder + decoder meta-epochs (run scripts: 15)
     fe_sub_epochs: int = 2  # passes per meta-epoch (run scripts: 2)
     fe_repeat: int = 5  # config repeat_num: each pass sees every image 5 times
-    fe_lr_min_factor: float = 1e-3  # cosine eta_min = lr * 0.1^3, no warm-up (--lr_warm no)
+    fe_lr_min_factor: float = setting(1e-3, range=PROBABILITY)  # cosine eta_min = lr * 0.1^3, no warm-up (--lr_warm no)
     decoder_blocks: tuple[int, ...] = (3, 6, 4, 3)  # WideResNetDec([3, 6, 4, 3])
-    decoder_width_scale: float = 0.25  # §III-B2: 1/4 of the encoder's channels
+    decoder_width_scale: float = setting(0.25, range=POSITIVE)  # §III-B2: 1/4 of the encoder's channels
     decoder_prior: float = 0.0  # 0: Kaiming init as the original; p > 0: start at A_p = p
 
     def check(self) -> None:
         super().check()
-        for name, value, allowed in (("finetune", self.finetune, FINETUNES),
-                                     ("score_map", self.score_map, SCORE_MAPS),
-                                     ("foreign_source", self.foreign_source, FOREIGN_SOURCES),
-                                     ("soft_label", self.soft_label, ("image", "pixel")),
-                                     ("fe_reg_loss", self.fe_reg_loss, ("l1_sigmoid", "mse_linear")),
-                                     ("object_mask", self.object_mask, OBJECT_MASK_MODES)):
-            check_choice(name, value, allowed)
         if self.score_map != "nf" and self.finetune != "cls":
             raise UserError(f"score_map={self.score_map} needs the classification network "
                             f"(finetune=cls), got finetune={self.finetune}")
@@ -99,8 +93,6 @@ class CLSCNFConfig(CNFMethodConfig):
             raise UserError(f"input_size must be a multiple of 32, got {self.input_size}")
         if len(self.decoder_blocks) != 4:
             raise UserError("decoder_blocks needs 4 entries")
-        if self.regen_every < 1 or self.fe_repeat < 1 or self.fe_sub_epochs < 1:
-            raise UserError("regen_every, fe_repeat and fe_sub_epochs must be >= 1")
         parse_w(self.w)
 
     # what a configuration needs

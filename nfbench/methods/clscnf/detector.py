@@ -48,6 +48,7 @@ from torch import nn
 from nfbench.datasets.base import ImageSet
 from nfbench.errors import check_choice
 from nfbench.methods import register_method
+from nfbench.methods.clscnf.protocol import CLSCNFProtocol
 from nfbench.methods.base import ProfilingNotSupported, Scores, resolve_device
 from nfbench.methods.clscnf import w_selection
 from nfbench.methods.clscnf.config import CLSCNFConfig
@@ -58,7 +59,7 @@ from nfbench.methods.cnf.config import apply_category_settings, category_of
 from nfbench.methods.cnf.encoder import LAYERS, build_encoder, extract, frozen_features
 from nfbench.methods.cnf.flows import build_flows
 from nfbench.methods.cnf.scoring import NFMap, image_scores
-from nfbench.methods.cnf.stage import StageCache, fit_cnf_stage
+from nfbench.methods.cnf.stage import StageCache, cnf_work_items, fit_cnf_stage
 from nfbench.methods.cnf.training import schedule_info
 
 #: Table 3's rows (benchmarks/clscnf.yaml): FE, the classifier, the CNFs on the fine-tuned FE,
@@ -85,6 +86,42 @@ class CLSCNFDetector:
                       "sub_epochs": 1, "warm_epochs": 1, "fiber_fraction": 0.25,
                       "reuse_stages": False}
     profiling_components = COMPONENTS
+    #: the original's evaluation protocol, measured beside the honest numbers
+    original_protocol = CLSCNFProtocol
+    #: runs share trained stages (encoders, flows) through :mod:`nfbench.methods.cnf.stage`
+    shares_stages = True
+
+    @staticmethod
+    def work_items(config: dict, work) -> None:
+        """The cost model's work of a run: the encoder fine-tuning (FE stage: the encoder's
+        forward in decoder-only meta-epochs, 3x in the others, times fe_sub_epochs x
+        fe_repeat), the features the flows read (the fine-tuned encoder's, or the frozen
+        one's for CLS-CNFs-nsFE), the CNF stage."""
+        c = config
+        work.feature_source = work.feature_key("cnf")
+        if c.get("finetune", "none") != "none":
+            fe_fields = {k: v for k, v in c.items()
+                         if k.startswith(("fe_", "decoder_")) or k in (
+                             "backbone", "input_size", "padding", "finetune", "object_mask",
+                             "foreign_source", "regen_every")}
+            fe_key = work.key("fe", work.data, work.seed, fe_fields)
+            passes = c.get("fe_sub_epochs", 1) * c.get("fe_repeat", 1)
+            work.add("train", fe_key, work.n_train * passes * work.extractor
+                     * (c.get("fe_freeze_epochs", 0) + 3 * c.get("fe_meta_epochs", 0)))
+            if c.get("shared_encoder", True):  # the flows read the fine-tuned encoder's features
+                work.feature_source = fe_key
+        work.add_features()
+        cnf_work_items(config, work)
+
+    @staticmethod
+    def category_config(config, category: str | None):
+        """The config a run of ``category`` uses: its params.yaml ``category_settings``."""
+        return apply_category_settings(config, category)
+
+    @staticmethod
+    def needed_datasets(config) -> tuple[str, ...]:
+        """DTD, where the synthetic defects paste DTD textures (``foreign_source: dtd``)."""
+        return ("dtd",) if config.foreign_source == "dtd" else ()
 
     def __init__(self, config: CLSCNFConfig = CLSCNFConfig()):
         self.config = config

@@ -14,8 +14,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from nfbench.errors import UserError, check_choice
-from nfbench.methods.base import build_config, validate_config
+from nfbench.errors import UserError
+from nfbench.methods.base import (FRACTION, IMAGE_SIDE, NON_NEGATIVE, POSITIVE, PROBABILITY,
+                                  build_config, setting, validate_config)
 from nfbench.precision import PRECISIONS
 from nfbench.methods.cnf.encoder import PADDINGS
 
@@ -29,10 +30,10 @@ class CNFSettings:
 
     n_blocks: int = 8  # cflow-ad coupling_blocks (CLS-CNFs compares with 6, §IV-B)
     condition_dim: int = 128  # cflow-ad condition_vec
-    clamp: float = 1.9  # cflow-ad clamp_alpha
+    clamp: float = setting(1.9, range=POSITIVE)  # cflow-ad clamp_alpha
     permute_soft: bool = True  # cflow-ad freia_cflow_head
     fiber_batch: int = 256  # cflow-ad N (fiber batch)
-    lr: float = 2e-4  # cflow-ad lr (Adam, default betas)
+    lr: float = setting(2e-4, range=POSITIVE)  # cflow-ad lr (Adam, default betas)
     meta_epochs: int = 25  # cflow-ad meta_epochs
     sub_epochs: int = 8  # cflow-ad sub_epochs
     # cflow-ad lr_warm_epochs (linear warm-up from lr/10) of its 25 meta-epochs
@@ -40,11 +41,11 @@ class CNFSettings:
     # --set meta_epochs=...) keeps the schedule's shape: the warm-up lasts
     # warm_epochs * meta_epochs / schedule_meta_epochs meta-epochs (8 % of the run) and the
     # cosine spans the meta_epochs run; the effective schedule is in the record's fit_info.
-    warm_epochs: int = 2
+    warm_epochs: int = setting(2, range=NON_NEGATIVE)
     schedule_meta_epochs: int = 25  # the meta-epochs the warm-up was set for (cflow-ad, AD-CLSCNFs config.py; BTAD scripts: 8)
-    lr_min_factor: float = 1e-3  # cflow-ad cosine eta_min = lr * lr_decay_rate**3 = lr * 1e-3
+    lr_min_factor: float = setting(1e-3, range=PROBABILITY)  # cflow-ad cosine eta_min = lr * lr_decay_rate**3 = lr * 1e-3
     batch_size: int = 32  # cflow-ad batch_size (images per step)
-    fiber_fraction: float = 1.0  # share of fibers used per batch (budget knob; original 1.0)
+    fiber_fraction: float = setting(1.0, range=FRACTION)  # share of fibers used per batch (budget knob; original 1.0)
     # how the flows compute (nfbench.precision); part of a trained stage's cache key
     deterministic: bool = False  # torch deterministic algorithms + cuDNN/cuBLAS flags (nfbench.precision)
     precision: str = field(default="fp32", metadata={"choices": PRECISIONS})  # fp32 (TF32 off) | tf32 | bf16 subnets (nfbench.precision)
@@ -63,9 +64,9 @@ class CNFMethodConfig(CNFSettings):
     """The detector settings of both CNF methods, on top of :class:`CNFSettings`."""
 
     backbone: str = "wide_resnet50_2"  # cflow-ad / CLS-CNFs §III-B2: torchvision WRN50-2 (= timm wide_resnet50_2.tv_in1k)
-    input_size: int = 256  # cflow-ad README: 128-512 per category; CLS-CNFs §IV-B: 256 for all
-    padding: str = "reflect"  # cflow-ad custom_models/resnet.py, AD-CLSCNFs model.py: padding_mode='reflect'
-    normalization: str = "transductive"  # cflow-ad train.py, CLS-CNFs Eq. 8: n_max over the test set | inductive: train set
+    input_size: int = setting(256, range=IMAGE_SIDE)  # cflow-ad README: 128-512 per category; CLS-CNFs §IV-B: 256 for all
+    padding: str = setting("reflect", choices=PADDINGS)  # cflow-ad custom_models/resnet.py, AD-CLSCNFs model.py: padding_mode='reflect'
+    normalization: str = setting("transductive", choices=NORMALIZATIONS)  # cflow-ad train.py, CLS-CNFs Eq. 8: n_max over the test set | inductive: train set
     #: per-category overrides of any other field, e.g. {"01": {"lr": 5e-5}} (benchmark data)
     category_settings: dict = field(default_factory=dict)
     reuse_stages: bool = True  # reuse identical, already trained stages from the on-disk cache
@@ -76,8 +77,7 @@ class CNFMethodConfig(CNFSettings):
         self.check()
 
     def check(self) -> None:
-        """The checks beyond types and ranges; a method's config extends them."""
-        check_choice("normalization", self.normalization, NORMALIZATIONS)
+        """The checks beyond each field's own type and rule; a method's config extends them."""
         fields = {f.name for f in dataclasses.fields(self)} - {"category_settings", "input_size"}
         for category, overrides in self.category_settings.items():
             if not isinstance(overrides, dict):  # found here, at resolve time, not at fit
@@ -87,15 +87,8 @@ class CNFMethodConfig(CNFSettings):
             if bad:
                 raise UserError(f"category_settings[{category!r}] has invalid key(s) "
                                 f"{', '.join(map(str, bad))}")
-        check_choice("padding", self.padding, PADDINGS)
         if self.condition_dim % 4:
             raise UserError(f"condition_dim must be a multiple of 4, got {self.condition_dim}")
-        if not 0.0 < self.fiber_fraction <= 1.0:
-            raise UserError(f"fiber_fraction must be in (0, 1], got {self.fiber_fraction}")
-        if self.n_blocks < 1:
-            raise UserError(f"n_blocks must be >= 1, got {self.n_blocks}")
-        if self.meta_epochs < 1 or self.schedule_meta_epochs < 1 or self.warm_epochs < 0:
-            raise UserError("meta_epochs and schedule_meta_epochs must be >= 1, warm_epochs >= 0")
 
 
 def category_of(images: Any) -> str | None:

@@ -210,3 +210,19 @@ def _train_cnf_stage(flows: nn.ModuleList, features: list[torch.Tensor], setting
         entry["snapshots"] = kept
     cache.save("cnf", key, entry)
     return flows, history
+
+
+def cnf_work_items(config: dict[str, Any], work: Any) -> None:
+    """The CNF stage's work for the cost model (``work_items``; :class:`nfbench.pipeline.flops.RunWork`):
+    forward + backward of the flows per training image and pass (meta_epochs x sub_epochs,
+    times the share of fibers trained), keyed like the stage it trains, so runs sharing the
+    stage count it once."""
+    import dataclasses
+
+    from nfbench.methods.cnf.config import CNFSettings
+
+    cnf = {f.name: config.get(f.name) for f in dataclasses.fields(CNFSettings)}
+    passes = config.get("meta_epochs", 1) * config.get("sub_epochs", 1) * float(
+        config.get("fiber_fraction") or 1.0)
+    work.add("train", work.key("cnf", work.data, work.seed, work.feature_source, cnf),
+             3 * work.trained * work.n_train * passes)

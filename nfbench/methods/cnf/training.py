@@ -102,7 +102,7 @@ def train_flows(flows: nn.ModuleList, features: Sequence[Tensor], settings: CNFS
     share of each batch's shuffled fibers (a budget knob, not in the original). Raises
     :class:`TrainingDivergedError` on a non-finite loss. Returns the mean loss per meta-epoch.
     ``on_meta_epoch(m)``, if given, is called after meta-epoch ``m`` (1-based), where the
-    original tested (nfbench.pipeline.protocols).
+    original tested (nfbench.methods.cflow.protocol).
     """
     n = features[0].shape[0]
     encodings = [positional_encoding_2d(settings.condition_dim, f.shape[2], f.shape[3]).to(device)

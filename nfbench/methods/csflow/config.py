@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from nfbench.errors import UserError, check_choice
-from nfbench.methods.base import validate_config
+from nfbench.errors import UserError
+from nfbench.methods.base import (BELOW_ONE, IMAGE_SIDE, NON_NEGATIVE, POSITIVE, setting,
+                                  validate_config)
 from nfbench.precision import PRECISIONS
 from nfbench.methods.csflow.flow import LOG_JAC_REDUCTIONS
 
@@ -20,26 +21,26 @@ class CSFlowConfig:
 
     backbone: str = "efficientnet_b5"  # §4.2: EfficientNet-B5, ImageNet weights, frozen
     layer: str = "stride32"  # §4.2 "layer 36" = _blocks[35], 304 channels (docs/original-code.md §1a)
-    input_size: int = 768  # §4.2: 768/384/192 for MVTec AD (MTD: 384)
+    input_size: int = setting(768, range=IMAGE_SIDE)  # §4.2: 768/384/192 for MVTec AD (MTD: 384)
     n_scales: int = 3  # §4.2: s = 3
-    scale_mode: str = "cross"  # Table 3 ablation: cross | single | separate | concat
-    scale_index: int = 0  # scale used by scale_mode=single (0 = full resolution)
+    scale_mode: str = setting("cross", choices=SCALE_MODES)  # Table 3 ablation: cross | single | separate | concat
+    scale_index: int = setting(0, range=NON_NEGATIVE)  # scale used by scale_mode=single (0 = full resolution)
     n_blocks: int = 4  # §4.2: n_blocks = 4 (Table 4 varies 1-6)
     hidden_channels: int = 1024  # original config.py fc_internal
     # null = the original rule (cs-flow config.py): [3] * (n_blocks - 1) + [5], i.e. §4.2's
     # (3, 3, 3, 5) for 4 blocks; an explicit list needs one odd size per block
     kernel_sizes: tuple[int, ...] | None = None
-    clamp: float = 3.0  # §4.2: alpha = 3 (Eq. 4)
+    clamp: float = setting(3.0, range=POSITIVE)  # §4.2: alpha = 3 (Eq. 4)
     epochs: int = 240  # §4.2: 240 for MVTec AD, 60 for MTD
     batch_size: int = 16  # §4.2
-    lr: float = 2e-4  # §4.2
-    weight_decay: float = 1e-5  # §4.2
-    adam_eps: float = 1e-4  # original train.py (paper silent)
-    adam_betas: tuple[float, float] = (0.9, 0.999)  # original code; paper says (0.5, 0.9): deviation
-    grad_clip: float = 1.0  # original config.py max_grad_norm
+    lr: float = setting(2e-4, range=POSITIVE)  # §4.2
+    weight_decay: float = setting(1e-5, range=NON_NEGATIVE)  # §4.2
+    adam_eps: float = setting(1e-4, range=POSITIVE)  # original train.py (paper silent)
+    adam_betas: tuple[float, float] = setting((0.9, 0.999), range=BELOW_ONE)  # original code; paper says (0.5, 0.9): deviation
+    grad_clip: float = setting(1.0, range=POSITIVE)  # original config.py max_grad_norm
     # sample: log-determinant per sample (original utils.get_loss) | batch_sum: summed over
     # the batch, so weighted by the batch size (anomalib 2.7's csflow; a deviation)
-    log_jac_reduction: str = "sample"
+    log_jac_reduction: str = setting("sample", choices=LOG_JAC_REDUCTIONS)
     device: str = "auto"
     deterministic: bool = False  # torch deterministic algorithms + cuDNN/cuBLAS flags (nfbench.precision)
     precision: str = field(default="fp32", metadata={"choices": PRECISIONS})  # fp32 (TF32 off) | tf32 | bf16 subnets (nfbench.precision)
@@ -49,9 +50,7 @@ class CSFlowConfig:
             object.__setattr__(self, "kernel_sizes", tuple(self.kernel_sizes))
         if not isinstance(self.adam_betas, tuple):
             object.__setattr__(self, "adam_betas", tuple(self.adam_betas))
-        validate_config(self)  # types and ranges first, then the method's own rules
-        check_choice("scale_mode", self.scale_mode, SCALE_MODES)
-        check_choice("log_jac_reduction", self.log_jac_reduction, LOG_JAC_REDUCTIONS)
+        validate_config(self)  # each field's type and rule first, then the rules across fields
         if not 0 <= self.scale_index < self.n_scales:
             raise UserError(f"scale_index must be in 0..{self.n_scales - 1}")
         if self.input_size % 2 ** (self.n_scales - 1 + 5):

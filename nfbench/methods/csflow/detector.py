@@ -19,8 +19,9 @@ from nfbench.datasets.base import ImageSet
 from nfbench.errors import TrainingDivergedError
 from nfbench.feature_cache import cached_features, get_extractor
 from nfbench.methods import register_method
+from nfbench.methods.csflow.protocol import CSFlowProtocol
 from nfbench.methods.base import (EpochLosses, ProfilingNotSupported, Scores, adam,
-                                  resolve_device)
+                                  epoch_work_items, resolve_device)
 from nfbench.methods.csflow.config import CSFlowConfig
 from nfbench.methods.csflow.flow import nll_loss
 from nfbench.methods.csflow.torch_model import (CSFlowImageModel, CSFlowModel, flow_inputs,
@@ -41,6 +42,10 @@ class CSFlowDetector:
     smoke_settings = {"backbone": "efficientnet_lite0", "input_size": 128, "hidden_channels": 16,
                       "n_blocks": 2, "epochs": 2, "batch_size": 8}
     profiling_components: tuple[str, ...] = ()
+    #: the original's evaluation protocol, measured beside the honest numbers
+    original_protocol = CSFlowProtocol
+    #: the cost model's work of a run: cached features, then ``epochs`` of training
+    work_items = staticmethod(epoch_work_items)
 
     def __init__(self, config: CSFlowConfig = CSFlowConfig()):
         self.config = config
@@ -63,7 +68,7 @@ class CSFlowDetector:
     # -- Detector protocol --------------------------------------------------------------
     def fit(self, train: ImageSet, evaluate: Callable[[str], None] | None = None) -> "CSFlowDetector":
         """``evaluate(label)``, if given, is called where the original tested (every E/4
-        epochs, nfbench.pipeline.protocols); it must not change the model."""
+        epochs, :mod:`.protocol`); it must not change the model."""
         from nfbench.methods.base import evaluation_epochs
 
         cfg = self.config

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from nfbench.methods.base import validate_config
+from nfbench.methods.base import IMAGE_SIDE, POSITIVE, setting, validate_config
 from nfbench.precision import PRECISIONS
 
 
@@ -15,10 +15,10 @@ class GaussianConfig:
 
     backbone: str = "efficientnet_lite0"
     layers: tuple[str, ...] = ("stride8", "stride16")  # PaDiM: the first three ResNet stages
-    input_size: int = 256  # PaDiM: 256 resize, 224 crop; no crop here
+    input_size: int = setting(256, range=IMAGE_SIDE)  # PaDiM: 256 resize, 224 crop; no crop here
     n_features: int = 100  # PaDiM: random subset of d = 100 channels
-    covariance_eps: float = 0.01  # PaDiM: Sigma + 0.01 I
-    blur_sigma: float = 4.0  # PaDiM: Gaussian filter sigma = 4 on the score map
+    covariance_eps: float = setting(0.01, range=POSITIVE)  # PaDiM: Sigma + 0.01 I
+    blur_sigma: float = setting(4.0, range=POSITIVE)  # PaDiM: Gaussian filter sigma = 4 on the score map
     batch_size: int = 16
     device: str = "auto"
     deterministic: bool = False  # torch deterministic algorithms + cuDNN/cuBLAS flags (nfbench.precision)

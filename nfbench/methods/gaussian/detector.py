@@ -31,6 +31,8 @@ class GaussianDetector:
     #: settings for a seconds-long run (conformance tests, CI smoke)
     smoke_settings = {"input_size": 96, "n_features": 50}
     profiling_components: tuple[str, ...] = ()
+    #: no original evaluation protocol to measure (the suite's own baseline)
+    original_protocol = None
 
     def __init__(self, config: GaussianConfig = GaussianConfig()):
         self.config = config

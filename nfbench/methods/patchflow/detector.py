@@ -30,8 +30,9 @@ from nfbench.datasets.base import ImageSet
 from nfbench.errors import UserError
 from nfbench.feature_cache import cached_features, get_extractor
 from nfbench.methods import register_method
+from nfbench.methods.patchflow.protocol import PatchFlowProtocol
 from nfbench.methods.base import (EpochLosses, ProfilingNotSupported, Scores, adam,
-                                  resolve_device)
+                                  epoch_work_items, resolve_device)
 from nfbench.methods.patchflow import flow as pf
 from nfbench.methods.patchflow.config import ADAPTERS, PatchFlowConfig
 from nfbench.methods.patchflow.torch_model import (PatchFlowImageModel, PatchFlowModel,
@@ -61,6 +62,10 @@ class PatchFlowDetector:
     smoke_settings = {"backbone": "efficientnet_lite0", "input_size": 128, "crop_size": 0,
                       "hidden": 16, "epochs": 2, "batch_size": 8}
     profiling_components: tuple[str, ...] = ()
+    #: the original's evaluation protocol, measured beside the honest numbers
+    original_protocol = PatchFlowProtocol
+    #: the cost model's work of a run: cached features, then ``epochs`` of training
+    work_items = staticmethod(epoch_work_items)
 
     def __init__(self, config: PatchFlowConfig = PatchFlowConfig()):
         self.config = config
@@ -171,7 +176,7 @@ class PatchFlowDetector:
     def fit(self, train: ImageSet, evaluate: Callable[[str], None] | None = None
             ) -> "PatchFlowDetector":
         """``evaluate(label)``, if given, is called after every epoch (the original's
-        selection points, nfbench.pipeline.protocols); it must not change the model."""
+        selection points, :mod:`.protocol`); it must not change the model."""
         from nfbench.metrics import pixel_auroc
 
         cfg = self.config
