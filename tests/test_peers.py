@@ -514,3 +514,19 @@ def test_anomalib_cflow_decoder_and_encoding_compute_ours_exactly():
     assert torch.equal(zt, zo) and torch.equal(jt, jo)
     assert torch.allclose(get_logp(16, zt, jt), log_likelihood(zo, jo), atol=1e-5)
     assert torch.allclose(theirs_pe(128, 5, 7), ours_pe(128, 5, 7), atol=1e-6)
+
+
+def test_the_stage_starts_the_runs_that_took_longest_before(tmp_path):
+    """Longest first, by an earlier record's seconds (unknown runs first), so that the pool
+    does not end with one long run alone; the order changes no number."""
+    import json
+
+    from nfbench.peers.common import _longest_first, record_path
+
+    runs = [{"method": "cflow", "config": c, "category": "logo", "seed": 0}
+            for c in ("matched", "ours", "shipped")]
+    for run, seconds in zip(runs[:2], (3.0, 9.0)):
+        path = tmp_path / record_path(run["method"], run["config"], run["category"], run["seed"])
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps({"timing": {"fit_and_score_seconds": seconds}}))
+    assert [r["config"] for r in _longest_first(runs, tmp_path)] == ["shipped", "ours", "matched"]

@@ -66,3 +66,15 @@ def test_a_failing_check_fails_the_command(monkeypatch, capsys, tmp_path):
     out, err = capsys.readouterr()
     assert "FAIL  deterministic cpu" in out and "ZeroDivisionError" in out
     assert "2 check(s) failed: deterministic cpu, executor local" in err
+
+
+def test_which_methods_run_in_bf16_and_the_quick_one_come_from_the_networks(tmp_path):
+    """No method name in the selfcheck: a method without coupling subnets (the Gaussian
+    baseline) has no bf16 check, and the quick method is the fastest flow method measured."""
+    ctx = sc.SelfCheck(work=tmp_path, log=lambda _: None,
+                       methods=["gaussian", "csflow", "patchflow"])
+    assert not ctx.has_flows("gaussian")
+    assert ctx.has_flows("csflow") and ctx.has_flows("patchflow")
+    assert ctx.quick == "csflow"  # nothing ran yet: the first flow method
+    ctx.seconds.update(gaussian=0.1, csflow=9.0, patchflow=3.0)
+    assert ctx.quick == "patchflow"  # the fastest flow method, never the flowless one

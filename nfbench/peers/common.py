@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as _dt
+import json
+import math
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -310,7 +312,7 @@ def run_stage(profile: str, params: dict, results_dir: Path, quiet: bool = False
         path.unlink()
     every = sorted(Path(results_dir) / record_path(r["method"], r["config"], r["category"],
                                                    r["seed"]) for r in runs)
-    todo = pending_runs(runs, profile, params, results_dir, force)
+    todo = _longest_first(pending_runs(runs, profile, params, results_dir, force), results_dir)
     if not quiet and len(todo) < len(runs):
         print(f"peers: {len(runs) - len(todo)} run(s) already recorded with the same "
               "identity: skipped", flush=True)
@@ -328,6 +330,20 @@ def run_stage(profile: str, params: dict, results_dir: Path, quiet: bool = False
     map_in_workers([(run, profile, params, str(results_dir)) for run in todo], jobs,
                    _stage_one, functools.partial(in_worker, _stage_one), done)
     return every, len(todo)
+
+
+def _longest_first(todo: list[dict[str, Any]], results_dir: Path) -> list[dict[str, Any]]:
+    """``todo`` ordered by the seconds an earlier record of each run took (the committed peer
+    records of a fresh clone), longest first, so that the pool does not end with one long
+    run alone; runs without a readable earlier record go first. Order changes no number."""
+    def seconds(run: dict[str, Any]) -> float:
+        path = Path(results_dir) / record_path(run["method"], run["config"], run["category"],
+                                               run["seed"])
+        try:
+            return float(json.loads(path.read_text())["timing"]["fit_and_score_seconds"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return math.inf
+    return sorted(todo, key=seconds, reverse=True)
 
 
 class CachedEncoder(torch.nn.Module):

@@ -57,8 +57,6 @@ BF16_TOLERANCE = 0.05
 #: the metrics the tolerances apply to
 KEYS = ("image_auroc", "pixel_auroc")
 CATEGORY = "brick"
-#: the fastest flow method: the determinism and executor checks' run
-QUICK_METHOD = "patchflow"
 
 
 @dataclass
@@ -81,6 +79,9 @@ class SelfCheck:
     methods: list[str] = field(default_factory=list)
     checks: list[Check] = field(default_factory=list)
     metrics: dict[tuple, dict] = field(default_factory=dict)
+    #: wall seconds of each method's first smoke run (what picks :attr:`quick`)
+    seconds: dict[str, float] = field(default_factory=dict)
+    _flows: dict[str, bool] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.methods:
@@ -90,8 +91,22 @@ class SelfCheck:
 
     @property
     def quick(self) -> str:
-        """The method of the determinism and executor checks: the fastest flow method."""
-        return QUICK_METHOD if QUICK_METHOD in self.methods else self.methods[0]
+        """The method of the determinism and executor checks: the flow method whose smoke run
+        was fastest (the first flow method before any ran)."""
+        flows = [m for m in self.methods if self.has_flows(m)] or self.methods
+        return min(flows, key=lambda m: (self.seconds.get(m, float("inf")), flows.index(m)))
+
+    def has_flows(self, method: str) -> bool:
+        """Whether ``method``'s network has coupling subnets, what ``precision: bf16``
+        autocasts (:func:`nfbench.precision.subnets`); without any (a Gaussian baseline)
+        nothing runs in bf16."""
+        if method not in self._flows:
+            from nfbench.methods import create_method, method_class
+            from nfbench.precision import subnets
+
+            detector = create_method(method, **method_class(method).smoke_settings)
+            self._flows[method] = bool(subnets(detector.inference_module(pretrained=False)))
+        return self._flows[method]
 
     def add(self, check: Check) -> Check:
         self.checks.append(check)
@@ -119,8 +134,10 @@ class SelfCheck:
         if key not in self.metrics:
             overrides = {**method_class(method).smoke_settings, "device": device,
                          "deterministic": True, **settings}
+            start = time.perf_counter()
             record = run_experiment(method, "demo", CATEGORY, profile="smoke", seed=0,
                                     overrides=overrides, original_protocol=False)
+            self.seconds.setdefault(method, time.perf_counter() - start)
             self.metrics[key] = record["metrics"]
         return self.metrics[key]
 
@@ -241,7 +258,7 @@ def gpu_checks(ctx: SelfCheck) -> None:
                     f"differ: {', '.join(differing)}", "identical metrics")
         ctx.attempt(f"deterministic cuda {method}", deterministic)
     for method in methods:
-        if method == "gaussian":  # no flow: nothing runs in bf16
+        if not ctx.has_flows(method):  # no coupling subnets: nothing runs in bf16
             continue
 
         def bf16(method=method):
