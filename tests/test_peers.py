@@ -487,6 +487,16 @@ def test_peers_stage_runs_extra_seeds_of_ours_and_the_report_pairs_them(tiny_dem
     text = "\n".join(peers_section("patchflow", tmp_path))
     assert f"| brick | {record['metrics']['image_auroc']:.3f} (n=1) |" in text
     assert "(seeds in common: 1" not in text.split("**pixel AUROC**")[0]  # paired via bootstrap
+    table = text.split("**image AUROC**")[1].split("**pixel AUROC**")[0]
+    assert "| ours vs shipped |" in table and "matched" not in table  # only configs that ran
+    # ours ran a category the peers did not: compared on the peers' categories only
+    extra = tmp_path / "patchflow/runs/full/coin/seed0.json"
+    extra.parent.mkdir(parents=True)
+    extra.write_text(json.dumps({**record, "category": "coin", "seed": 0,
+                                 "metrics": {**record["metrics"], "image_auroc": 0.5}}))
+    text = "\n".join(peers_section("patchflow", tmp_path))
+    assert "| coin |" not in text and "Categories: those the peers ran (brick;" in text
+    assert f"| mean | {record['metrics']['image_auroc']:.3f} (n=1) |" in text
     params["peers"]["smoke"]["methods"]["patchflow"]["configs"] = ["bogus"]
     with pytest.raises(UserError, match="bogus"):
         common.stage_runs("smoke", params)

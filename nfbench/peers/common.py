@@ -64,6 +64,10 @@ def ours(method: str, profile: str, category: str, params: dict | None = None,
     return config, typed(params).block(entry["paper"], profile).role(source.role)
 
 
+#: peers modules that never change a peer's result: editing them keeps every peer record
+NOT_RESULT_CODE = ("report.py", "cli.py")
+
+
 def identity_device(requested: str) -> str:
     """The device as a peer's identity counts it: its type, ``auto`` unresolved, so that the
     same peer run is the same on a GPU node, on another GPU and on a CPU head node."""
@@ -84,10 +88,11 @@ def peer_identity(method: str, config: str, dataset: str, root, category: str, s
 
     ours_config = config_to_dict(cfg)
     ours_config["device"] = identity_device(ours_config.get("device", "auto"))
-    peers_code = hashlib.sha1()
+    peers_code = hashlib.sha1()  # the code that trains and scores a peer (not its report/CLI)
     for path in sorted(Path(__file__).parent.glob("*.py")) + [Path(__file__).with_name(
             "deviations.yaml")]:
-        peers_code.update(path.name.encode() + path.read_bytes())
+        if path.name not in NOT_RESULT_CODE:
+            peers_code.update(path.name.encode() + path.read_bytes())
     parts = {"version": RECORD_VERSION, "method": method, "config": config, "seed": int(seed),
              "category": category, "dataset": dataset, "ours": ours_config,
              "dataset_fingerprint": dataset_fingerprint(dataset, str(root) if root else None,

@@ -225,18 +225,27 @@ def peers_section(paper: str, results_dir: Path) -> list[str]:
     for category, extra in _records(root / "ours").items():  # the peers stage's extra seeds
         have = {r.get("seed") for r in ours.get(category, [])}
         ours.setdefault(category, []).extend(r for r in extra if r.get("seed") not in have)
-    categories = sorted(set(ours) | {c for recs in peer.values() for c in recs})
+    # the categories the peers ran (params.yaml `peers.<profile>` may name fewer than ours):
+    # ours is compared there only, the mean row included
+    categories = sorted({c for recs in peer.values() for c in recs})
+    shown = [c for c in CONFIGS if any(peer[c].values())]  # configs this profile ran
+    versus_name = "matched" if "matched" in shown else "shipped"
+    versus = peer[versus_name]
+    if set(ours) - set(categories):
+        lines += [f"Categories: those the peers ran ({', '.join(categories)}; params.yaml "
+                  f"`peers:`), ours on the same ones.", ""]
     labels = {c: f"anomalib {c} (deviates: {', '.join(map(str, kept(c))) or 'none'})"
-              for c in CONFIGS}
+              for c in shown}
     for metric, title in METRICS.items():
+        head = "".join(f" {labels[c]} | Δ {c} |" for c in shown)
         lines += [f"**{title}**", "",
-                  f"| category | ours | {labels['shipped']} | Δ shipped | {labels['matched']} | "
-                  "Δ matched | ours vs matched |", "|---|---|---|---|---|---|---|"]
+                  f"| category | ours |{head} ours vs {versus_name} |",
+                  "|---|---|" + "---|---|" * len(shown) + "---|"]
         for category in categories + ["mean"]:
-            versus = peer["matched"] if any(peer["matched"].values()) else peer["shipped"]
             if category == "mean":
                 per = lambda recs: [r for c in categories for r in recs.get(c, [])]
-                o, s, m = (_stat(per(x), metric) for x in (ours, peer["shipped"], peer["matched"]))
+                o = _stat(per(ours), metric)
+                stats = {c: _stat(per(peer[c]), metric) for c in shown}
                 seeds = lambda recs: _seed_means(recs, categories, metric)
                 boots = [_boot(ours.get(c, []), versus.get(c, [])) for c in categories] \
                     if metric == "image_auroc" else [None]
@@ -244,13 +253,12 @@ def peers_section(paper: str, results_dir: Path) -> list[str]:
                 boot = np.mean(boots, axis=0) if all(b is not None for b in boots) else None
             else:
                 o = _stat(ours.get(category, []), metric)
-                s = _stat(peer["shipped"].get(category, []), metric)
-                m = _stat(peer["matched"].get(category, []), metric)
+                stats = {c: _stat(peer[c].get(category, []), metric) for c in shown}
                 seeds = lambda recs: _per_seed(recs.get(category, []), metric)
                 boot = _boot(ours.get(category, []), versus.get(category, [])) \
                     if metric == "image_auroc" else None
-            lines.append(f"| {category} | {_cell(*o)} | {_cell(*s)} | {_diff(s[0], o[0])} | "
-                         f"{_cell(*m)} | {_diff(m[0], o[0])} | "
+            cells = "".join(f" {_cell(*stats[c])} | {_diff(stats[c][0], o[0])} |" for c in shown)
+            lines.append(f"| {category} | {_cell(*o)} |{cells} "
                          f"{_verdict(seeds(ours), seeds(versus), boot)} |")
         lines.append("")
     lines += ["Ways anomalib deviates from the paper (`nfbench/peers/deviations.yaml`; "
@@ -260,7 +268,7 @@ def peers_section(paper: str, results_dir: Path) -> list[str]:
               f"(matched: {d['matched']})" for d in devs]
     if entry.get("note"):
         lines += ["", f"Note: {entry['note']}."]
-    if not peer["matched"] and peer["shipped"]:
+    if "matched" not in shown and "shipped" in shown:
         lines += ["", "No *matched* run: no listed deviation can be changed through anomalib's "
                   "API on shared features (each is n/a or hard-coded), so *matched* would "
                   "equal *shipped*; the last column compares ours with *shipped*."]
