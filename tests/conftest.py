@@ -38,3 +38,22 @@ def isolated_cache(tmp_path_factory, monkeypatch):
     cache = tmp_path_factory.getbasetemp() / "feature-cache"
     monkeypatch.setenv("NFBENCH_CACHE", str(cache))
     return cache
+
+
+@pytest.fixture
+def edited_source(monkeypatch):
+    """``edit(relative_path, transform)``: the digest code reads that module as transformed."""
+    import nfbench.code_digest as cd
+
+    edits: dict[Path, callable] = {}
+    real = cd._read_source
+    monkeypatch.setattr(cd, "_read_source",
+                        lambda path: edits.get(Path(path), lambda s: s)(real(path)))
+    cd.code_digest.cache_clear()
+
+    def edit(relative: str, transform) -> None:
+        edits[cd.PACKAGE / relative] = transform
+        cd.code_digest.cache_clear()
+
+    yield edit
+    cd.code_digest.cache_clear()

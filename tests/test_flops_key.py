@@ -2,33 +2,21 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
-import nfbench.code_digest as cd
 from nfbench.pipeline import complexity
 
 
 @pytest.fixture
-def edit(monkeypatch):
-    """``edit(relative_path, transform)``: the digest code reads that module as transformed."""
-    edits: dict[Path, callable] = {}
-    real = cd._read_source
-    monkeypatch.setattr(cd, "_read_source",
-                        lambda path: edits.get(Path(path), lambda s: s)(real(path)))
-
-    def clear():
-        cd.code_digest.cache_clear()
+def edit(edited_source):
+    """conftest's ``edited_source``, with the profiling key's own cache cleared too."""
+    def add(relative: str, transform) -> None:
+        edited_source(relative, transform)
         complexity._measuring_code.cache_clear()
 
-    def add(relative: str, transform) -> None:
-        edits[cd.PACKAGE / relative] = transform
-        clear()
-
-    clear()
+    complexity._measuring_code.cache_clear()
     yield add
-    clear()
+    complexity._measuring_code.cache_clear()
 
 
 @pytest.mark.parametrize("module", ["pipeline/flops.py", "profiling.py", "methods/csflow/flow.py"])

@@ -43,25 +43,6 @@ def test_identity_is_the_same_on_every_machine_and_device(tiny_demo, monkeypatch
 
 
 # -- 2./3. the import-following code digest --------------------------------------------------
-@pytest.fixture
-def edited_source(monkeypatch):
-    """``edit(relative_path, transform)``: the digest code reads that module as transformed."""
-    import nfbench.code_digest as cd
-
-    edits: dict[Path, callable] = {}
-    real = cd._read_source
-    monkeypatch.setattr(cd, "_read_source",
-                        lambda path: edits.get(Path(path), lambda s: s)(real(path)))
-    cd.code_digest.cache_clear()
-
-    def edit(relative: str, transform) -> None:
-        edits[cd.PACKAGE / relative] = transform
-        cd.code_digest.cache_clear()
-
-    yield edit
-    cd.code_digest.cache_clear()
-
-
 def _digests():
     from nfbench.methods.cnf.stage import stage_code
     from nfbench.pipeline.identity import code_version
