@@ -131,14 +131,17 @@ def _strip_docstrings(tree: ast.AST) -> ast.AST:
     return tree
 
 
+def _normalised(tree: ast.AST) -> str:
+    """A syntax tree as text without positions and docstrings: what a digest hashes."""
+    return ast.dump(_strip_docstrings(tree), annotate_fields=False, include_attributes=False)
+
+
 @functools.lru_cache(maxsize=None)
 def _summary(name: str, text: str) -> tuple[frozenset, str]:
     """The nfbench modules that module ``name`` (source ``text``) imports, and its normalised
     syntax tree (``ast.dump`` without positions and docstrings)."""
     tree = ast.parse(text, filename=name)
-    imports = frozenset(_imports(name, tree))
-    return imports, ast.dump(_strip_docstrings(tree), annotate_fields=False,
-                             include_attributes=False)
+    return frozenset(_imports(name, tree)), _normalised(tree)
 
 
 def _module(name: str) -> tuple[frozenset, str]:
@@ -210,8 +213,7 @@ def package_digests() -> dict[str, str]:
                 path.relative_to(PACKAGE).parts):
             continue
         if path.suffix == ".py":
-            tree = _strip_docstrings(ast.parse(_read_source(path), filename=str(path)))
-            content = ast.dump(tree, annotate_fields=False, include_attributes=False).encode()
+            content = _normalised(ast.parse(_read_source(path), filename=str(path))).encode()
         elif path.suffix == ".yaml":
             content = _data_summary(path, path.read_text(encoding="utf-8")).encode()
         else:

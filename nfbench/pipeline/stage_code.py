@@ -39,9 +39,13 @@ CODE_SETS: dict[str, tuple[str, ...]] = {
 }
 
 
+#: where the ``code`` stage writes the digest files (a dvc.yaml output)
+FOLDER = "results/code"
+
+
 def digest_file(kind: str) -> str:
     """The repository path of stage kind ``kind``'s digest file (a dvc.yaml dep)."""
-    return f"results/code/{kind}.json"
+    return f"{FOLDER}/{kind}.json"
 
 
 def in_set(path: str, kind: str) -> bool:
