@@ -202,18 +202,13 @@ def cmd_bench(args: argparse.Namespace) -> None:
     names = list(dict.fromkeys(run.variant for run in runs)) if args.variant or args.table \
         else []
     label = f"{args.paper}/{'+'.join(names)}" if names else args.paper
-    # The local CPU executor gives each run cores // workers torch threads, workers = min(jobs,
-    # runs in the batch), and a CPU result depends on its thread count: so a whole paper runs
-    # one batch per variant, in this one process, as `bench --variant V` runs that variant.
-    batches = [runs] if names or args.executor != "local" else \
-        [[r for r in runs if r.variant == v] for v in dict.fromkeys(r.variant for r in runs)]
-    for batch in batches:
-        execute(batch, args.results, progress=not args.quiet, jobs=args.jobs, force=args.force,
-                executor=args.executor, address=args.address, runs_per_gpu=args.runs_per_gpu,
-                device=args.device,
-                label=label if len(batches) == 1 else f"{label}/{batch[0].variant}",
-                cpus_per_run=args.cpus_per_run, connect_timeout=args.ray_timeout,
-                models_dir=args.save_models)
+    # One batch, one worker pool, longest runs first: a CPU run's torch threads depend on the
+    # jobs asked for, not on the batch (runner.threads_per_job), so any subset gives the same
+    # numbers as the whole paper
+    execute(runs, args.results, progress=not args.quiet, jobs=args.jobs, force=args.force,
+            executor=args.executor, address=args.address, runs_per_gpu=args.runs_per_gpu,
+            device=args.device, label=label, cpus_per_run=args.cpus_per_run,
+            connect_timeout=args.ray_timeout, models_dir=args.save_models)
 
 
 def cmd_selfcheck(args: argparse.Namespace) -> None:

@@ -198,11 +198,13 @@ def test_records_on_disk_calibrate_the_cost_model(tmp_path):
     assert seconds == pytest.approx([2 * s for s in modelled])
 
 
-def test_ray_executor_matches_local_records(tiny_demo, tmp_path, one_thread):
+def test_ray_executor_matches_local_records(tiny_demo, tmp_path, one_thread, monkeypatch):
     ray = pytest.importorskip("ray")
+    from nfbench.pipeline import runner
     from nfbench.pipeline.plan import expand_runs, load_params
     from nfbench.pipeline.runner import execute
 
+    monkeypatch.setattr(runner.os, "cpu_count", lambda: 1)  # local: one job, one thread (Ray's)
     # the smoke selection of PatchFlow (its full variant) on the tiny demo set, and gaussians
     smoke = [dataclasses.replace(r, root=str(tiny_demo), settings={**r.settings, "input_size": 128})
              for r in expand_runs("patchflow", "smoke", load_params(), variants=["full"])]
@@ -233,11 +235,11 @@ def test_command_line_seed_zero_wins_over_the_config_file(tmp_path, capsys):
     assert "seed: 0" in capsys.readouterr().out.splitlines()
 
 
-def test_bench_of_a_whole_paper_runs_one_batch_per_variant_in_one_process(tmp_path,
-                                                                          monkeypatch):
-    """`bench --paper P` (the pipeline's one stage per paper) hands the runner one batch per
-    variant, as `bench --variant V` would, so that each run gets the torch thread count it gets
-    there (a CPU result depends on it); a `--variant` selection stays one batch."""
+def test_bench_of_a_whole_paper_is_one_batch_and_threads_do_not_depend_on_the_batch(
+        tmp_path, monkeypatch):
+    """`bench --paper P` (the pipeline's one stage per paper) hands the runner one batch (one
+    worker pool, longest runs first); a run's torch threads depend on the jobs asked for, not
+    on how many runs the batch has, so a run made alone gets the numbers of the whole paper."""
     from nfbench.pipeline import runner
     from nfbench.pipeline.plan import expand_runs, load_params
 
@@ -247,10 +249,39 @@ def test_bench_of_a_whole_paper_runs_one_batch_per_variant_in_one_process(tmp_pa
     assert main(["bench", "--paper", "csflow", "--profile", "demo", "--results",
                  str(tmp_path)]) == 0
     runs = expand_runs("csflow", "demo", load_params())
-    variants = list(dict.fromkeys(r.variant for r in runs))
-    assert [label for _, label in batches] == [f"csflow/{v}" for v in variants]
-    assert [i for ids, _ in batches for i in ids] == [r.run_id for r in runs]
-    batches.clear()
-    assert main(["bench", "--paper", "csflow", "--profile", "demo", "--variant", "full",
-                 "--variant", "mtd", "--results", str(tmp_path)]) == 0
-    assert [label for _, label in batches] == ["csflow/full+mtd"]
+    assert batches == [([r.run_id for r in runs], "csflow")]
+    monkeypatch.setattr(runner.os, "cpu_count", lambda: 8)
+    assert runner.workers_for(1, None) == (1, 2)  # default jobs: 4 on 8 cores
+    assert runner.workers_for(30, None) == (4, 2)
+    assert runner.workers_for(1, 2) == (1, 4) and runner.workers_for(5, 2) == (2, 4)
+
+
+def test_runs_that_may_share_a_stage_never_run_at_once_and_the_order_is_kept():
+    """The pool's dispatcher starts tasks in the given order but skips one whose exclusive key
+    (a stage group) a running task holds, so a worker never waits on another's stage lock."""
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from nfbench.pipeline import runner
+
+    lock, held, overlaps, started = threading.Lock(), [], [], []
+
+    def work(key, index):
+        with lock:
+            overlaps.append(key in held)
+            held.append(key)
+            started.append(index)
+        time.sleep(0.05 if index == 0 else 0.01)
+        with lock:
+            held.remove(key)
+        return index
+
+    tasks = [("a", 0), ("a", 1), ("b", 2), ("c", 3)]
+    done = []
+    with ThreadPoolExecutor(2) as pool:
+        runner._dispatch(pool, tasks, 2, work, lambda task, result: done.append(result),
+                         exclusive=lambda key, index: key)
+    assert not any(overlaps) and sorted(done) == [0, 1, 2, 3]
+    assert started[:2] == [0, 2]  # ("a", 1) waited for ("a", 0); ("b", 2) went ahead
+    assert started.index(1) > started.index(2)

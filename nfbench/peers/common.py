@@ -310,7 +310,7 @@ def run_stage(profile: str, params: dict, results_dir: Path, quiet: bool = False
     import functools
 
     # the bench's worker pool (torch threads per worker; no GPU slot here)
-    from nfbench.pipeline.runner import default_jobs, in_worker, map_in_workers
+    from nfbench.pipeline.runner import in_worker, map_in_workers, workers_for
 
     runs = stage_runs(profile, params)
     for path in stale_records(runs, results_dir):
@@ -325,7 +325,7 @@ def run_stage(profile: str, params: dict, results_dir: Path, quiet: bool = False
         return every, 0
     if peer_version() is not None:  # import anomalib once, before the workers fork (~10 s)
         import anomalib.models.image.csflow.torch_model  # noqa: F401
-    jobs = max(1, min(jobs or default_jobs(), len(todo)))
+    jobs, threads = workers_for(len(todo), jobs)
 
     def done(task, result) -> None:
         if not quiet:
@@ -333,7 +333,7 @@ def run_stage(profile: str, params: dict, results_dir: Path, quiet: bool = False
 
     # one job: in this process (a fork after torch has started its threads can hang)
     map_in_workers([(run, profile, params, str(results_dir)) for run in todo], jobs,
-                   _stage_one, functools.partial(in_worker, _stage_one), done)
+                   _stage_one, functools.partial(in_worker, _stage_one), done, threads=threads)
     return every, len(todo)
 
 

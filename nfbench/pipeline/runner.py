@@ -29,7 +29,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -276,17 +276,23 @@ def execute(runs: list[Run], results_dir: Path, progress: bool = True,
 
 
 def _longest_first(todo: list[Run], results_dir: Path) -> list[Run]:
-    """``todo`` ordered by estimated seconds, longest first (the cost model of ``nfbench plan``,
-    refined by any earlier record of the run), so that a pool does not end with one long run
-    alone; the given order where no estimate can be made. Order changes no number: every run
-    is independent and deterministic."""
+    """``todo`` ordered by estimated seconds (the cost model of ``nfbench plan``, refined by
+    any earlier record of the run): the runs of the stage group (:func:`stage_group`) with the
+    most work first, longest run first within it, so that a pool does not end with one long
+    run or one long group alone; the given order where no estimate can be made. Order changes
+    no number: every run is independent and deterministic."""
     from nfbench.pipeline.cost import estimate, load_cost_model
+    from nfbench.pipeline.plan import stage_group
 
     try:
         seconds, _ = estimate(todo, load_cost_model(), results_dir)
     except Exception:  # an estimate is an optimisation, never a reason to fail
         return list(todo)
-    order = sorted(range(len(todo)), key=lambda i: -seconds[i])
+    group_seconds: dict[tuple, float] = {}
+    for run, run_seconds in zip(todo, seconds):
+        group_seconds[stage_group(run)] = group_seconds.get(stage_group(run), 0.0) + run_seconds
+    order = sorted(range(len(todo)),
+                   key=lambda i: (-group_seconds[stage_group(todo[i])], -seconds[i]))
     return [todo[i] for i in order]
 
 
@@ -315,6 +321,8 @@ def _make_pool(jobs: int, slots: list[str] | None, threads: int) -> ProcessPoolE
         # fork starts workers at once (torch is already imported, no thread pool used yet);
         # elsewhere (macOS, Windows) fork is unsafe and spawn is the default
         context, queue = get_context("fork" if sys.platform == "linux" else "spawn"), None
+        if sys.platform == "linux":
+            _preload_for_workers()
     else:  # CUDA must not be forked; each worker takes one GPU slot
         if sys.platform == "linux":
             # a fork server that imported the heavy modules (not CUDA) once: workers start
@@ -336,25 +344,57 @@ def worker_device() -> str | None:
     return _WORKER_DEVICE
 
 
+def threads_per_job(jobs: int) -> int:
+    """Torch threads of each of ``jobs`` CPU workers sharing this machine's cores. It depends
+    on the jobs asked for, never on how many runs a batch has, because a CPU result depends
+    on its thread count: a run made alone (``bench --variant V --category C``) and the same
+    run made in a whole paper's pool give the same numbers."""
+    return max(1, (os.cpu_count() or 1) // max(1, jobs))
+
+
+def workers_for(todo: int, jobs: int | None) -> tuple[int, int]:
+    """(worker processes, torch threads each) for ``todo`` CPU calls at ``jobs`` jobs
+    (default :func:`default_jobs`): no more workers than calls, threads from the jobs asked
+    (:func:`threads_per_job`)."""
+    asked = jobs or default_jobs()
+    return max(1, min(asked, todo)), threads_per_job(asked)
+
+
+def _preload_for_workers() -> None:
+    """Import, before a fork, what every worker would otherwise import on its first run:
+    ``torch._dynamo`` (the first optimizer built imports it, about 2.5 s a process)."""
+    import torch._dynamo  # noqa: F401
+
+
 def map_in_workers(tasks: list[tuple], jobs: int, local, worker, on_done,
-                   slots: list[str] | None = None) -> None:
+                   slots: list[str] | None = None, threads: int | None = None,
+                   exclusive=None) -> None:
     """``local(*task)`` for every task in this process when ``jobs`` is 1 and no GPU slot is
     given, else ``worker(*task)`` (a picklable function that wraps its call in
-    :func:`in_worker`) in a pool of ``jobs`` workers (:func:`_make_pool`: one per GPU slot,
-    each with ``cpu_count // jobs`` torch threads); ``on_done(task, result)`` as each ends.
-    The bench's and the peers stage's one pool. Ctrl-C or SIGTERM: nothing queued starts and
-    the workers end now; a failure: nothing queued starts, the calls under way finish (their
-    records are kept), then it raises."""
+    :func:`in_worker`) in a pool of ``jobs`` workers (:func:`_make_pool`: one per GPU slot);
+    ``on_done(task, result)`` as each ends. Torch threads per call: ``threads`` (default
+    ``cpu_count // jobs``), in this process too. Tasks start in the given order, except that
+    two tasks with the same ``exclusive(*task)`` key never run at once (runs that may share a
+    trained stage: the second would only wait for the first's lock). The bench's and the
+    peers stage's one pool. Ctrl-C or SIGTERM: nothing queued starts and the workers end now;
+    a failure: nothing queued starts, the calls under way finish (their records are kept),
+    then it raises."""
+    threads = threads or threads_per_job(jobs)
     with cleanup_on_terminate():
         if jobs == 1 and slots is None:
-            for task in tasks:
-                on_done(task, local(*task))
+            import torch
+
+            before = torch.get_num_threads()
+            torch.set_num_threads(threads)
+            try:
+                for task in tasks:
+                    on_done(task, local(*task))
+            finally:
+                torch.set_num_threads(before)
             return
-        pool = _make_pool(jobs, slots, max(1, (os.cpu_count() or 1) // jobs))
+        pool = _make_pool(jobs, slots, threads)
         try:
-            futures = {pool.submit(worker, *task): task for task in tasks}
-            for future in as_completed(futures):
-                on_done(futures[future], future.result())  # a failure stops the batch (below)
+            _dispatch(pool, tasks, jobs, worker, on_done, exclusive)
         except KeyboardInterrupt:  # Ctrl-C, SIGTERM: nothing queued starts, workers end now
             _stop_pool(pool)
             raise
@@ -368,15 +408,46 @@ def map_in_workers(tasks: list[tuple], jobs: int, local, worker, on_done,
         pool.shutdown()
 
 
+def _dispatch(pool: ProcessPoolExecutor, tasks: list[tuple], jobs: int, worker, on_done,
+              exclusive=None) -> None:
+    """Keep ``jobs`` tasks in flight, each time the first queued one whose ``exclusive`` key
+    no running task holds; ``on_done`` as each ends. A failure raises at once (the caller
+    lets the running ones finish)."""
+    queued = list(tasks)
+    running: dict = {}  # future -> (task, exclusive key)
+
+    def key_of(task: tuple):
+        return exclusive(*task) if exclusive is not None else None
+
+    def fill() -> None:
+        while len(running) < jobs:
+            held = {key for _, key in running.values() if key is not None}
+            index = next((i for i, task in enumerate(queued) if key_of(task) not in held), None)
+            if index is None:
+                return
+            task = queued.pop(index)
+            running[pool.submit(worker, *task)] = (task, key_of(task))
+
+    fill()
+    while running:
+        finished, _ = wait(running, return_when=FIRST_COMPLETED)
+        for future in finished:
+            task, _ = running.pop(future)
+            on_done(task, future.result())  # a failure stops the batch (the caller)
+        fill()
+
+
 def _execute_local(todo: list[Run], results_dir: Path, status: Progress, jobs: int | None,
                    runs_per_gpu: float, models_dir: Path | None = None) -> None:
     slots = _gpu_slots(todo, runs_per_gpu)
-    if slots is not None:
-        jobs = len(slots)
+    if slots is not None:  # one worker per GPU slot, cpu_count // slots threads each
+        jobs, threads = len(slots), None
     else:
-        jobs = max(1, min(jobs or default_jobs(), len(todo)))
+        jobs, threads = workers_for(len(todo), jobs)
+    from nfbench.pipeline.plan import stage_group
+
     ordered = todo if jobs == 1 and slots is None else _longest_first(todo, results_dir)
     map_in_workers([(run, results_dir, models_dir) for run in ordered], jobs, run_one,
                    _worker_run, lambda task, path: status.update(task[0].run_id,
                                                                  message=summary(path)),
-                   slots)
+                   slots, threads, exclusive=lambda run, *_: stage_group(run))
