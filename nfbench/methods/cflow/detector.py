@@ -167,6 +167,8 @@ class CFlowDetector:
                                 pretrained)
         nf = self.nf_
         if nf is None:
-            flows = build_flows(encoder.channels(), cfg, seed=0).to(self.device).eval()
+            # untrained, for profiling: no random rotations drawn (no FLOP or speed changes)
+            flows = build_flows(encoder.channels(), cfg, seed=0, draw_permutations=False)
+            flows = flows.to(self.device).eval()
             nf = NFMap(flows, cfg.condition_dim)
         return CFlowModel(encoder, nf).eval()

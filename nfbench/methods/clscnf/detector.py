@@ -332,7 +332,10 @@ class CLSCNFDetector:
             encoder = build_encoder(cfg.backbone, LAYERS, cfg.padding, False, self.device,
                                     pretrained)
             channels = encoder.channels()
-            flows = build_flows(channels, cfg, seed=0).to(self.device).eval()
+            # no random rotations drawn (a QR per block, seconds at the paper's widths): they
+            # change no FLOP count, size or speed
+            flows = build_flows(channels, cfg, seed=0, draw_permutations=False)
+            flows = flows.to(self.device).eval()
             self._untrained[pretrained] = {
                 "encoder": encoder, "frozen": frozen, "w": 1.0,
                 "decoder": new_decoder(cfg, channels).to(self.device).eval(),
