@@ -459,3 +459,24 @@ def test_metric_variants_name_their_official_metric():
     for name in metrics.METRIC_VARIANTS:
         assert metrics.official_metric(name) in metrics.METRIC_KEYS
     assert metrics.official_metric("aupro") == "aupro"
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_one_sort_is_descending_with_ties_in_index_order(dtype):
+    """The curve's sort (packed uint64 keys for float32 maps, a stable argsort otherwise) gives
+    values descending and equal values in index order: a fully specified order, so the PRO
+    cumulative sum is the same on every machine (numpy's argsort leaves ties unspecified)."""
+    from nfbench.metrics.curves import _descending_order
+
+    rng = np.random.default_rng(3)
+    scores = np.concatenate([np.round(rng.standard_normal(5000), 1), [0.0, -0.0, 3.5, -7.25],
+                             np.full(50, 1.0)]).astype(dtype)
+    rng.shuffle(scores)
+    order, values = _descending_order(scores)
+    reference = np.lexsort((np.arange(scores.size), -scores.astype(np.float64)))
+    assert np.array_equal(values, scores[order]) and values.dtype == scores.dtype
+    assert np.all(values[:-1] >= values[1:])
+    # equal values (0.0 and -0.0 apart, which the packed keys order +0 before -0) in index order
+    same = (values[:-1] == values[1:]) & (np.signbit(values[:-1]) == np.signbit(values[1:]))
+    assert np.all(order[:-1][same] < order[1:][same])
+    assert np.array_equal(scores[order], scores[reference])

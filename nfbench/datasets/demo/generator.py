@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
 from pathlib import Path
 from typing import Sequence
 
@@ -51,7 +55,10 @@ def _save_png(array: np.ndarray, path: Path) -> None:
 
 
 def _write_category(base: Path, category: str, cat_index: int, seed: int, size: int,
-                    n_train: int, n_test_good: int, n_defect: int, tick) -> None:
+                    n_train: int, n_test_good: int, n_defect: int, tick=None) -> None:
+    """One category's images and masks under ``base``; ``tick()`` after each image."""
+    tick = tick or (lambda: None)
+
     def name(i: int, n: int) -> str:
         return f"{i:0{max(3, len(str(n - 1)))}d}"
 
@@ -73,6 +80,34 @@ def _write_category(base: Path, category: str, cat_index: int, seed: int, size: 
             _save_png(defective, images / f"{name(i, n_defect)}.png")
             _save_png(mask.astype(np.uint8) * 255, masks / f"{name(i, n_defect)}_mask.png")
             tick()
+
+
+def _write_categories(base: Path, categories: tuple[str, ...], seed: int, size: int,
+                      n_train: int, n_test_good: int, n_defect: int, tick) -> None:
+    """Every category's images, one category per core (fork; the images do not depend on
+    the order: each has its own generator); ``tick(n)`` as each category ends. A failure
+    ends the other workers before it is raised, so that nothing writes after the caller
+    removes the staging folder."""
+    tasks = [(base, c, DEMO_CATEGORIES.index(c), seed, size, n_train, n_test_good, n_defect)
+             for c in categories]
+    jobs = min(len(tasks), os.cpu_count() or 1)
+    if jobs < 2 or sys.platform != "linux":
+        for task in tasks:
+            _write_category(*task, tick)
+        return
+    pool = ProcessPoolExecutor(jobs, mp_context=get_context("fork"))
+    try:
+        for task, future in [(t, pool.submit(_write_category, *t, None)) for t in tasks]:
+            future.result()
+            tick(n_train + n_test_good + n_defect * len(CATEGORY_DEFECTS[task[1]]))
+    except BaseException:
+        processes = list((getattr(pool, "_processes", None) or {}).values())
+        pool.shutdown(wait=False, cancel_futures=True)
+        for process in processes:
+            process.terminate()
+            process.join()
+        raise
+    pool.shutdown()
 
 
 def generate_demo(root: Path, *, seed: int = 0, image_size: int = 256, n_train: int = 60,
@@ -128,10 +163,9 @@ def _build(root: Path, tmp: Path, categories: tuple[str, ...], seed: int, image_
             from tqdm.auto import tqdm
 
             bar = tqdm(total=total, desc="demo dataset", unit="img")
-        tick = bar.update if bar is not None else (lambda: None)
-        for category in categories:
-            _write_category(tmp, category, DEMO_CATEGORIES.index(category), seed, image_size,
-                            n_train, n_test_good, n_defect, tick)
+        tick = bar.update if bar is not None else (lambda n=1: None)
+        _write_categories(tmp, categories, seed, image_size, n_train, n_test_good, n_defect,
+                          tick)
         (tmp / "demo.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
         try:  # an outdated demo set (or an empty folder) is swapped out
             replace_tree(tmp, root)
