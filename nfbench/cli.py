@@ -201,6 +201,16 @@ def cmd_bench(args: argparse.Namespace) -> None:
         from nfbench.progress import silence_bars
 
         silence_bars()  # no per-epoch bars; the run counter stays
+    whole = not (args.variant or args.table or args.category or args.seed or args.shard)
+    if whole:  # the paper's stage: records of runs its profile no longer has go (DVC output)
+        from nfbench.pipeline.record import unplanned_record_paths
+
+        gone = unplanned_record_paths(args.results, args.paper, [r.record_path for r in runs])
+        for path in gone:
+            path.unlink()
+        if gone:
+            print(f"{args.paper}: removed {len(gone)} file(s) of runs the "
+                  f"{_profile(args, params)} profile no longer has", file=sys.stderr)
     names = list(dict.fromkeys(run.variant for run in runs)) if args.variant or args.table \
         else []
     label = f"{args.paper}/{'+'.join(names)}" if names else args.paper

@@ -285,3 +285,29 @@ def test_runs_that_may_share_a_stage_never_run_at_once_and_the_order_is_kept():
     assert not any(overlaps) and sorted(done) == [0, 1, 2, 3]
     assert started[:2] == [0, 2]  # ("a", 1) waited for ("a", 0); ("b", 2) went ahead
     assert started.index(1) > started.index(2)
+
+
+def test_a_whole_paper_bench_removes_the_records_of_runs_its_profile_no_longer_has(
+        tmp_path, monkeypatch):
+    """`bench --paper P` is the paper's DVC stage: a record of a run the profile no longer has
+    (a category dropped from params.yaml) is removed with its figure material, so the stage's
+    output holds what the params say; a filtered bench (--variant, --category ...) keeps it."""
+    from nfbench.pipeline import runner
+    from nfbench.pipeline.plan import expand_runs, load_params
+
+    monkeypatch.setattr(runner, "execute", lambda runs, *a, **k: None)
+    planned = expand_runs("csflow", "demo", load_params())[0]
+    kept = tmp_path / planned.record_path
+    dropped = tmp_path / "csflow" / "runs" / planned.variant / "no_such_category" / "seed0.json"
+    other_paper = tmp_path / "patchflow" / "runs" / "full" / "no_such_category" / "seed0.json"
+    for path in (kept, dropped, other_paper):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("{}")
+        path.with_suffix(".npz").write_bytes(b"")
+    assert main(["bench", "--paper", "csflow", "--profile", "demo", "--variant",
+                 planned.variant, "--results", str(tmp_path)]) == 0
+    assert dropped.exists()
+    assert main(["bench", "--paper", "csflow", "--profile", "demo", "--results",
+                 str(tmp_path)]) == 0
+    assert not dropped.exists() and not dropped.with_suffix(".npz").exists()
+    assert kept.exists() and kept.with_suffix(".npz").exists() and other_paper.exists()

@@ -205,6 +205,18 @@ def record_paths(results_dir: Path | str, papers: Iterable[str] | None = None) -
     return [path for path in _layout_paths(root, papers) if _declared(path, root)]
 
 
+def unplanned_record_paths(results_dir: Path | str, paper: str,
+                           planned: Iterable[str]) -> list[Path]:
+    """``paper``'s run records (and the figure material beside them) under ``results_dir``
+    whose run is not among the ``planned`` record paths (relative to ``results_dir``): runs
+    a profile no longer has, e.g. after its categories or seeds changed."""
+    root = Path(results_dir)
+    keep = {str(Path(p)) for p in planned}
+    found = [path for path in _layout_paths(root, [paper])
+             if str(path.relative_to(root)) not in keep]
+    return [p for path in found for p in (path, path.with_suffix(".npz")) if p.exists()]
+
+
 def stale_record_paths(results_dir: Path | str,
                        papers: Iterable[str] | None = None) -> list[Path]:
     """The stale run records under ``results_dir``: of a variant its paper no longer
