@@ -203,9 +203,10 @@ def cmd_bench(args: argparse.Namespace) -> None:
         silence_bars()  # no per-epoch bars; the run counter stays
     whole = not (args.variant or args.table or args.category or args.seed or args.shard)
     if whole:  # the paper's stage: records of runs its profile no longer has go (DVC output)
-        from nfbench.pipeline.record import unplanned_record_paths
+        from nfbench.pipeline.record import unwanted_files
 
-        gone = unplanned_record_paths(args.results, args.paper, [r.record_path for r in runs])
+        gone = unwanted_files(args.results, f"{args.paper}/runs/*/*/seed*.*",
+                              [Path(args.results) / r.record_path for r in runs])
         for path in gone:
             path.unlink()
         if gone:

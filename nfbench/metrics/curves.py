@@ -76,7 +76,7 @@ class _Curve(NamedTuple):
 def _curve(scores: np.ndarray, truth: np.ndarray | None = None,
            regions: np.ndarray | None = None, region_weights: np.ndarray | None = None,
            subset: np.ndarray | None = None, pro_count: int | None = None) -> _Curve:
-    """One descending argsort of ``scores`` and cumulative sums; pass ``truth`` (bool) or
+    """One descending sort of ``scores`` and cumulative sums; pass ``truth`` (bool) or
     ``regions`` (int32 region id per pixel, 0 = defect-free) with ``region_weights`` (weight of
     one pixel of each region id, 0 for id 0).
 
@@ -96,9 +96,10 @@ def _curve(scores: np.ndarray, truth: np.ndarray | None = None,
     and numpy version). The labels of a subset curve travel in the ONE gather of region ids
     (flagged pixels keep their id ``r``, the others are gathered as ``-r - 1``).
 
-    Peak memory beyond the inputs, for P elements with up to P distinct scores: the sort order
-    (8 B/px) while gathering, then the sorted scores and labels, one cumulative sum at a time
-    (4-8 B/px) and the per-threshold outputs: measured ~30 B/px (float32 scores, all distinct).
+    Peak memory beyond the inputs, for P elements with up to P distinct scores: the packed
+    sort keys (8 B/px) and the sort order (8 B/px) while gathering, then the sorted scores and
+    labels, one cumulative sum at a time (4-8 B/px) and the per-threshold outputs: measured
+    ~24 B/px (float32 scores, all distinct, boolean truth).
     """
     order, s = _descending_order(scores.ravel())      # 4-8 B/px each
     n = s.size

@@ -295,10 +295,12 @@ def pending_runs(runs: list[dict], profile: str, params: dict, results_dir: Path
 
 def stale_records(runs: list[dict], results_dir: Path) -> list[Path]:
     """Records below ``results/peers`` that no run of the block makes any more."""
-    wanted = {Path(results_dir) / record_path(r["method"], r["config"], r["category"], r["seed"])
-              for r in runs}
-    folder = Path(results_dir) / "peers"
-    return sorted(p for p in folder.glob("*/*/*/seed*.*") if p.with_suffix(".json") not in wanted)
+    from nfbench.pipeline.record import unwanted_files
+
+    return unwanted_files(results_dir, "peers/*/*/*/seed*.*",
+                          [Path(results_dir) / record_path(r["method"], r["config"],
+                                                           r["category"], r["seed"])
+                           for r in runs])
 
 
 def run_stage(profile: str, params: dict, results_dir: Path, quiet: bool = False,

@@ -205,16 +205,12 @@ def record_paths(results_dir: Path | str, papers: Iterable[str] | None = None) -
     return [path for path in _layout_paths(root, papers) if _declared(path, root)]
 
 
-def unplanned_record_paths(results_dir: Path | str, paper: str,
-                           planned: Iterable[str]) -> list[Path]:
-    """``paper``'s run records (and the figure material beside them) under ``results_dir``
-    whose run is not among the ``planned`` record paths (relative to ``results_dir``): runs
-    a profile no longer has, e.g. after its categories or seeds changed."""
-    root = Path(results_dir)
-    keep = {str(Path(p)) for p in planned}
-    found = [path for path in _layout_paths(root, [paper])
-             if str(path.relative_to(root)) not in keep]
-    return [p for path in found for p in (path, path.with_suffix(".npz")) if p.exists()]
+def unwanted_files(folder: Path | str, pattern: str, wanted: Iterable[Path | str]) -> list[Path]:
+    """The files below ``folder`` matching ``pattern`` (records ``seed<k>.json`` and the figure
+    material beside them) whose record is not among the ``wanted`` record paths: what a stage
+    whose runs changed (a category or seed dropped from params.yaml) no longer makes."""
+    keep = {Path(p) for p in wanted}
+    return sorted(p for p in Path(folder).glob(pattern) if p.with_suffix(".json") not in keep)
 
 
 def stale_record_paths(results_dir: Path | str,

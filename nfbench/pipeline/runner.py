@@ -288,11 +288,11 @@ def _longest_first(todo: list[Run], results_dir: Path) -> list[Run]:
         seconds, _ = estimate(todo, load_cost_model(), results_dir)
     except Exception:  # an estimate is an optimisation, never a reason to fail
         return list(todo)
+    groups = [stage_group(run) for run in todo]
     group_seconds: dict[tuple, float] = {}
-    for run, run_seconds in zip(todo, seconds):
-        group_seconds[stage_group(run)] = group_seconds.get(stage_group(run), 0.0) + run_seconds
-    order = sorted(range(len(todo)),
-                   key=lambda i: (-group_seconds[stage_group(todo[i])], -seconds[i]))
+    for group, run_seconds in zip(groups, seconds):
+        group_seconds[group] = group_seconds.get(group, 0.0) + run_seconds
+    order = sorted(range(len(todo)), key=lambda i: (-group_seconds[groups[i]], -seconds[i]))
     return [todo[i] for i in order]
 
 
@@ -413,20 +413,18 @@ def _dispatch(pool: ProcessPoolExecutor, tasks: list[tuple], jobs: int, worker, 
     """Keep ``jobs`` tasks in flight, each time the first queued one whose ``exclusive`` key
     no running task holds; ``on_done`` as each ends. A failure raises at once (the caller
     lets the running ones finish)."""
-    queued = list(tasks)
+    # (task, its exclusive key), each key computed once
+    queued = [(task, exclusive(*task) if exclusive is not None else None) for task in tasks]
     running: dict = {}  # future -> (task, exclusive key)
-
-    def key_of(task: tuple):
-        return exclusive(*task) if exclusive is not None else None
 
     def fill() -> None:
         while len(running) < jobs:
             held = {key for _, key in running.values() if key is not None}
-            index = next((i for i, task in enumerate(queued) if key_of(task) not in held), None)
+            index = next((i for i, (_, key) in enumerate(queued) if key not in held), None)
             if index is None:
                 return
-            task = queued.pop(index)
-            running[pool.submit(worker, *task)] = (task, key_of(task))
+            task, key = queued.pop(index)
+            running[pool.submit(worker, *task)] = (task, key)
 
     fill()
     while running:
