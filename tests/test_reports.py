@@ -142,6 +142,28 @@ def test_ablation_figure_has_no_error_bars_for_one_seed(tmp_path, monkeypatch):
     assert all("±" not in t.get_text() for t in ax.get_legend().get_texts())
 
 
+def test_no_figure_panel_holds_only_reference_rows(tmp_path, monkeypatch):
+    """Where the methods' values are under the paper's metric code (pixel_aupr@clscnf), the
+    official metric's panel would show chance alone: it is not drawn, nor its chance marks."""
+    from nfbench.report import figures
+
+    drawn = {}
+    monkeypatch.setattr(figures, "_dots", lambda points, metrics, *a, **k: drawn.update(
+        metrics=metrics, rows=set(points["metric"])))
+    rows = [("a", "method", "pixel_aupr", "pixel_aupr@clscnf", 30.0),
+            ("b", "method", "pixel_aupr", "pixel_aupr@clscnf", 40.0),
+            ("a", "method", "image_auroc", "image_auroc", 90.0),
+            ("b", "method", "image_auroc", "image_auroc", 80.0),
+            ("chance", "chance", "pixel_aupr", None, 2.0)]
+    frame = pd.DataFrame([{"row": r, "variant": r, "label": r, "kind": k, "metric": m,
+                           "compared_metric": c,
+                           "mean": v, "compared_mean": v, "n": 1, "std": 0.0,
+                           "published": np.nan} for r, k, m, c, v in rows])
+    assert figures.published_vs_reproduced(frame, "t", tmp_path / "t.png")
+    assert drawn["metrics"] == ["pixel_aupr@clscnf", "image_auroc"]
+    assert drawn["rows"] == {"pixel_aupr@clscnf", "image_auroc"}
+
+
 def test_index_opens_with_status_lines(tmp_path):
     from nfbench.pipeline.tables import build_tables, write_tables
     from nfbench.report.index import write_index

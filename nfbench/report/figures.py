@@ -145,10 +145,14 @@ def published_vs_reproduced(frame: pd.DataFrame, title: str, path: Path,
     comparable = bool(frame.get("comparable", pd.Series([False])).fillna(False).astype(bool).any())
     has_published = frame["published"].notna().any()
     points = _points(frame)
-    metrics = list(dict.fromkeys(points["metric"]))
     per_panel = points[points["kind"] == "method"].groupby("metric").size()
     if per_panel.empty or per_panel.max() <= 1:
         return False  # one dot per panel adds nothing to the table cell: the table alone
+    # a panel per metric a method was measured in: where the methods' values are under the
+    # paper's metric code (pixel_aupr@clscnf), the official name's panel would hold only the
+    # reference rows (chance)
+    metrics = [m for m in dict.fromkeys(points["metric"]) if m in per_panel.index]
+    points = points[points["metric"].isin(metrics)]
     if comparable and has_published:
         _scatter(points, metrics, title, path, tolerance or {})
     else:
