@@ -190,38 +190,52 @@ def cmd_plan(args: argparse.Namespace) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
-    from nfbench.pipeline.plan import bench_runs, load_params
+    from nfbench.pipeline.plan import (bench_runs, load_params, parse_shard, pipeline_papers,
+                                       select_runs)
     from nfbench.pipeline.runner import execute
 
     params = load_params()
-    runs = bench_runs(args.paper, _profile(args, params), params, variants=args.variant,
-                      tables=args.table, categories=args.category, seeds=args.seed,
-                      shard=args.shard)
+    profile = _profile(args, params)
+    if not args.paper and (args.variant or args.table):
+        raise UserError("--variant and --table name a paper's variants and tables: add --paper")
+    papers = pipeline_papers(params, args.paper)
+    runs = [run for paper in papers
+            for run in bench_runs(paper, profile, params, variants=args.variant,
+                                  tables=args.table, categories=args.category, seeds=args.seed)]
+    if args.shard:  # over the whole selection: runs sharing a stage stay in one shard
+        runs = select_runs(runs, shard=parse_shard(args.shard))
     if args.quiet:
         from nfbench.progress import silence_bars
 
         silence_bars()  # no per-epoch bars; the run counter stays
     whole = not (args.variant or args.table or args.category or args.seed or args.shard)
-    if whole:  # the paper's stage: records of runs its profile no longer has go (DVC output)
-        from nfbench.pipeline.record import unwanted_files
-
-        gone = unwanted_files(args.results, f"{args.paper}/runs/*/*/seed*.*",
-                              [Path(args.results) / r.record_path for r in runs])
-        for path in gone:
-            path.unlink()
-        if gone:
-            print(f"{args.paper}: removed {len(gone)} file(s) of runs the "
-                  f"{_profile(args, params)} profile no longer has", file=sys.stderr)
+    if whole:  # the papers' stage: records of runs the profile no longer has go (DVC output)
+        _remove_unwanted_records(papers, runs, args.results, profile)
     names = list(dict.fromkeys(run.variant for run in runs)) if args.variant or args.table \
         else []
-    label = f"{args.paper}/{'+'.join(names)}" if names else args.paper
-    # One batch, one worker pool, longest runs first: a CPU run's torch threads depend on the
-    # jobs asked for, not on the batch (runner.threads_per_job), so any subset gives the same
-    # numbers as the whole paper
+    label = f"{args.paper}/{'+'.join(names)}" if names else "+".join(papers)
+    # One batch, one worker pool for every paper asked for, longest runs first: a CPU run's
+    # torch threads depend on the jobs asked for, not on the batch (runner.threads_per_job),
+    # so any subset gives the same numbers as the whole pipeline
     execute(runs, args.results, progress=not args.quiet, jobs=args.jobs, force=args.force,
             executor=args.executor, address=args.address, runs_per_gpu=args.runs_per_gpu,
             device=args.device, label=label, cpus_per_run=args.cpus_per_run,
             connect_timeout=args.ray_timeout, models_dir=args.save_models)
+
+
+def _remove_unwanted_records(papers: list[str], runs: list, results: Path, profile: str) -> None:
+    """Remove the files of runs of ``papers`` that ``profile`` no longer has (a category
+    dropped from params.yaml), so that the stage's output holds what the params say."""
+    from nfbench.pipeline.record import unwanted_files
+
+    wanted = [Path(results) / r.record_path for r in runs]
+    for paper in papers:
+        gone = unwanted_files(results, f"{paper}/runs/*/*/seed*.*", wanted)
+        for path in gone:
+            path.unlink()
+        if gone:
+            print(f"{paper}: removed {len(gone)} file(s) of runs the {profile} profile no "
+                  "longer has", file=sys.stderr)
 
 
 def cmd_selfcheck(args: argparse.Namespace) -> None:
@@ -233,32 +247,40 @@ def cmd_selfcheck(args: argparse.Namespace) -> None:
 
 
 def cmd_tables(args: argparse.Namespace) -> None:
-    from nfbench.pipeline.plan import load_params
+    from nfbench.curves import write_loss_curves  # training curves for dvc plots
+    from nfbench.pipeline.plan import load_params, pipeline_papers
     from nfbench.pipeline.tables import (build_protocol_tables, build_tables, write_protocol_tables,
                                 write_tables)
 
     params = load_params()
-    tables = build_tables(args.paper, _profile(args, params), params, args.results)
-    for path in write_tables(tables, args.results / args.paper):
-        print(path)
-    companions = build_protocol_tables(args.paper, _profile(args, params), params, args.results)
-    for path in write_protocol_tables(companions, args.results / args.paper):
-        print(path)
-    from nfbench.curves import write_loss_curves  # training curves for dvc plots
-
-    curves = write_loss_curves(args.paper, args.results)
-    print(f"{len(curves)} loss curve(s) in {args.results / args.paper / 'plots' / 'loss'}")
+    profile = _profile(args, params)
+    for paper in pipeline_papers(params, args.paper):
+        tables = build_tables(paper, profile, params, args.results)
+        for path in write_tables(tables, args.results / paper):
+            print(path)
+        companions = build_protocol_tables(paper, profile, params, args.results)
+        for path in write_protocol_tables(companions, args.results / paper):
+            print(path)
+        curves = write_loss_curves(paper, args.results)
+        print(f"{len(curves)} loss curve(s) in {args.results / paper / 'plots' / 'loss'}")
 
 
 def cmd_profile(args: argparse.Namespace) -> None:
     from nfbench.pipeline.complexity import profile_paper
     from nfbench.pipeline.devices import validate_device
-    from nfbench.pipeline.plan import load_params
+    from nfbench.pipeline.plan import load_params, pipeline_papers
+    from nfbench.pipeline.untimed_counts import count_untimed
 
     params = load_params()
     device = validate_device(args.device) if args.device else None
-    profile_paper(args.paper, _profile(args, params), params, args.results, device=device,
-                  time_paper=args.time_paper)
+    profile = _profile(args, params)
+    papers = pipeline_papers(params, args.paper)
+    # the untimed counts of every paper first, on all cores; then each timing alone
+    count_untimed(papers, profile, params, device=device, time_paper=args.time_paper)
+    for paper in papers:
+        print(f"{paper}:")
+        profile_paper(paper, profile, params, args.results, device=device,
+                      time_paper=args.time_paper, log=lambda line: print(f"  {line}"))
 
 
 def cmd_report(args: argparse.Namespace) -> None:
@@ -292,11 +314,15 @@ CHECK_REGRESSION, CHECK_MISSING = 1, 3
 def cmd_check(args: argparse.Namespace) -> int:
     from nfbench.pipeline.check import check
 
+    if args.prune and not args.update:
+        raise UserError("--prune drops baseline entries while rewriting it: add --update")
     result = check(args.baseline, args.results, update=args.update, papers=args.paper,
-                   exact=args.exact)
+                   exact=args.exact, prune=args.prune)
     if args.update:
         print(f"baseline written: {args.baseline} ({len(result.added)} added, "
-              f"{len(result.replaced)} replaced, {len(result.kept)} kept)")
+              f"{len(result.replaced)} replaced, {len(result.kept)} kept"
+              + (f", {len(result.pruned)} without a record dropped" if args.prune else "")
+              + ")")
         return 0
     if result.stale:  # a removed variant's records: not compared (nfbench.pipeline.record)
         print(f"note: {len(result.stale)} stale record(s) of variants no longer declared, "
@@ -392,7 +418,9 @@ def _add_plan_parser(sub) -> None:
 
 
 def _add_bench_parser(sub) -> None:
-    bench = _pipeline_command(sub, "bench", "execute a paper's runs (all, or --variant ...)", cmd_bench)
+    bench = _pipeline_command(sub, "bench", "execute the runs of every paper params.yaml runs, "
+                              "or of --paper (all, or --variant ...)", cmd_bench,
+                              paper_required=False)
     bench.add_argument("--variant", action="append", help="only this variant (repeatable)")
     bench.add_argument("--table", action="append", help="only the variants this table needs")
     bench.add_argument("--category", action="append", help="only this category (repeatable)")
@@ -421,8 +449,11 @@ def _add_bench_parser(sub) -> None:
 
 def _add_output_parsers(sub) -> None:
     """The commands that turn records into tables, profiles, reports and checks."""
-    _pipeline_command(sub, "tables", "build a paper's tidy tables from its records", cmd_tables)
-    prof = _pipeline_command(sub, "profile", "FLOPs, parameters and speed of a paper's method", cmd_profile)
+    _pipeline_command(sub, "tables", "build the tidy tables of every paper params.yaml runs, or "
+                      "of --paper, from the records", cmd_tables, paper_required=False)
+    prof = _pipeline_command(sub, "profile", "FLOPs, parameters and speed of the method of every "
+                             "paper params.yaml runs, or of --paper", cmd_profile,
+                             paper_required=False)
     prof.add_argument("--device", help="cpu | cuda | cuda:N")
     prof.add_argument("--time-paper", action="store_true",
                       help="also time the paper configuration (slow on a CPU)")
@@ -440,6 +471,8 @@ def _add_output_parsers(sub) -> None:
     check.add_argument("--results", type=Path, default=Path("results"))
     check.add_argument("--paper", action="append", help="only this paper (repeatable)")
     check.add_argument("--update", action="store_true", help="rewrite the baseline deliberately")
+    check.add_argument("--prune", action="store_true", help="with --update: drop the baseline "
+                       "runs that have no record (runs the profile no longer makes)")
     check.add_argument("--exact", action="store_true", help="every metric to the last digit, "
                        "either way, instead of the tolerance (a refactor's check)")
     check.set_defaults(func=cmd_check)

@@ -140,8 +140,8 @@ def test_run_stages_depend_on_every_module_a_run_imports(tiny_demo, tmp_path):
     from nfbench.pipeline.stage_code import in_set
 
     assert "nfbench/methods/csflow/detector.py" in imported  # the registry loads every method
-    stages = {name: deps for name, deps in _stage_deps().items() if name.startswith("runs@")}
-    assert sorted(stages) == sorted(f"runs@{paper}" for paper in papers())
+    stages = {name: deps for name, deps in _stage_deps().items() if name == "runs"}
+    assert sorted(stages) == ["runs"]
     for name, deps in stages.items():
         # code deps are the `code` stage's digest files, one per stage kind
         kinds = [Path(d).stem for d in deps if d.startswith("results/code/")]
@@ -171,22 +171,26 @@ def _resolved_stages() -> dict:
         return {stage.addressing: stage for stage in repo.index.stages}
 
 
-def test_one_runs_stage_per_paper_reading_only_its_own_block():
-    """One bench process per paper (every variant), its records in git (cache: false) and kept
-    across reruns (persist), and only its own paper's params rerun it."""
+def test_one_runs_stage_for_every_paper_reading_only_their_blocks():
+    """One bench process runs every paper (one pool packs all their runs onto the cores), its
+    records in git (cache: false) and kept across reruns (persist); it reads the papers'
+    blocks of the active profile only, and so do the one tables and one profile stage."""
     stages = _resolved_stages()
     params = load_params()
     profile = params["profile"]
-    for kind in ("runs", "tables", "profile"):
-        assert sorted(n for n in stages if n.startswith(f"{kind}@")) == \
-            sorted(f"{kind}@{p}" for p in papers())
-    for paper in papers():
-        stage = stages[f"runs@{paper}"]
-        assert stage.cmd == f"nfbench bench --paper {paper} --quiet"
-        (out,) = stage.outs
-        assert str(out.def_path) == f"results/{paper}/runs" and out.persist and not out.use_cache
-        keys = [k for dep in stage.params for k in dep.params]
-        assert keys == ["profile", f"profiles.{profile}", f"{paper}.{profile}"]
+    stage = stages["runs"]
+    assert stage.cmd == "nfbench bench --quiet"
+    assert [str(out.def_path) for out in stage.outs] == [f"results/{p}/runs" for p in papers()]
+    assert all(out.persist and not out.use_cache for out in stage.outs)
+    keys = [k for dep in stage.params for k in dep.params]
+    assert keys == ["profile", f"profiles.{profile}", *(f"{p}.{profile}" for p in papers())]
+    for kind in ("tables", "profile"):
+        assert stages[kind].cmd == f"nfbench {kind}"
+        keys = [k for dep in stages[kind].params for k in dep.params]
+        assert {k.split(".")[0] for k in keys if "." in k and not k.startswith("profiles")} \
+            == set(papers()) and all(k.endswith(profile) or k.startswith("profiles")
+                                     for k in keys if "." in k)
+    assert not any("@" in name for name in stages)
     assert all(not out.use_cache for stage in stages.values() for out in stage.outs
                if str(out.def_path) != "datasets")
 
@@ -218,4 +222,4 @@ def test_params_yaml_is_in_the_formatting_dvc_writes(tmp_path):
     changed = [(a, b) for a, b in zip(committed.splitlines(), path.read_text().splitlines())
                if a != b]
     assert len(changed) == 1 and len(path.read_text().splitlines()) == len(committed.splitlines())
-    assert changed[0][0].replace("epochs: 12", "epochs: 3") == changed[0][1]
+    assert changed[0][0].replace("epochs: 6", "epochs: 3") == changed[0][1]

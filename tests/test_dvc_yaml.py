@@ -20,12 +20,16 @@ def test_committed_dvc_yaml_is_the_generated_one(monkeypatch):
 
 def test_the_papers_come_from_the_specs():
     one = yaml.safe_load(dvc_yaml.render(("csflow",)))
-    assert one["stages"]["runs"]["foreach"] == ["csflow"]
+    assert list(one["stages"]["runs"]["outs"][0]) == ["results/csflow/runs"]
     assert "benchmarks/patchflow.yaml" not in one["stages"]["reports"]["deps"]
     every = yaml.safe_load(dvc_yaml.render())
-    for kind in ("runs", "tables", "profile"):
-        assert every["stages"][kind]["foreach"] == list(papers())
     for paper in papers():
+        assert f"benchmarks/{paper}.yaml" in every["stages"]["runs"]["deps"]
+        assert {f"results/{paper}/runs"} in [set(out) for out in every["stages"]["runs"]["outs"]]
+        assert {f"results/{paper}/profile.json"} in [set(out) for out in
+                                                     every["stages"]["profile"]["outs"]]
+        assert {f"results/{paper}/tables"} in [set(out) for out in
+                                               every["stages"]["tables"]["outs"]]
         assert f"results/{paper}/runs" in every["stages"]["check"]["deps"]
         assert f"benchmarks/{paper}.yaml" in every["stages"]["peers"]["deps"]
         assert f"{paper}.${{profile}}" in every["stages"]["reports"]["params"]

@@ -13,7 +13,7 @@ import pytest
 from nfbench.cli import main
 from nfbench.errors import UserError
 from nfbench.datasets.demo.categories import DEMO_CATEGORIES
-from nfbench.pipeline.plan import Run, expand_runs
+from nfbench.pipeline.plan import Run, expand_runs, load_params
 from nfbench.pipeline.spec import papers
 
 
@@ -133,8 +133,10 @@ def test_run_resolves_settings_like_bench_and_config_round_trips(tiny_demo, tmp_
     assert main(["run", "--method", "csflow", "--dataset", "demo", "--category", "brick",
                  "--profile", "demo", "--print-config"]) == 0
     config = yaml.safe_load(capsys.readouterr().out)
-    assert config["settings"]["input_size"] == 256 and config["settings"]["epochs"] == 12
-    assert config["settings"]["hidden_channels"] == 32
+    block = load_params()["csflow"]["demo"]["settings"]
+    assert block["epochs"] != 240 and block["input_size"] != 768  # not the paper defaults
+    for key in ("input_size", "epochs", "hidden_channels", "lr"):
+        assert config["settings"][key] == block[key], key
     # several pairs after one --set, and repeated flags
     args = ["run", "--method", "gaussian", "--dataset", "demo", "--root", str(tiny_demo),
             "--category", "brick", "--set", "input_size=72", "n_features=2", "--set", "seed=0"]
@@ -235,11 +237,12 @@ def test_command_line_seed_zero_wins_over_the_config_file(tmp_path, capsys):
     assert "seed: 0" in capsys.readouterr().out.splitlines()
 
 
-def test_bench_of_a_whole_paper_is_one_batch_and_threads_do_not_depend_on_the_batch(
-        tmp_path, monkeypatch):
-    """`bench --paper P` (the pipeline's one stage per paper) hands the runner one batch (one
-    worker pool, longest runs first); a run's torch threads depend on the jobs asked for, not
-    on how many runs the batch has, so a run made alone gets the numbers of the whole paper."""
+def test_bench_of_every_paper_is_one_batch_and_threads_do_not_depend_on_the_batch(
+        tmp_path, monkeypatch, capsys):
+    """`bench` (the pipeline's one runs stage) hands the runner one batch of every paper's
+    runs (one worker pool, longest runs first), `bench --paper P` one of P's; a run's torch
+    threads depend on the jobs asked for, not on how many runs the batch has, so a run made
+    alone gets the numbers of the whole pipeline."""
     from nfbench.pipeline import runner
     from nfbench.pipeline.plan import expand_runs, load_params
 
@@ -250,41 +253,73 @@ def test_bench_of_a_whole_paper_is_one_batch_and_threads_do_not_depend_on_the_ba
                  str(tmp_path)]) == 0
     runs = expand_runs("csflow", "demo", load_params())
     assert batches == [([r.run_id for r in runs], "csflow")]
+    batches.clear()
+    assert main(["bench", "--profile", "demo", "--results", str(tmp_path)]) == 0
+    every = [r.run_id for paper in papers() for r in expand_runs(paper, "demo", load_params())]
+    assert batches == [(every, "+".join(papers()))]
+    assert main(["bench", "--variant", "full", "--results", str(tmp_path)]) == 2
+    assert "add --paper" in capsys.readouterr().err
     monkeypatch.setattr(runner.os, "cpu_count", lambda: 8)
     assert runner.workers_for(1, None) == (1, 2)  # default jobs: 4 on 8 cores
     assert runner.workers_for(30, None) == (4, 2)
     assert runner.workers_for(1, 2) == (1, 4) and runner.workers_for(5, 2) == (2, 4)
 
 
-def test_runs_that_may_share_a_stage_never_run_at_once_and_the_order_is_kept():
-    """The pool's dispatcher starts tasks in the given order but skips one whose exclusive key
-    (a stage group) a running task holds, so a worker never waits on another's stage lock."""
+def test_runs_never_train_one_stage_at_once_and_read_it_together_once_trained():
+    """The pool's dispatcher starts tasks in the given order but skips one that shares a key
+    (a stage it may train) with a running task, so a worker never waits on another's stage
+    lock; once a task with that key has finished (the stage exists), the others sharing it
+    run at once."""
     import threading
     import time
     from concurrent.futures import ThreadPoolExecutor
 
     from nfbench.pipeline import runner
 
-    lock, held, overlaps, started = threading.Lock(), [], [], []
+    lock, running, started, overlaps = threading.Lock(), set(), [], []
 
-    def work(key, index):
+    def work(keys, index):
         with lock:
-            overlaps.append(key in held)
-            held.append(key)
+            overlaps.append((index, set(running)))
+            running.add(index)
             started.append(index)
-        time.sleep(0.05 if index == 0 else 0.01)
+        time.sleep(0.2 if index == 0 else 0.05)
         with lock:
-            held.remove(key)
+            running.discard(index)
         return index
 
-    tasks = [("a", 0), ("a", 1), ("b", 2), ("c", 3)]
+    # 0 trains stage "s" (and "t"); 1 and 2 read "s"; 3 is independent; 4 shares "t" only
+    tasks = [({"s", "t"}, 0), ({"s"}, 1), ({"s"}, 2), ({"u"}, 3), ({"t"}, 4)]
     done = []
     with ThreadPoolExecutor(2) as pool:
         runner._dispatch(pool, tasks, 2, work, lambda task, result: done.append(result),
-                         exclusive=lambda key, index: key)
-    assert not any(overlaps) and sorted(done) == [0, 1, 2, 3]
-    assert started[:2] == [0, 2]  # ("a", 1) waited for ("a", 0); ("b", 2) went ahead
-    assert started.index(1) > started.index(2)
+                         exclusive=lambda keys, index: keys)
+    assert sorted(done) == [0, 1, 2, 3, 4]
+    assert started[:2] == [0, 3]  # 1, 2 (stage "s") waited for 0; 3 went ahead
+    assert started.index(4) > started.index(3)  # 4 ("t") waited for 0 too, then kept its place
+    with_zero = [index for index, others in overlaps if 0 in others]
+    assert set(with_zero) <= {3}  # nothing sharing a key with 0 started while 0 ran
+    assert any(index == 2 and 1 in others for index, others in overlaps)  # 1 and 2 together
+
+
+def test_the_runs_that_may_share_a_stage_are_those_of_one_trained_stage():
+    """CLS-CNFs' runs on one category share the FE stage they fine-tune (and the CNF stage
+    trained on it), FE_REG has its own, CFlow-AD runs share their CNF stage, and a method that
+    shares no stage (CS-Flow) has no key."""
+    from nfbench.pipeline.plan import expand_runs, load_params, shared_stages
+
+    params = load_params()
+    runs = {(r.variant, r.category): r for r in expand_runs("clscnf", "demo", params)}
+    keys = {name: shared_stages(runs[name, "gravel"])
+            for name in ("fe_cls", "full", "cls", "fe_reg", "cflow_ad", "cflow_ad_inductive",
+                         "baseline_gaussian")}
+    assert keys["fe_cls"] == keys["full"] and keys["fe_cls"] & keys["cls"]
+    assert not keys["fe_reg"] & keys["fe_cls"]
+    assert keys["cflow_ad"] == keys["cflow_ad_inductive"] and not keys["cflow_ad"] & keys["full"]
+    assert keys["baseline_gaussian"] == frozenset()
+    if ("fe_cls", "logo") in runs:
+        assert not shared_stages(runs["fe_cls", "logo"]) & keys["fe_cls"]
+    assert shared_stages(expand_runs("csflow", "demo", params)[0]) == frozenset()
 
 
 def test_a_whole_paper_bench_removes_the_records_of_runs_its_profile_no_longer_has(

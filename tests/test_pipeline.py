@@ -34,10 +34,10 @@ def test_every_table_is_declared_and_wired_into_dvc(paper):
             continue
         for variant in table.variants:
             assert variant in spec.variants, f"{table_id} uses undeclared variant {variant}"
-    for stage in ("runs", "tables", "profile"):  # one stage per paper, all its variants
-        assert paper in dvc[stage]["foreach"]
-    assert dvc["runs"]["do"]["cmd"] == "nfbench bench --paper ${item} --quiet"  # no --variant
-    assert "results/${item}/runs" in dvc["tables"]["do"]["deps"]
+    for stage in ("runs", "tables", "profile"):  # one stage for every paper, all its variants
+        assert f"benchmarks/{paper}.yaml" in dvc[stage]["deps"]
+    assert dvc["runs"]["cmd"] == "nfbench bench --quiet"  # no --paper, no --variant
+    assert f"results/{paper}/runs" in dvc["tables"]["deps"]
     assert spec.deviations, "every paper lists its deviations"
 
 

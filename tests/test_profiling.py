@@ -73,3 +73,49 @@ def test_the_profiling_stage_reuses_measurements_of_unchanged_configs_and_code(
     monkeypatch.setattr(complexity, "_measuring_code", lambda method: "other code")
     complexity.profile_paper("clscnf", "demo", params, tmp_path / "res", log=lambda _: None)
     assert len(calls) - measured > measured - 1  # everything again
+
+
+def test_the_untimed_counts_of_every_paper_run_in_workers_first_and_change_no_entry(
+        tmp_path, monkeypatch):
+    """`nfbench profile` counts every paper's untimed measurements (paper-size FLOPs on fake
+    tensors) in worker processes into the cache, then times the rest one at a time: the
+    profiles are the ones a serial pass writes, and only the timed ones are measured after."""
+    import json
+
+    from nfbench.pipeline import complexity
+    from nfbench.pipeline.plan import load_params, pipeline_papers
+    from nfbench.pipeline.untimed_counts import count_untimed
+
+    calls = []
+
+    def fake_method(method, settings, batch_size=1, time_it=True):
+        calls.append(time_it)
+        return {"gmacs_fvcore": None, "gflops_torch": float(len(json.dumps(settings))),
+                "parameters": 1e6, "settings": settings, "timed": time_it}
+
+    def fake_components(method, settings, rows, batch_size, time_it=True):
+        calls.append(time_it)
+        return [{"component": row, "size_mb": float(len(row)), "timed": time_it} for row in rows]
+
+    monkeypatch.setattr(complexity, "profile_method", fake_method)
+    monkeypatch.setattr(complexity, "profile_components", fake_components)
+    params = load_params()
+    papers = pipeline_papers(params)
+
+    def profiles(folder: str) -> dict[str, str]:
+        return {paper: complexity.profile_paper(paper, "demo", params, tmp_path / folder,
+                                                log=lambda _: None).read_text()
+                for paper in papers}
+
+    monkeypatch.setenv("NFBENCH_CACHE", str(tmp_path / "serial"))
+    serial = profiles("serial-results")
+    untimed = calls.count(False)
+    assert untimed >= 2 and True in calls
+    monkeypatch.setenv("NFBENCH_CACHE", str(tmp_path / "workers"))
+    calls.clear()
+    assert count_untimed(papers, "demo", params, jobs=2) == untimed
+    assert calls == []  # counted in the workers, not here
+    assert len(list((tmp_path / "workers" / "profiling").glob("*.json"))) == untimed
+    assert profiles("worker-results") == serial
+    assert calls and all(calls)  # only the timed ones measured after the workers
+    assert count_untimed(papers, "demo", params, jobs=2) == 0  # all cached

@@ -57,6 +57,24 @@ def test_check_update_merges_and_keeps_other_papers_and_metrics(tmp_path, capsys
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
 
+def test_check_update_prune_drops_the_runs_a_smaller_profile_no_longer_makes(tmp_path, capsys):
+    old = {"csflow/full/x/seed0": {"image_auroc": 0.5}, "csflow/full/y/seed0": {"image_auroc": 0.5},
+           "patchflow/full/y/seed0": {"image_auroc": 0.7}}
+    baseline = _baseline(tmp_path / "b.json", old)
+    results = tmp_path / "r"
+    _record(results, "csflow/full/x/seed0", image_auroc=0.9)
+    args = ["check", "--baseline", str(baseline), "--results", str(results)]
+    assert main(args + ["--prune"]) == 2  # a baseline is only rewritten with --update
+    assert "add --update" in capsys.readouterr().err
+    assert main(args + ["--paper", "csflow", "--update", "--prune"]) == 0
+    assert "1 kept, 1 without a record dropped" in capsys.readouterr().out
+    runs = json.loads(baseline.read_text())["runs"]
+    assert set(runs) == {"csflow/full/x/seed0", "patchflow/full/y/seed0"}  # other paper kept
+    assert main(args + ["--update", "--prune"]) == 0
+    assert set(json.loads(baseline.read_text())["runs"]) == {"csflow/full/x/seed0"}
+    assert main(args) == 0  # nothing missing any more
+
+
 def test_check_reports_runs_the_baseline_does_not_know(tmp_path, capsys):
     baseline = _baseline(tmp_path / "b.json", {"csflow/full/x/seed0": {"image_auroc": 0.5}})
     _record(tmp_path / "r", "csflow/full/x/seed0", image_auroc=0.6)

@@ -36,8 +36,8 @@ def _hash_contents(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def _table_path(folder: str) -> Path:
-    return cache_root() / "file-hashes" / f"{hashlib.sha1(folder.encode()).hexdigest()[:20]}.json"
+def _table_path(folder: str, root: Path) -> Path:
+    return root / "file-hashes" / f"{hashlib.sha1(folder.encode()).hexdigest()[:20]}.json"
 
 
 def _table(path: Path) -> dict[str, list]:
@@ -53,11 +53,16 @@ def _table(path: Path) -> dict[str, list]:
 def file_sha1(path: str | Path) -> str:
     """sha1 (hex) of the contents of ``path``, read only when the file changed since it was
     last hashed (by any process sharing the cache folder). Call :func:`flush` to persist."""
+    return _file_sha1(path, cache_root())
+
+
+def _file_sha1(path: str | Path, root: Path) -> str:
+    """:func:`file_sha1` with the cache folder given (resolved once per list of files)."""
     path = os.path.abspath(path)
     stat = os.stat(path)
     signature = [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino]
     folder, name = os.path.split(path)
-    table_path = _table_path(folder)
+    table_path = _table_path(folder, root)
     with _LOCK:
         entry = _table(table_path).get(name)
         if isinstance(entry, list) and entry[:4] == signature and len(entry) == 5:
@@ -84,7 +89,8 @@ def flush() -> None:
 
 def files_sha1(paths: list[str]) -> list[str]:
     """:func:`file_sha1` of each of ``paths``, then :func:`flush`."""
+    root = cache_root()
     try:
-        return [file_sha1(p) for p in paths]
+        return [_file_sha1(p, root) for p in paths]
     finally:
         flush()

@@ -16,7 +16,8 @@ tolerance that is not a finite number in [0, 1] are each one error line.
 
 ``--update`` merges: it replaces exactly the baseline entries it has fresh records for
 (restricted to ``--paper`` when given), keeps every other entry and every metric, and writes
-the baseline atomically.
+the baseline atomically; with ``--prune`` it drops instead the entries without a record (of
+the papers checked): the runs a smaller profile no longer makes.
 """
 
 from __future__ import annotations
@@ -149,6 +150,7 @@ class CheckResult:
     added: list[str] = field(default_factory=list)
     replaced: list[str] = field(default_factory=list)
     kept: list[str] = field(default_factory=list)
+    pruned: list[str] = field(default_factory=list)
     stale: list[str] = field(default_factory=list)
 
 
@@ -168,9 +170,10 @@ def _paper_of(run_id: str) -> str:
 
 
 def check(baseline_path: Path, results_dir: Path, update: bool = False,
-          papers: list[str] | None = None, exact: bool = False) -> CheckResult:
+          papers: list[str] | None = None, exact: bool = False,
+          prune: bool = False) -> CheckResult:
     """Compare fresh records with the baseline (``exact``: to the last digit), or with
-    ``update`` merge them into it."""
+    ``update`` merge them into it (``prune``: dropping the entries without a record)."""
     baseline_path = Path(baseline_path)
     known_papers_only(papers)
     if update:
@@ -198,6 +201,11 @@ def check(baseline_path: Path, results_dir: Path, update: bool = False,
                           for m in wanted if m in metrics})
             (result.replaced if run_id in runs else result.added).append(run_id)
             runs[run_id] = entry
+        without = sorted(set(runs) - set(fresh))
+        if prune:  # of the papers checked only: --paper leaves the others' entries alone
+            result.pruned = [k for k in without if not papers or _paper_of(k) in papers]
+            for run_id in result.pruned:
+                del runs[run_id]
         result.kept = sorted(set(runs) - set(fresh))
         new = {k: v for k, v in old.items() if k != "runs"}
         new["runs"] = runs

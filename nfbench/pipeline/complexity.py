@@ -11,6 +11,9 @@ Counting a paper configuration's FLOPs takes minutes on a CPU, so every measurem
 (method, settings, batch size, timed or not, device) and the code that computes it (the
 method's code digest, as in run identity, and the import-following digest of
 :mod:`nfbench.profiling` and :mod:`nfbench.pipeline.flops`) and the counters' versions: a rerun of the stage after an unrelated change reads them back.
+The stage (``nfbench profile``, every paper) first counts the untimed measurements of every
+paper in worker processes (:mod:`nfbench.pipeline.untimed_counts`), then times the rest one
+at a time (:func:`profile_paper`).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import functools
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 from nfbench.atomic import write_text_atomic
 from nfbench.paths import cache_root
@@ -51,12 +54,17 @@ def _measuring_code(method: str) -> str:
     return digest.hexdigest()[:16]
 
 
+def _cache_entry(kind: str, method: str, what: dict[str, Any]) -> tuple[str, Path]:
+    """The cache key of a measurement and the file that keeps its result."""
+    key = json.dumps({"kind": kind, "method": method, "what": what,
+                      "code": _measuring_code(method)}, sort_keys=True, default=str)
+    return key, cache_root() / "profiling" / f"{hashlib.sha1(key.encode()).hexdigest()[:20]}.json"
+
+
 def cached(kind: str, method: str, what: dict[str, Any], measure: Callable[[], Any]) -> Any:
     """``measure()``, or its result stored earlier for the same ``kind``, ``method``, ``what``
     (JSON-ready arguments) and measuring code (:func:`_measuring_code`)."""
-    key = json.dumps({"kind": kind, "method": method, "what": what,
-                      "code": _measuring_code(method)}, sort_keys=True, default=str)
-    path = cache_root() / "profiling" / f"{hashlib.sha1(key.encode()).hexdigest()[:20]}.json"
+    key, path = _cache_entry(kind, method, what)
     try:
         return json.loads(path.read_text())["result"]
     except (OSError, ValueError, KeyError):
@@ -64,6 +72,11 @@ def cached(kind: str, method: str, what: dict[str, Any], measure: Callable[[], A
     result = measure()
     write_text_atomic(path, json.dumps({"key": json.loads(key), "result": result}) + "\n")
     return json.loads(json.dumps(result))  # as a cached read returns it
+
+
+def is_cached(m: "Measurement") -> bool:
+    """Whether the result of ``m`` is in the cache."""
+    return _cache_entry(m.kind, m.method, m.what)[1].is_file()
 
 
 def _configurations(spec: PaperSpec, params: dict, profile: str,
@@ -85,24 +98,36 @@ def _profile_settings(spec: PaperSpec, params: dict, profile: str, variant: str)
                            variant_settings(params, spec.paper, profile, variant), params)
 
 
-def profile_paper(paper: str, profile: str, params: dict, results: Path,
-                  device: str | None = None, time_paper: bool = False,
-                  log: Callable[[str], None] = print) -> Path:
-    """Measure ``paper``'s method under ``profile``; write ``results/<paper>/profile.json``."""
+class Measurement(NamedTuple):
+    """One entry group of ``profile.json``: what it is (``header``: label, table), the cache
+    ``kind`` (``method``: one entry; ``components``: one per network), and what it measures."""
+
+    header: dict[str, Any]
+    kind: str
+    method: str
+    what: dict[str, Any]
+    measure: Callable[[], Any]
+
+    @property
+    def timed(self) -> bool:
+        return bool(self.what["time_it"])
+
+
+def measurements(paper: str, profile: str, params: dict, device: str | None = None,
+                 time_paper: bool = False) -> list[Measurement]:
+    """Every measurement of ``paper``'s ``profile.json`` under ``profile``, in its order."""
     spec = load_spec(paper)
     on_device = {"device": device} if device else {}
     slow = profile == reference_profile(params) or time_paper  # the paper setup is slow on a CPU
-    entries = []
+    out = []
     for config in _configurations(spec, params, profile, slow):
         settings = {**config["settings"], **on_device}
-        result = cached("method", spec.method, {"settings": settings,
-                                                "batch_size": config["batch_size"],
-                                                "time_it": config["time_it"]},
-                        lambda: profile_method(spec.method, settings, config["batch_size"],
-                                               time_it=config["time_it"]))
-        entries.append({"label": config["label"], **result})
-        log(f"{config['label']}: {result['gflops_torch']:.2f} GFLOPs, "
-            f"{result['parameters'] / 1e6:.1f} M parameters")
+        out.append(Measurement(
+            {"label": config["label"]}, "method", spec.method,
+            {"settings": settings, "batch_size": config["batch_size"],
+             "time_it": config["time_it"]},
+            functools.partial(profile_method, spec.method, settings, config["batch_size"],
+                              time_it=config["time_it"])))
     for table_id, table in spec.tables.items():
         if table.layout != "complexity":
             continue
@@ -113,11 +138,29 @@ def profile_paper(paper: str, profile: str, params: dict, results: Path,
                  _profile_settings(spec, params, profile, table.variant), True)):
             what = {"settings": {**settings, **on_device}, "rows": list(table.labels),
                     "batch_size": table.batch_size, "time_it": time_it}
-            for entry in cached("components", spec.method, what, lambda: profile_components(
-                    spec.method, what["settings"], what["rows"], what["batch_size"],
-                    time_it=what["time_it"])):
-                entries.append({"label": label, "table": table_id, **entry})
-                log(f"{table_id} {label} {entry['component']}: {entry['size_mb']:.1f} MB")
+            out.append(Measurement(
+                {"label": label, "table": table_id}, "components", spec.method, what,
+                functools.partial(profile_components, spec.method, what["settings"],
+                                  what["rows"], what["batch_size"], time_it=time_it)))
+    return out
+
+
+def profile_paper(paper: str, profile: str, params: dict, results: Path,
+                  device: str | None = None, time_paper: bool = False,
+                  log: Callable[[str], None] = print) -> Path:
+    """Measure ``paper``'s method under ``profile``; write ``results/<paper>/profile.json``."""
+    entries = []
+    for m in measurements(paper, profile, params, device, time_paper):
+        result = cached(m.kind, m.method, m.what, m.measure)
+        if m.kind == "method":
+            entries.append({**m.header, **result})
+            log(f"{m.header['label']}: {result['gflops_torch']:.2f} GFLOPs, "
+                f"{result['parameters'] / 1e6:.1f} M parameters")
+            continue
+        for entry in result:
+            entries.append({**m.header, **entry})
+            log(f"{m.header['table']} {m.header['label']} {entry['component']}: "
+                f"{entry['size_mb']:.1f} MB")
     out = Path(results) / paper / "profile.json"
     write_text_atomic(out, json.dumps(entries, indent=2) + "\n")
     return out

@@ -63,12 +63,26 @@ def _role_params(paper_list, key: str) -> list[str]:
     return [f"{paper}.{key}" for paper in paper_list]
 
 
-def _stages(paper_list: tuple[str, ...]) -> str:
-    foreach = _flow(paper_list)
+def _outs(paper_list, *entries: tuple[str, str]) -> str:
+    """An ``outs`` (or ``metrics``) list: for each paper, each ``(path pattern, options)``
+    entry, the options one YAML line each under the path."""
+    return "".join(f"    - {pattern.format(p=paper)}:\n"
+                   + "".join(f"        {line}\n" for line in options.splitlines())
+                   for paper in paper_list for pattern, options in entries)
 
+
+def _stages(paper_list: tuple[str, ...]) -> str:
     def per_paper(*patterns: str) -> list[str]:
         return [pattern.format(p=paper) for paper in paper_list for pattern in patterns]
 
+    run_outs = _outs(paper_list, (
+        "results/{p}/runs",
+        "persist: true    # kept when the stage reruns: bench skips finished runs\n"
+        "cache: false     # records (JSON) are in git; the figure material (NPZ) is ignored"))
+    table_outs = _outs(paper_list, ("results/{p}/tables", "cache: false"), (
+        "results/{p}/plots", "cache: false    # drawn by the top-level `plots:` definitions below"))
+    metric_outs = _outs(paper_list, ("results/{p}/metrics.json", "cache: false"))
+    profile_outs = _outs(paper_list, ("results/{p}/profile.json", "cache: false"))
     return f"""\
 stages:
   code:
@@ -90,54 +104,41 @@ stages:
         cache: false
         persist: true
 
-  # One bench process per paper runs every variant of it (one start-up, one worker pool);
-  # each paper's stage reads only its own params block, so a change there reruns that paper.
+  # One bench process runs every paper's variants: one start-up and one worker pool that
+  # packs the runs of all papers onto the cores. A change in one paper's params block reruns
+  # the stage, and bench then skips every run whose identity did not change.
   runs:
-    foreach: {foreach}  # nfbench.pipeline.spec.papers() (tests check it)
-    do:
-      cmd: nfbench bench --paper ${{item}} --quiet
-      deps:
-      - datasets
-      - benchmarks/${{item}}.yaml
-      - {digest_file("runs")}
-      params: [profile, "profiles.${{profile}}", "${{item}}.${{profile}}"]
-      outs:
-      - results/${{item}}/runs:
-          persist: true    # kept when the stage reruns: bench skips finished runs
-          cache: false     # records (JSON) are in git; the figure material (NPZ) is ignored
-
+    cmd: nfbench bench --quiet
+    deps:
+    - datasets
+{_items(per_paper("benchmarks/{p}.yaml"), 4)}\
+    - {digest_file("runs")}
+    params: {_flow(["profile", "profiles.${profile}", *_role_params(paper_list, "${profile}")],
+                   12)}
+    outs:
+{run_outs}
   tables:
-    foreach: {foreach}
-    do:
-      cmd: nfbench tables --paper ${{item}}
-      deps:
-      - benchmarks/${{item}}.yaml
-      - results/${{item}}/runs
-      - {digest_file("runs")}
-      params: [profile, "${{item}}.${{profile}}"]
-      outs:
-      - results/${{item}}/tables:
-          cache: false
-      - results/${{item}}/plots:
-          cache: false    # drawn by the top-level `plots:` definitions below
-      metrics:
-      - results/${{item}}/metrics.json:    # headline numbers only: the tables' average rows
-          cache: false
-
-  # FLOPs, parameters and speed; each measurement is cached (cache/profiling/) by its config
-  # and the code it measures, so a rerun recounts only what changed.
+    cmd: nfbench tables
+    deps:
+{_items(per_paper("benchmarks/{p}.yaml", "results/{p}/runs"), 4)}\
+    - {digest_file("runs")}
+    params: {_flow(["profile", *_role_params(paper_list, "${profile}")], 12)}
+    outs:
+{table_outs}\
+    metrics:    # headline numbers only: the tables' average rows
+{metric_outs}
+  # FLOPs, parameters and speed of every paper's method: the untimed counts first, on all
+  # cores, then each timing alone. Each measurement is cached (cache/profiling/) by its
+  # config and the code it measures, so a rerun recounts only what changed.
   profile:
-    foreach: {foreach}
-    do:
-      cmd: nfbench profile --paper ${{item}}
-      deps:
-      - benchmarks/${{item}}.yaml
-      - {digest_file("profile")}
-      params: [profile, "profiles.${{profile}}", profiles.paper.reference, "${{item}}.${{profile}}"]
-      outs:
-      - results/${{item}}/profile.json:
-          cache: false
-
+    cmd: nfbench profile
+    deps:
+{_items(per_paper("benchmarks/{p}.yaml"), 4)}\
+    - {digest_file("profile")}
+    params: {_flow(["profile", "profiles.${profile}", "profiles.paper.reference",
+                    *_role_params(paper_list, "${profile}")], 12)}
+    outs:
+{profile_outs}
   peers:  # anomalib 2.7 on our cached features (extra `peers`; skipped records without it)
     cmd: nfbench peers --quiet
     deps:

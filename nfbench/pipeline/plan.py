@@ -112,6 +112,26 @@ def stage_group(run: Run) -> tuple:
             run.shots or 0, run.seed)
 
 
+def shared_stages(run: Run) -> frozenset[str]:
+    """The keys of the trained stages ``run`` may share with other runs: the cost model's
+    ``train`` items (:func:`nfbench.pipeline.flops.run_items`, keyed like the stages the
+    method trains, e.g. CLS-CNFs' FE stage and CNF stage); empty for a method whose runs
+    share no stage. Two runs with a key in common would wait on each other's stage lock if
+    they trained it at once; once one of them has trained it, the others only read it."""
+    from nfbench.methods import method_class
+    from nfbench.methods.base import shares_stages
+    from nfbench.pipeline.flops import _category_config, run_items
+    from nfbench.pipeline.identity import resolved_config
+
+    if not shares_stages(method_class(run.method)):
+        return frozenset()
+    config = _category_config(resolved_config(run), run.category)
+    data = (run.dataset, run.root or "", run.category, run.joint_categories, run.shots or 0)
+    no_flops = {"extractor": 0.0, "trained": 0.0}  # keys only: nothing is counted
+    return frozenset(key for kind, key, _ in run_items(run.method, config, data, 0, 0, run.seed,
+                                                       forward=no_flops) if kind == "train")
+
+
 def shard_runs(runs: list[Run], index: int, count: int) -> list[Run]:
     """Shard ``index`` of ``count`` of ``runs`` (sorted by run id): the runs that may share a
     trained stage (:func:`stage_group`) stay in one shard, so that N shards never train one

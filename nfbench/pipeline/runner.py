@@ -374,8 +374,9 @@ def map_in_workers(tasks: list[tuple], jobs: int, local, worker, on_done,
     :func:`in_worker`) in a pool of ``jobs`` workers (:func:`_make_pool`: one per GPU slot);
     ``on_done(task, result)`` as each ends. Torch threads per call: ``threads`` (default
     ``cpu_count // jobs``), in this process too. Tasks start in the given order, except that
-    two tasks with the same ``exclusive(*task)`` key never run at once (runs that may share a
-    trained stage: the second would only wait for the first's lock). The bench's and the
+    two tasks with a key of ``exclusive(*task)`` in common never run at once while no task
+    with that key has finished (runs that may train the same stage: the second would only
+    wait for the first's lock; :func:`_dispatch`). The bench's and the
     peers stage's one pool. Ctrl-C or SIGTERM: nothing queued starts and the workers end now;
     a failure: nothing queued starts, the calls under way finish (their records are kept),
     then it raises."""
@@ -410,28 +411,33 @@ def map_in_workers(tasks: list[tuple], jobs: int, local, worker, on_done,
 
 def _dispatch(pool: ProcessPoolExecutor, tasks: list[tuple], jobs: int, worker, on_done,
               exclusive=None) -> None:
-    """Keep ``jobs`` tasks in flight, each time the first queued one whose ``exclusive`` key
-    no running task holds; ``on_done`` as each ends. A failure raises at once (the caller
-    lets the running ones finish)."""
-    # (task, its exclusive key), each key computed once
-    queued = [(task, exclusive(*task) if exclusive is not None else None) for task in tasks]
-    running: dict = {}  # future -> (task, exclusive key)
+    """Keep ``jobs`` tasks in flight, each time the first queued one that shares no key of
+    ``exclusive(*task)`` (a collection of keys: the stages it may train) with a running task,
+    counting only keys no finished task had: a stage trained by a finished run is only read
+    by the others, which may then run at once. ``on_done`` as each ends. A failure raises at
+    once (the caller lets the running ones finish)."""
+    # (task, its exclusive keys), each computed once
+    queued = [(task, frozenset(exclusive(*task)) if exclusive is not None else frozenset())
+              for task in tasks]
+    running: dict = {}  # future -> (task, exclusive keys)
+    trained: set = set()  # keys of finished tasks: their stages exist now
 
     def fill() -> None:
         while len(running) < jobs:
-            held = {key for _, key in running.values() if key is not None}
-            index = next((i for i, (_, key) in enumerate(queued) if key not in held), None)
+            held = set().union(*(keys for _, keys in running.values())) - trained
+            index = next((i for i, (_, keys) in enumerate(queued) if not keys & held), None)
             if index is None:
                 return
-            task, key = queued.pop(index)
-            running[pool.submit(worker, *task)] = (task, key)
+            task, keys = queued.pop(index)
+            running[pool.submit(worker, *task)] = (task, keys)
 
     fill()
     while running:
         finished, _ = wait(running, return_when=FIRST_COMPLETED)
         for future in finished:
-            task, _ = running.pop(future)
+            task, keys = running.pop(future)
             on_done(task, future.result())  # a failure stops the batch (the caller)
+            trained.update(keys)
         fill()
 
 
@@ -442,10 +448,10 @@ def _execute_local(todo: list[Run], results_dir: Path, status: Progress, jobs: i
         jobs, threads = len(slots), None
     else:
         jobs, threads = workers_for(len(todo), jobs)
-    from nfbench.pipeline.plan import stage_group
+    from nfbench.pipeline.plan import shared_stages
 
     ordered = todo if jobs == 1 and slots is None else _longest_first(todo, results_dir)
     map_in_workers([(run, results_dir, models_dir) for run in ordered], jobs, run_one,
                    _worker_run, lambda task, path: status.update(task[0].run_id,
                                                                  message=summary(path)),
-                   slots, threads, exclusive=lambda run, *_: stage_group(run))
+                   slots, threads, exclusive=lambda run, *_: shared_stages(run))
