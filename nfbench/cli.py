@@ -201,9 +201,11 @@ def cmd_bench(args: argparse.Namespace) -> None:
     papers = pipeline_papers(params, args.paper)
     runs = [run for paper in papers
             for run in bench_runs(paper, profile, params, variants=args.variant,
-                                  tables=args.table, categories=args.category, seeds=args.seed)]
-    if args.shard:  # over the whole selection: runs sharing a stage stay in one shard
-        runs = select_runs(runs, shard=parse_shard(args.shard))
+                                  tables=args.table)]
+    # categories, seeds and the shard over the papers' runs together: a category one paper
+    # lacks is no error while another has it, and runs sharing a stage stay in one shard
+    runs = select_runs(runs, categories=args.category, seeds=args.seed,
+                       shard=parse_shard(args.shard) if args.shard else None)
     if args.quiet:
         from nfbench.progress import silence_bars
 

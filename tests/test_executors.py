@@ -259,6 +259,17 @@ def test_bench_of_every_paper_is_one_batch_and_threads_do_not_depend_on_the_batc
     assert batches == [(every, "+".join(papers()))]
     assert main(["bench", "--variant", "full", "--results", str(tmp_path)]) == 2
     assert "add --paper" in capsys.readouterr().err
+    # a category is selected over every paper's runs: papers without it add none (the demo's
+    # logo: CLS-CNFs runs gravel only), no error while one paper has it
+    categories = [{r.category for r in expand_runs(p, "demo", load_params())} for p in papers()]
+    partial = sorted(set.union(*categories) - set.intersection(*categories))
+    category = partial[0] if partial else every[0].split("/")[2]
+    batches.clear()
+    assert main(["bench", "--profile", "demo", "--category", category, "--results",
+                 str(tmp_path)]) == 0
+    assert batches[0][0] == [r for r in every if r.split("/")[2] == category]
+    assert main(["bench", "--profile", "demo", "--category", "no_such", "--results",
+                 str(tmp_path)]) == 2
     monkeypatch.setattr(runner.os, "cpu_count", lambda: 8)
     assert runner.workers_for(1, None) == (1, 2)  # default jobs: 4 on 8 cores
     assert runner.workers_for(30, None) == (4, 2)
