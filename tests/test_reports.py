@@ -166,6 +166,31 @@ def test_no_figure_panel_holds_only_reference_rows(tmp_path, monkeypatch):
     assert drawn["rows"] == {"pixel_aupr@clscnf", "image_auroc"}
 
 
+def test_a_row_with_no_point_on_any_zoomed_axis_gets_no_empty_label(tmp_path, monkeypatch):
+    """Chance (AUROC 50) is left off an axis zoomed to the values; where it is off every
+    panel its row is dropped too, instead of a labelled row with nothing in it (CLS-CNFs
+    Table 5); where one panel shows it (an AUPR axis from 0) the row stays."""
+    from nfbench.report import figures
+
+    kept = []
+    monkeypatch.setattr(figures, "_save", lambda fig, path, dpi=None: kept.append(fig))
+    monkeypatch.setattr(figures.plt, "close", lambda *a, **k: None)
+
+    def rows_drawn(chance_aupr: float) -> list[str]:
+        rows = [("a", "method", "image_auroc", 90.0), ("b", "method", "image_auroc", 88.0),
+                ("a", "method", "pixel_aupr", 40.0), ("b", "method", "pixel_aupr", 30.0),
+                ("chance", "chance", "image_auroc", 50.0),
+                ("chance", "chance", "pixel_aupr", chance_aupr)]
+        frame = pd.DataFrame([{"row": r, "variant": r, "label": r, "kind": k, "metric": m,
+                               "compared_metric": m, "mean": v, "compared_mean": v, "n": 1,
+                               "std": 0.0, "published": np.nan} for r, k, m, v in rows])
+        assert figures.published_vs_reproduced(frame, "t", tmp_path / "t.png")
+        return [t.get_text() for t in kept[-1].axes[0].get_yticklabels()]
+
+    assert rows_drawn(chance_aupr=2.0) == ["a", "b"]  # axes from 85 and 25: chance off both
+    assert "chance" in rows_drawn(chance_aupr=27.0)  # inside the AUPR panel: its row stays
+
+
 def test_index_opens_with_status_lines(tmp_path):
     from nfbench.pipeline.tables import build_tables, write_tables
     from nfbench.report.index import write_index

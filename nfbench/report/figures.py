@@ -7,7 +7,8 @@ Statistical plots use seaborn on the tidy tables of :mod:`nfbench.pipeline.table
   paper profile, a user's real data), a scatter per metric with the y = x line and the
   tolerance band, one point per category (per-category tables) or per row; otherwise a dot
   plot of the reproduced values per category or row, the axis zoomed to the data (chance
-  left off where it falls outside, and then out of the legend too), the published value as a hollow marker on every row
+  left off where it falls outside, and then out of the legend too, and its row where it is
+  outside every panel), the published value as a hollow marker on every row
   that has one, labelled "not comparable", reference rows (Gaussian baseline, chance) in
   grey. One metric per panel, a value under the paper's metric code labelled with that
   code; no figure where every panel would hold a single dot (the table says it);
@@ -203,9 +204,28 @@ def _scatter(points: pd.DataFrame, metrics: list[str], title: str, path: Path,
     _save(fig, path)
 
 
+def _axis_limits(data: pd.DataFrame) -> tuple[float, float]:
+    """A dot plot panel's x range: zoomed to the values and published numbers, chance left
+    out (it would stretch an axis of 85-100 down to 50), in steps of 5 within [0, 101]."""
+    shown = np.r_[data.loc[data["kind"] != "chance", "value"].astype(float),
+                  data["published"].dropna().astype(float)]
+    shown = shown[np.isfinite(shown)]
+    if not shown.size:
+        return 0.0, 101.0
+    return (max(0.0, math.floor((shown.min() - 2.0) / 5.0) * 5.0),
+            min(101.0, math.ceil((shown.max() + 1.0) / 5.0) * 5.0 + 1.0))
+
+
 def _dots(points: pd.DataFrame, metrics: list[str], title: str, path: Path,
           note: str | None) -> None:
-    items = list(dict.fromkeys(points["item"]))
+    limits = {metric: _axis_limits(points[points["metric"] == metric]) for metric in metrics}
+    low = points["metric"].map(lambda m: limits[m][0])
+    high = points["metric"].map(lambda m: limits[m][1])
+    visible = (points["value"].astype(float).between(low, high)
+               | points["published"].astype(float).between(low, high))
+    # a row with no point inside any panel (chance off every zoomed axis) gets no empty label
+    items = list(dict.fromkeys(points.loc[visible, "item"])) or list(dict.fromkeys(points["item"]))
+    points = points[points["item"].isin(items)]
     wrapped = {i: _wrap(i, 42) for i in items}
     lines = sum(wrapped[i].count("\n") + 1 for i in items)
     height = max(2.2, 0.24 * lines + 0.35 * len(items) * (points["series"].nunique() > 3) + 1.4)
@@ -245,13 +265,8 @@ def _dots(points: pd.DataFrame, metrics: list[str], title: str, path: Path,
                            + shift[s], facecolors="none", edgecolors=palette[s], marker="D",
                            s=34, linewidths=1.0, zorder=3,
                            label="published" + (" (not comparable)" if note else ""))
-        shown = np.r_[data.loc[data["kind"] != "chance", "value"].astype(float),
-                      data["published"].dropna().astype(float)]
-        shown = shown[np.isfinite(shown)]
-        low = max(0.0, math.floor((shown.min() - 2.0) / 5.0) * 5.0) if shown.size else 0.0
-        high = min(101.0, math.ceil((shown.max() + 1.0) / 5.0) * 5.0 + 1.0) if shown.size else 101.0
-        ax.set_xlim(low, high)
-        if low > 0:
+        ax.set_xlim(*limits[metric])
+        if limits[metric][0] > 0:
             mark_truncated(ax, "x")
         if "average" in y_of and len(y_of) > 1:  # the average row below the categories
             ax.axhline(y_of["average"] - 0.5, color="0.6", linewidth=0.6)
